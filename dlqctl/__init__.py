@@ -1,0 +1,1 @@
+"""dlqctl: the small, quick command-line client for dlqd."""

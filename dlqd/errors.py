@@ -1,0 +1,126 @@
+"""The stable error codes of DESIGN §5 and the one exception that carries them.
+
+Every failure that reaches a client or a job record is a `DlqdError` with a code
+from `ErrorCode`; whether it is retried is a property of the code, never parsed
+from a message. The I/O edges translate foreign exceptions here, in one place:
+`from_oserror` for the filesystem, `from_http_status` and `map_httpx_errors` for
+the upstream. Nothing in this module does I/O.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+
+class ErrorCode(StrEnum):
+    # Client errors: answered on the control socket, change nothing.
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+    MALFORMED_FRAME = "MALFORMED_FRAME"
+    FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_STATE = "INVALID_STATE"
+    QUEUE_FULL = "QUEUE_FULL"
+    RATE_LIMITED = "RATE_LIMITED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    JOURNAL_UNAVAILABLE = "JOURNAL_UNAVAILABLE"
+    # Job and track errors: recorded on the job.
+    UPSTREAM_NOT_FOUND = "UPSTREAM_NOT_FOUND"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_RATE_LIMITED = "UPSTREAM_RATE_LIMITED"
+    UPSTREAM_BAD_RESPONSE = "UPSTREAM_BAD_RESPONSE"
+    NETWORK_ERROR = "NETWORK_ERROR"
+    TIMEOUT = "TIMEOUT"
+    INTEGRITY_ERROR = "INTEGRITY_ERROR"
+    DISK_FULL = "DISK_FULL"
+    FILESYSTEM_ERROR = "FILESYSTEM_ERROR"
+    UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
+    TAGGING_FAILED = "TAGGING_FAILED"
+    CANCELLED = "CANCELLED"
+
+
+# Retried with backoff; every other job error fails the track at once.
+# INTEGRITY_ERROR is retried too (a short body is usually a broken connection),
+# and becomes permanent once the retries are spent.
+TRANSIENT_CODES = frozenset(
+    {
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+        ErrorCode.UPSTREAM_RATE_LIMITED,
+        ErrorCode.NETWORK_ERROR,
+        ErrorCode.TIMEOUT,
+        ErrorCode.INTEGRITY_ERROR,
+    }
+)
+
+
+class DlqdError(Exception):
+    """A failure with a stable code; `retry_after` is the upstream's hint in seconds."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_CODES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": str(self.code), "message": self.message}
+
+    def __repr__(self) -> str:
+        return f"DlqdError({self.code!s}, {self.message!r})"
+
+
+def from_oserror(exc: OSError, what: str) -> DlqdError:
+    """Map a filesystem error to DISK_FULL or FILESYSTEM_ERROR."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DlqdError(ErrorCode.DISK_FULL, f"{what}: no space left on device")
+    return DlqdError(ErrorCode.FILESYSTEM_ERROR, f"{what}: {exc.strerror or exc}")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is rare upstream and ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return max(0.0, seconds)
+
+
+def from_http_status(status: int, url: str, retry_after: str | None = None) -> DlqdError:
+    """Map a non-2xx upstream status to its job error code."""
+    if status == 404:
+        return DlqdError(ErrorCode.UPSTREAM_NOT_FOUND, f"{url}: not found (404)")
+    if status == 429:
+        return DlqdError(
+            ErrorCode.UPSTREAM_RATE_LIMITED,
+            f"{url}: rate limited (429)",
+            retry_after=parse_retry_after(retry_after),
+        )
+    if status >= 500:
+        return DlqdError(ErrorCode.UPSTREAM_UNAVAILABLE, f"{url}: server error ({status})")
+    return DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{url}: unexpected status {status}")
+
+
+@contextmanager
+def map_httpx_errors(url: str) -> Iterator[None]:
+    """Translate httpx's transport exceptions into job errors, most specific first."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise DlqdError(ErrorCode.TIMEOUT, f"{url}: {type(exc).__name__}") from exc
+    except httpx.RemoteProtocolError as exc:
+        raise DlqdError(ErrorCode.NETWORK_ERROR, f"{url}: connection broken: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise DlqdError(ErrorCode.NETWORK_ERROR, f"{url}: {type(exc).__name__}: {exc}") from exc
