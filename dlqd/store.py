@@ -1,0 +1,201 @@
+"""The live queue: in-memory state kept in step with the journal, with group commit.
+
+`commit(event)` applies the event at once (so the next command already sees
+it) and returns only when its record is fsynced; every command that arrives
+while a write is in flight joins the next batch and shares its fsync. If a
+batch cannot be made durable, every not-yet-durable event is dropped by
+rebuilding the state from disk — the failed commands get JOURNAL_UNAVAILABLE
+and nothing they did remains. Compaction (snapshot + fresh segment) starts by
+itself when the journal passes `compact_bytes`.
+
+This module never interprets events; `dlqd.state` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from dlqd.errors import DlqdError, ErrorCode
+from dlqd.journal import JournalFiles, encode_record
+from dlqd.state import Event, QueueState, apply, recover_interrupted, to_snapshot
+
+log = structlog.get_logger("dlqd.store")
+
+
+@dataclass
+class _Batch:
+    frames: list[bytes] = field(default_factory=list)
+    done: trio.Event = field(default_factory=trio.Event)
+    error: OSError | None = None
+
+
+class Store:
+    """Owner of the live `QueueState` and the only caller of `JournalFiles` after start-up."""
+
+    def __init__(self, files: JournalFiles, state: QueueState, compact_bytes: int):
+        self.files = files
+        self.state = state
+        self.compact_bytes = compact_bytes
+        self.compactions = 0
+        self.failed_batches = 0
+        self.writable = True
+        self._pending = _Batch()
+        self._wakeup = trio.Event()
+        self._changed = trio.Event()
+        self._watchers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
+        self._rebuild_listeners: list[Callable[[], None]] = []
+
+    # --- writing ---------------------------------------------------------------
+
+    async def commit(self, *events: Event) -> None:
+        """Apply `events` and wait until they are durable (JOURNAL_UNAVAILABLE if not)."""
+        batch = self._pending
+        for event in events:
+            apply(self.state, event)
+            batch.frames.append(encode_record(event))
+        self._wakeup.set()
+        self._notify_changed()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise DlqdError(
+                ErrorCode.JOURNAL_UNAVAILABLE,
+                f"the journal could not be made durable ({batch.error.strerror or batch.error});"
+                " nothing was changed",
+            )
+        for event in events:
+            self.publish({"event": event["e"], **_public_fields(event)})
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The single writer: one write + fsync per batch, compaction between batches."""
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            if not await self._write(self._take_pending()):
+                continue
+            if self.files.journal_bytes >= self.compact_bytes:
+                await self._compact()
+
+    def _take_pending(self) -> _Batch:
+        batch, self._pending = self._pending, _Batch()
+        return batch
+
+    async def _write(self, batch: _Batch) -> bool:
+        if not batch.frames:
+            batch.done.set()
+            return True
+        data = b"".join(batch.frames)
+        try:
+            await trio.to_thread.run_sync(self.files.append, data)
+        except OSError as exc:
+            self._fail(batch, exc)
+            return False
+        self.writable = True
+        batch.done.set()
+        return True
+
+    def _fail(self, batch: _Batch, exc: OSError) -> None:
+        """Drop every event that is not durable: fail their commands, reload from disk.
+
+        Runs without awaiting so no new event can slip in between the failure
+        and the rebuilt state.
+        """
+        self.failed_batches += 1
+        self.writable = False
+        failed = [batch, self._take_pending()]
+        log.error(
+            "journal write failed; rolling back",
+            error=str(exc),
+            records=sum(len(b.frames) for b in failed),
+        )
+        reopened = JournalFiles(self.files.state_dir)
+        fresh, _report = reopened.recover()
+        self.files.close()
+        self.files = reopened
+        recover_interrupted(fresh)
+        self.state.__dict__.update(fresh.__dict__)
+        for failed_batch in failed:
+            failed_batch.error = exc
+            failed_batch.done.set()
+        for listener in self._rebuild_listeners:
+            listener()
+        self._notify_changed()
+
+    async def _compact(self) -> None:
+        """Snapshot the state at a batch boundary, then start a fresh segment."""
+        snapshot = to_snapshot(self.state)  # includes the pending batch, written next
+        if not await self._write(self._take_pending()):
+            return
+        try:
+            first_segment = await trio.to_thread.run_sync(self.files.rotate)
+            size = await trio.to_thread.run_sync(self.files.write_snapshot, snapshot, first_segment)
+        except OSError as exc:
+            log.warning("compaction failed; the journal keeps growing", error=str(exc))
+            return
+        self.compactions += 1
+        log.info("journal compacted", snapshot_bytes=size, jobs=len(self.state.jobs))
+
+    async def checkpoint(self) -> None:
+        """Compact now (at clean shutdown), so the next start-up reads one snapshot."""
+        await self._compact()
+
+    # --- observing -------------------------------------------------------------
+
+    def on_rebuild(self, listener: Callable[[], None]) -> None:
+        self._rebuild_listeners.append(listener)
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def notify_changed(self) -> None:
+        """For state held outside events (holds released, slots freed)."""
+        self._notify_changed()
+
+    @contextmanager
+    def watching(self) -> Iterator[trio.MemoryReceiveChannel[dict[str, Any]]]:
+        """A channel of watch events for as long as the block runs."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](256)
+        self._watchers.add(send)
+        try:
+            yield receive
+        finally:
+            self._watchers.discard(send)
+
+    def publish(self, message: dict[str, Any]) -> None:
+        """Send a watch event to every watcher; a watcher that lags loses events."""
+        for send in list(self._watchers):
+            try:
+                send.send_nowait(message)
+            except trio.WouldBlock:
+                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._watchers.discard(send)
+
+    def journal_stats(self) -> dict[str, Any]:
+        return {
+            "segment": self.files.segment_number,
+            "journal_bytes": self.files.journal_bytes,
+            "snapshot_bytes": self.files.snapshot_bytes(),
+            "compact_bytes": self.compact_bytes,
+            "compactions": self.compactions,
+            "failed_batches": self.failed_batches,
+            "writable": self.writable,
+        }
+
+
+def _public_fields(event: Event) -> dict[str, Any]:
+    fields = {"job_id": event["id"]} if "id" in event else {}
+    for key in ("status", "track_id", "outcome", "error"):
+        if key in event:
+            fields[key] = event[key]
+    return fields
