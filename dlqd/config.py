@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import string
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -26,6 +25,7 @@ from typing import Any, Protocol, TypeGuard
 from urllib.parse import urlsplit
 
 from dlqd import __version__
+from dlqd.naming import TEMPLATE_FIELDS, check_template
 
 DEFAULT_CONFIG_PATH = Path("/etc/dlqd/dlqd.toml")
 
@@ -194,44 +194,18 @@ class _Url(_TextKind):
         return value
 
 
-# One sample per naming field (DESIGN §7): the template is trial-formatted with
-# these, so a format spec that cannot work (`{title:02d}`) fails at start-up
-# instead of on the first finished track. `year` is a string: it is "" when unknown.
-_NAMING_SAMPLE: Mapping[str, object] = {
-    "album_artist": "Album Artist",
-    "artist": "Artist",
-    "album": "Album",
-    "title": "Title",
-    "track": 1,
-    "disc": 1,
-    "discs": 2,
-    "year": "2024",
-    "quality": "LOSSLESS",
-    "disc_prefix": "1-",
-    "ext": "flac",
-}
-
-
 class _NamingTemplate(_TextKind):
     expected = "a naming template using only the fields " + ", ".join(
-        "{" + name + "}" for name in _NAMING_SAMPLE
+        "{" + name + "}" for name in sorted(TEMPLATE_FIELDS)
     )
 
     def convert(self, value: object) -> str:
         if not isinstance(value, str) or not value:
             raise _Invalid(self.expected)
         try:
-            parsed = list(string.Formatter().parse(value))
+            check_template(value)
         except ValueError as exc:
-            raise _Invalid(f"a valid format template ({exc})") from None
-        if any(spec and "{" in spec for _, _, spec, _ in parsed):
-            raise _Invalid("a template without nested fields in format specs")
-        if not {name for _, name, _, _ in parsed if name is not None} <= _NAMING_SAMPLE.keys():
-            raise _Invalid(self.expected)
-        try:
-            value.format(**_NAMING_SAMPLE)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            raise _Invalid(f"a template that formats the naming fields ({exc})") from None
+            raise _Invalid(f"{self.expected} ({exc})") from None
         return value
 
 

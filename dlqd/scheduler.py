@@ -276,7 +276,7 @@ class Scheduler:
         self.draining = True
         self.store.notify_changed()
         with trio.move_on_after(grace_s):
-            while self.running:
+            while self.active_tracks:  # a job still resolving has nothing worth waiting for
                 await self.store.wait_changed()
         for job_id in list(self.running):
             await self.stop_job(job_id)

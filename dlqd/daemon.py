@@ -1,0 +1,241 @@
+"""The daemon's lifetime: lock, recover, serve, drain — its `main` reads like the architecture.
+
+One nursery holds the journal writer, the scheduler, the control server, the
+retention sweeper and the systemd watchdog. Start-up refuses clearly (exit 1)
+when another daemon holds the state dir, when the journal is damaged, or when
+the socket is taken; SIGTERM/SIGINT drain and exit 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+import trio
+
+from dlqd import __version__
+from dlqd.commands import CommandContext, queue_counts
+from dlqd.config import Config
+from dlqd.control import ControlServer, SocketInUse, bind_unix_socket
+from dlqd.finalize import sweep_tmp
+from dlqd.journal import JournalCorrupt, JournalFiles
+from dlqd.model import ACTIVE_STATUSES, TrackStatus
+from dlqd.retention import run_retention
+from dlqd.scheduler import Scheduler
+from dlqd.source import Source
+from dlqd.state import QueueState, recover_interrupted
+from dlqd.store import Store
+from dlqd.systemd import Notifier, activation_socket
+from dlqd.worker import DownloadWork, RetryPolicy, temp_name
+
+log = structlog.get_logger("dlqd.daemon")
+
+
+class StartupError(Exception):
+    """A reason not to start, worded for the operator; the process exits 1."""
+
+
+@contextmanager
+def state_dir_lock(state_dir: Path) -> Iterator[None]:
+    """flock on state_dir/dlqd.lock: one daemon per state directory."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "dlqd.lock"
+    handle: TextIO = open(path, "a+")  # noqa: SIM115 — held for the daemon's lifetime
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise StartupError(
+                f"another dlqd (pid {holder}) is already using state dir {state_dir}"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def recover_state(state_dir: Path) -> tuple[JournalFiles, QueueState]:
+    files = JournalFiles(state_dir)
+    try:
+        state, report = files.recover()
+    except JournalCorrupt as exc:
+        raise StartupError(
+            f"the journal in {state_dir} is damaged: {exc}.\n"
+            "dlqd will not guess which jobs to drop. To repair: stop dlqd, copy the state "
+            f"directory aside, then either restore {state_dir} from a backup, or move the "
+            "damaged segment (and any later ones) out of journal/ to start from the snapshot "
+            "and the intact segments, losing the records they held."
+        ) from None
+    if report.truncated_bytes:
+        log.warning(
+            "journal had a torn tail; truncated it",
+            segment=report.truncated_segment,
+            bytes=report.truncated_bytes,
+        )
+    requeued = recover_interrupted(state)
+    log.info(
+        "journal recovered",
+        jobs=len(state.jobs),
+        snapshot_jobs=report.snapshot_jobs,
+        replayed_records=report.replayed_records,
+        requeued=len(requeued),
+    )
+    return files, state
+
+
+def resumable_partials(state: QueueState) -> set[str]:
+    """Temp file names a queued job can still resume with a Range request."""
+    names = set()
+    for job in state.jobs.values():
+        if job.status in ACTIVE_STATUSES:
+            for track in job.tracks:
+                if track.status == TrackStatus.PENDING:
+                    name = temp_name(job.id, track.track_id)
+                    names.update({name, name + ".meta"})
+    return names
+
+
+def open_listener(config: Config) -> tuple[socket.socket, bool]:
+    """The control socket: systemd's when socket-activated, else our own (owned=True)."""
+    activated = activation_socket()
+    if activated is not None:
+        return activated, False
+    try:
+        return bind_unix_socket(config.daemon.socket, config.daemon.socket_mode), True
+    except SocketInUse as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.daemon.socket}: {exc.strerror}") from None
+
+
+def status_line(ctx: CommandContext) -> str:
+    counts = queue_counts(ctx)
+    return (
+        f"{counts['queued']} queued, {counts['processing']} processing, "
+        f"{ctx.scheduler.active_tracks} tracks downloading"
+    )
+
+
+async def serve(config: Config) -> None:
+    """Run the daemon until SIGTERM/SIGINT; raises StartupError for operator mistakes."""
+    library = config.daemon.library
+    if not library.is_dir():
+        raise StartupError(f"library directory {library} does not exist (is it mounted?)")
+    stop_signals = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
+    with stop_signals as signals, state_dir_lock(config.daemon.state_dir):
+        files, state = recover_state(config.daemon.state_dir)
+        swept = sweep_tmp(library, keep=resumable_partials(state))
+        if swept:
+            log.info("removed leftover temp files", count=swept)
+        listener, owns_socket = open_listener(config)
+        try:
+            await _run(config, files, state, listener, signals)
+        finally:
+            listener.close()
+            files.close()
+            if owns_socket:
+                config.daemon.socket.unlink(missing_ok=True)
+
+
+async def _run(
+    config: Config,
+    files: JournalFiles,
+    state: QueueState,
+    listener: socket.socket,
+    signals: AsyncIterator[int],
+) -> None:
+    notifier = Notifier()
+    store = Store(files, state, config.daemon.journal_compact_bytes)
+    upstream = config.upstream
+    source = Source(
+        upstream.base_url,
+        upstream.cover_base_url,
+        upstream.connect_timeout_s,
+        upstream.read_timeout_s,
+        upstream.user_agent,
+    )
+    work = DownloadWork(
+        source,
+        library=config.daemon.library,
+        files=config.files,
+        retry=RetryPolicy(config.worker.max_retries, config.worker.backoff_s),
+        read_timeout_s=upstream.read_timeout_s,
+        bandwidth_limit_kbps=config.worker.bandwidth_limit_kbps,
+        min_free_mb=config.limits.min_free_mb,
+    )
+    scheduler = Scheduler(
+        store,
+        work,
+        max_concurrent=config.worker.max_concurrent,
+        track_timeout_s=config.worker.track_timeout_s,
+    )
+    ctx = CommandContext(store=store, scheduler=scheduler, max_queue=config.limits.max_queue)
+    ctx.health_checks = lambda: health_checks(ctx, config)
+    server = ControlServer(
+        listener,
+        ctx,
+        max_frame_bytes=config.limits.max_frame_bytes,
+        allowed_uids=frozenset(config.daemon.allowed_uids),
+        allowed_gids=frozenset(config.daemon.allowed_gids),
+        submit_rate_per_min=config.limits.submit_rate_per_min,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            await nursery.start(server.serve)
+            await nursery.start(scheduler.run)
+            nursery.start_soon(
+                lambda: run_retention(
+                    store,
+                    completed_h=config.retention.completed_h,
+                    failed_h=config.retention.failed_h,
+                    interval_s=config.retention.sweep_interval_s,
+                )
+            )
+            nursery.start_soon(notifier.watchdog, lambda: status_line(ctx))
+            notifier.send("READY=1")
+            log.info("dlqd ready", version=__version__, socket=str(config.daemon.socket))
+            signum = await signals.__anext__()
+            log.info("stop requested; draining", signal=signal.Signals(signum).name)
+            notifier.send("STOPPING=1")
+            await _drain(ctx, work, config.worker.drain_grace_s)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await source.aclose()
+
+
+async def _drain(ctx: CommandContext, work: DownloadWork, grace_s: float) -> None:
+    """Stop taking work, let running tracks finish, re-queue the rest, compact."""
+    started = time.monotonic()
+    ctx.shutting_down = True
+    work.keep_partials = True
+    stopped = await ctx.scheduler.drain(grace_s)
+    for job_id in stopped:
+        await ctx.store.commit({"e": "requeue", "id": job_id})
+    try:
+        await ctx.store.checkpoint()
+    except OSError as exc:
+        log.warning("final snapshot failed; the journal holds everything", error=str(exc))
+    log.info("drained", requeued=len(stopped), seconds=round(time.monotonic() - started, 3))
+
+
+def health_checks(ctx: CommandContext, config: Config) -> dict[str, Any]:
+    heartbeat_age = trio.current_time() - ctx.scheduler.heartbeat
+    return {
+        "scheduler": {"ok": heartbeat_age < 30, "heartbeat_age_s": round(heartbeat_age, 3)},
+        "journal": {"ok": ctx.store.writable},
+    }

@@ -1,0 +1,253 @@
+"""Tags: one declarative table of what dlqd writes, and one small writer per container.
+
+Owns: the mapping from `TrackMeta` to FLAC Vorbis comments, MP4 atoms and ID3
+frames (DESIGN §7), and writing them into a temp file. Adding a field is one
+`TagSpec` row; the writers never name a field. Never writes into the library
+(finalize tags the temp file before moving it) and never varies its output:
+existing tags are dropped, padding is fixed and nothing time-dependent is
+written, so the same audio and metadata always give the same bytes — that is
+what lets `overwrite_if_different` recognise a repeated download.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mutagen.flac import FLAC, Picture
+from mutagen.id3 import APIC, ID3, TXXX, Encoding, Frames, ID3NoHeaderError, PictureType
+from mutagen.mp4 import MP4, MP4Cover, MP4FreeForm
+
+from dlqd.errors import DlqdError, ErrorCode, from_oserror
+from dlqd.meta import TrackMeta
+
+# Room for a later tag edit without rewriting the audio; fixed so output is stable.
+PADDING_BYTES = 4096
+_ITUNES = "----:com.apple.iTunes:"
+
+
+@dataclass(frozen=True)
+class NumberPair:
+    """A position and its total ("track 3 of 12"); total 0 means unknown."""
+
+    number: int
+    total: int
+
+
+TagValue = str | tuple[str, ...] | NumberPair
+
+
+def _gain(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f} dB"
+
+
+def _peak(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+@dataclass(frozen=True)
+class TagSpec:
+    """One field and where each container keeps it; an empty key: not stored there.
+
+    `vorbis` is one key, or for a `NumberPair` the (number, total) keys. `mp4` is
+    an atom name, or `----:com.apple.iTunes:NAME` for a freeform atom. `id3` is a
+    frame id, or `TXXX:DESC` for a user text frame.
+    """
+
+    field: str
+    value: Callable[[TrackMeta], TagValue]
+    vorbis: tuple[str, ...] = ()
+    mp4: str = ""
+    id3: str = ""
+
+
+TAGS: tuple[TagSpec, ...] = (
+    TagSpec("title", lambda m: m.display_title, ("TITLE",), "\xa9nam", "TIT2"),
+    TagSpec("artist", lambda m: m.display_artist, ("ARTIST",), "\xa9ART", "TPE1"),
+    TagSpec("artists", lambda m: m.artists, ("ARTISTS",)),
+    TagSpec("album", lambda m: m.album, ("ALBUM",), "\xa9alb", "TALB"),
+    TagSpec("album_artist", lambda m: m.album_artist, ("ALBUMARTIST",), "aART", "TPE2"),
+    TagSpec(
+        "track",
+        lambda m: NumberPair(m.track_number, m.track_total),
+        ("TRACKNUMBER", "TRACKTOTAL"),
+        "trkn",
+        "TRCK",
+    ),
+    TagSpec(
+        "disc",
+        lambda m: NumberPair(m.disc_number, m.disc_total),
+        ("DISCNUMBER", "DISCTOTAL"),
+        "disk",
+        "TPOS",
+    ),
+    # MP4 and ID3 have one date field that holds the year too; Vorbis readers
+    # differ, so FLAC gets both.
+    TagSpec("date", lambda m: m.date, ("DATE",), "\xa9day", "TDRC"),
+    TagSpec("year", lambda m: m.year, ("YEAR",)),
+    TagSpec("isrc", lambda m: m.isrc, ("ISRC",), _ITUNES + "ISRC", "TSRC"),
+    TagSpec("copyright", lambda m: m.copyright, ("COPYRIGHT",), "cprt", "TCOP"),
+    TagSpec(
+        "replaygain_track_gain",
+        lambda m: _gain(m.replay_gain_track),
+        ("REPLAYGAIN_TRACK_GAIN",),
+        _ITUNES + "REPLAYGAIN_TRACK_GAIN",
+        "TXXX:REPLAYGAIN_TRACK_GAIN",
+    ),
+    TagSpec(
+        "replaygain_track_peak",
+        lambda m: _peak(m.peak_track),
+        ("REPLAYGAIN_TRACK_PEAK",),
+        _ITUNES + "REPLAYGAIN_TRACK_PEAK",
+        "TXXX:REPLAYGAIN_TRACK_PEAK",
+    ),
+    TagSpec(
+        "replaygain_album_gain",
+        lambda m: _gain(m.replay_gain_album),
+        ("REPLAYGAIN_ALBUM_GAIN",),
+        _ITUNES + "REPLAYGAIN_ALBUM_GAIN",
+        "TXXX:REPLAYGAIN_ALBUM_GAIN",
+    ),
+    TagSpec(
+        "replaygain_album_peak",
+        lambda m: _peak(m.peak_album),
+        ("REPLAYGAIN_ALBUM_PEAK",),
+        _ITUNES + "REPLAYGAIN_ALBUM_PEAK",
+        "TXXX:REPLAYGAIN_ALBUM_PEAK",
+    ),
+)
+
+
+def _present(value: TagValue) -> bool:
+    """Empty text, an empty list or a zero position is left out rather than written blank."""
+    if isinstance(value, NumberPair):
+        return value.number > 0
+    return bool(value)
+
+
+def _texts(value: str | tuple[str, ...]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _fixed_padding(_info: object) -> int:
+    return PADDING_BYTES
+
+
+def _write_flac(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
+    audio = FLAC(path)
+    if audio.tags is None:
+        audio.add_tags()
+    assert audio.tags is not None
+    audio.tags.clear()  # keeps the encoder's vendor string: it describes the audio
+    audio.clear_pictures()
+    for spec in TAGS:
+        value = spec.value(meta)
+        if not spec.vorbis or not _present(value):
+            continue
+        if isinstance(value, NumberPair):
+            number_key, total_key = spec.vorbis
+            audio.tags[number_key] = [str(value.number)]
+            if value.total > 0:
+                audio.tags[total_key] = [str(value.total)]
+        else:
+            audio.tags[spec.vorbis[0]] = _texts(value)
+    if cover is not None:
+        picture = Picture()
+        picture.type = PictureType.COVER_FRONT
+        picture.mime = "image/jpeg"
+        picture.data = cover
+        audio.add_picture(picture)
+    audio.save(deleteid3=True, padding=_fixed_padding)
+
+
+def _write_mp4(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
+    audio = MP4(path)
+    if audio.tags is None:
+        audio.add_tags()
+    assert audio.tags is not None
+    audio.tags.clear()
+    for spec in TAGS:
+        value = spec.value(meta)
+        if not spec.mp4 or not _present(value):
+            continue
+        if isinstance(value, NumberPair):
+            audio.tags[spec.mp4] = [(value.number, value.total)]
+        elif spec.mp4.startswith(_ITUNES):
+            audio.tags[spec.mp4] = [MP4FreeForm(text.encode("utf-8")) for text in _texts(value)]
+        else:
+            audio.tags[spec.mp4] = _texts(value)
+    if cover is not None:
+        audio.tags["covr"] = [MP4Cover(cover, imageformat=MP4Cover.FORMAT_JPEG)]
+    audio.save(padding=_fixed_padding)
+
+
+def _write_mp3(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
+    try:
+        tags = ID3(path)
+    except ID3NoHeaderError:
+        tags = ID3()
+    tags.clear()
+    for spec in TAGS:
+        value = spec.value(meta)
+        if not spec.id3 or not _present(value):
+            continue
+        if isinstance(value, NumberPair):
+            texts = [f"{value.number}/{value.total}" if value.total > 0 else str(value.number)]
+        else:
+            texts = _texts(value)
+        if spec.id3.startswith("TXXX:"):
+            tags.add(TXXX(encoding=Encoding.UTF8, desc=spec.id3[5:], text=texts))
+        else:
+            tags.add(Frames[spec.id3](encoding=Encoding.UTF8, text=texts))
+    if cover is not None:
+        tags.add(
+            APIC(
+                encoding=Encoding.UTF8,
+                mime="image/jpeg",
+                type=PictureType.COVER_FRONT,
+                desc="",
+                data=cover,
+            )
+        )
+    # v1=0 removes any ID3v1 tail; one tag, in one place, in ID3v2.4.
+    tags.save(path, v1=0, v2_version=4, padding=_fixed_padding)
+
+
+_WRITERS: dict[str, Callable[[Path, TrackMeta, bytes | None], None]] = {
+    "flac": _write_flac,
+    "m4a": _write_mp4,
+    "mp3": _write_mp3,
+}
+
+
+def _oserror_in(exc: BaseException) -> OSError | None:
+    """The OSError mutagen wrapped (it re-raises I/O errors as MutagenError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def write_tags(path: Path, ext: str, meta: TrackMeta, cover: bytes | None) -> None:
+    """Replace every tag in the file at `path` with those of `meta` (+ the cover).
+
+    `ext` is what `naming.detect_extension` said. Running out of disk is
+    DISK_FULL like anywhere else; any other failure is TAGGING_FAILED.
+    """
+    writer = _WRITERS.get(ext)
+    if writer is None:
+        raise DlqdError(ErrorCode.UNSUPPORTED_FORMAT, f"cannot tag .{ext} files")
+    try:
+        writer(path, meta, cover)
+    # mutagen parses untrusted bytes and does not promise to raise only
+    # MutagenError on a malformed file, so anything it raises is a tagging failure.
+    except Exception as exc:
+        oserror = _oserror_in(exc)
+        if oserror is not None and oserror.errno is not None:
+            raise from_oserror(oserror, f"tagging {path.name}") from exc
+        raise DlqdError(
+            ErrorCode.TAGGING_FAILED, f"tagging {path.name}: {type(exc).__name__}: {exc}"
+        ) from exc

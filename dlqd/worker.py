@@ -1,0 +1,205 @@
+"""The work of one job: resolve its metadata, then fetch and finalize each track.
+
+Owns the retry policy (jittered backoff from `backoff_s`, `Retry-After` when
+longer, `max_retries` per track), the disk-space preflight, the temp-file
+lifecycle in `library/.dlqd-tmp/` and the per-album cover cache. It never
+writes into the library itself — `finalize_track` does — and never journals:
+it reports to the scheduler through `TrackRun` and its return values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+import trio
+
+from dlqd.config import FilesConfig
+from dlqd.errors import DlqdError, ErrorCode, from_oserror
+from dlqd.fetch import MediaNotFoundError, fetch_to_file, sidecar_path
+from dlqd.finalize import finalize_track, tmp_dir
+from dlqd.meta import MediaPlan, TrackMeta
+from dlqd.model import Job
+from dlqd.scheduler import ResolvedJob, TrackResult, TrackRun
+from dlqd.source import Source, with_playback_gains
+
+log = structlog.get_logger("dlqd.worker")
+T = TypeVar("T")
+COVER_CACHE_SIZE = 8  # albums whose tracks are running at once, with room to spare
+
+
+def backoff_delay(
+    retry_number: int,
+    schedule: Sequence[float],
+    retry_after: float | None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before retry `retry_number` (0-based).
+
+    The schedule's entry (its last one once retries outrun it), jittered to
+    between 50% and 150% so many failing tracks do not retry in lockstep; the
+    upstream's Retry-After wins when it asks for longer.
+    """
+    base = schedule[min(retry_number, len(schedule) - 1)]
+    delay = base * (0.5 + rng())
+    return max(delay, retry_after or 0.0)
+
+
+def temp_name(job_id: str, track_id: int) -> str:
+    """A track's partial file name: stable across restarts so a download can resume."""
+    return f"{job_id}-{track_id}.part"
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int
+    backoff_s: tuple[float, ...]
+    sleep: Callable[[float], Awaitable[None]] = trio.sleep
+    rng: Callable[[], float] = random.random
+
+    async def run(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        on_attempt: Callable[[], None] = lambda: None,
+        what: str = "",
+    ) -> T:
+        """Call `attempt` until it succeeds, fails permanently or runs out of retries."""
+        for retry_number in range(self.max_retries + 1):
+            on_attempt()
+            try:
+                return await attempt()
+            except DlqdError as exc:
+                if not exc.transient or retry_number == self.max_retries:
+                    raise
+                delay = backoff_delay(retry_number, self.backoff_s, exc.retry_after, self.rng)
+                log.info("retrying", what=what, error_code=str(exc.code), delay_s=round(delay, 3))
+                await self.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class DownloadWork:
+    """The scheduler's `JobWork`: real downloads from the upstream into the library."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        library: Path,
+        files: FilesConfig,
+        retry: RetryPolicy,
+        read_timeout_s: float,
+        bandwidth_limit_kbps: int = 0,
+        min_free_mb: int = 0,
+    ):
+        self.source = source
+        self.library = library
+        self.files = files
+        self.retry = retry
+        self.read_timeout_s = read_timeout_s
+        self.bandwidth_limit_kbps = bandwidth_limit_kbps
+        self.min_free_mb = min_free_mb
+        self.keep_partials = False  # set while draining: a restart resumes them
+        self._covers: OrderedDict[str, bytes | None] = OrderedDict()
+
+    async def resolve(self, job: Job) -> ResolvedJob:
+        if job.type == "album":
+            album = await self.retry.run(
+                lambda: self.source.album(job.target_id), what=f"album {job.target_id}"
+            )
+            if not album.tracks:
+                raise DlqdError(
+                    ErrorCode.UPSTREAM_BAD_RESPONSE, f"album {job.target_id} lists no tracks"
+                )
+            return ResolvedJob(album.title, album.artist, album.tracks)
+        meta = await self.retry.run(
+            lambda: self.source.track_meta(job.target_id), what=f"track {job.target_id}"
+        )
+        return ResolvedJob(meta.display_title, meta.display_artist, (meta,))
+
+    async def run_track(self, run: TrackRun) -> TrackResult:
+        temp = tmp_dir(self.library) / temp_name(run.job_id, run.track.track_id)
+        finished = False
+        try:
+            result = await self.retry.run(
+                lambda: self._one_try(run, temp),
+                on_attempt=run.attempt_started,
+                what=f"track {run.track.track_id}",
+            )
+            finished = True
+            return result
+        finally:
+            if not finished and not self.keep_partials:
+                _remove(temp)
+            if finished or not self.keep_partials:
+                _remove(sidecar_path(temp))
+
+    async def _one_try(self, run: TrackRun, temp: Path) -> TrackResult:
+        self._check_free_space()
+        plan = await self.source.media_plan(run.track.track_id, run.quality)
+        try:
+            fetched = await self._fetch(plan, temp, run)
+        except MediaNotFoundError:
+            # Signed media URLs expire: one fresh manifest, inside the same try.
+            plan = await self.source.media_plan(run.track.track_id, run.quality)
+            fetched = await self._fetch(plan, temp, run)
+        meta = with_playback_gains(run.meta, plan)
+        cover = await self._cover(meta)
+        final = await trio.to_thread.run_sync(
+            finalize_track, temp, meta, cover, self.library, self.files
+        )
+        return TrackResult(path=final.path, outcome=final.outcome, bytes=fetched)
+
+    async def _fetch(self, plan: MediaPlan, temp: Path, run: TrackRun) -> int:
+        result = await fetch_to_file(
+            self.source.client,
+            plan,
+            temp,
+            progress=run.progress,
+            read_timeout_s=self.read_timeout_s,
+            bandwidth_limit_kbps=self.bandwidth_limit_kbps,
+        )
+        return result.total
+
+    async def _cover(self, meta: TrackMeta) -> bytes | None:
+        """The album's cover, fetched once per album; a cover problem never fails a track."""
+        if self.files.cover == "none" or not meta.cover_url:
+            return None
+        if meta.cover_url in self._covers:
+            self._covers.move_to_end(meta.cover_url)
+            return self._covers[meta.cover_url]
+        try:
+            cover = await self.source.cover(meta.cover_url)
+        except DlqdError as exc:
+            log.warning("cover unavailable", url=meta.cover_url, error_code=str(exc.code))
+            return None
+        self._covers[meta.cover_url] = cover
+        if len(self._covers) > COVER_CACHE_SIZE:
+            self._covers.popitem(last=False)
+        return cover
+
+    def _check_free_space(self) -> None:
+        if self.min_free_mb <= 0:
+            return
+        try:
+            free = shutil.disk_usage(self.library).free
+        except OSError as exc:
+            raise from_oserror(exc, f"checking free space in {self.library}") from exc
+        if free < self.min_free_mb * 1024 * 1024:
+            raise DlqdError(
+                ErrorCode.DISK_FULL,
+                f"{self.library}: {free // (1024 * 1024)} MiB free, "
+                f"below limits.min_free_mb = {self.min_free_mb}",
+            )
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

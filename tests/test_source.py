@@ -1,0 +1,311 @@
+"""Source against the real local catalog: metadata, paging, plans, failover, errors."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from dlqd import audio
+from dlqd.catalog import (
+    BIG_ALBUM_ID,
+    BIG_ALBUM_TRACKS,
+    DASH_NO_TIMELINE_TRACK_ID,
+    DASH_TIMELINE_TRACK_ID,
+    ENCRYPTED_TRACK_ID,
+    LIVE_TRACK_ID,
+    MULTI_ARTIST_TRACK_ID,
+    PREVIEW_TRACK_ID,
+    SINGLE_ALBUM_ID,
+    SINGLE_TRACK_ID,
+    TWO_DISC_ALBUM_ID,
+    TWO_MAIN_ARTISTS_TRACK_ID,
+    UNKNOWN_ID,
+    Catalog,
+    CatalogServer,
+)
+from dlqd.errors import DlqdError, ErrorCode
+from dlqd.source import SKIP_FOR_S, Source, with_playback_gains
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog()
+
+
+@pytest.fixture
+def server(catalog: Catalog) -> Iterator[CatalogServer]:
+    with CatalogServer(catalog) as running:
+        yield running
+
+
+@pytest.fixture
+def other_server(catalog: Catalog) -> Iterator[CatalogServer]:
+    with CatalogServer(catalog) as running:
+        yield running
+
+
+def make_source(bases: list[str], cover_base: str, **kwargs: Any) -> Source:
+    return Source(bases, cover_base, 2.0, 2.0, "dlqd-test", **kwargs)
+
+
+@pytest.fixture
+async def source(server: CatalogServer) -> AsyncIterator[Source]:
+    upstream = make_source([server.base_url], server.cover_base_url)
+    yield upstream
+    await upstream.aclose()
+
+
+def dead_base_url() -> str:
+    """A loopback port nobody listens on: connections are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def expect_code(code: ErrorCode, call: Any) -> DlqdError:
+    with pytest.raises(DlqdError) as caught:
+        await call
+    assert caught.value.code == code, caught.value
+    return caught.value
+
+
+# -- metadata -------------------------------------------------------------------
+
+
+async def test_album_pages_until_all_120_tracks_are_read(
+    source: Source, server: CatalogServer
+) -> None:
+    album = await source.album(BIG_ALBUM_ID)
+    assert len(album.tracks) == BIG_ALBUM_TRACKS
+    assert [t.track_number for t in album.tracks] == list(range(1, BIG_ALBUM_TRACKS + 1))
+    assert {t.track_total for t in album.tracks} == {BIG_ALBUM_TRACKS}
+    offsets = [r.query.get("offset") for r in server.requests_for("album")]
+    assert offsets == ["0", "100"]
+
+
+async def test_two_disc_album_has_per_disc_totals_and_main_artist_first(source: Source) -> None:
+    album = await source.album(TWO_DISC_ALBUM_ID)
+    assert [(t.disc_number, t.track_number, t.track_total) for t in album.tracks] == [
+        (1, 1, 3),
+        (1, 2, 3),
+        (1, 3, 3),
+        (2, 1, 2),
+        (2, 2, 2),
+    ]
+    assert {t.disc_total for t in album.tracks} == {2}
+    by_id = {t.track_id: t for t in album.tracks}
+    assert by_id[MULTI_ARTIST_TRACK_ID].artists == ("The Examples", "Guest Singer")
+    assert by_id[TWO_MAIN_ARTISTS_TRACK_ID].artists == ("The Examples", "Second Band")
+    live = by_id[LIVE_TRACK_ID]
+    assert (live.title, live.version, live.display_title) == (
+        "Third Rail",
+        "Live",
+        "Third Rail (Live)",
+    )
+    first = album.tracks[0]
+    assert (first.album, first.album_artist, first.date) == (
+        "Night Lines",
+        "The Examples",
+        "2019-05-03",
+    )
+    assert first.version == ""
+    assert first.isrc and first.copyright and first.replay_gain_track is not None
+    assert album.cover_url is not None and album.cover_url.endswith("/1280x1280.jpg")
+    assert "-" not in album.cover_url.removeprefix(source.cover_url(""))
+    assert first.cover_url == album.cover_url
+
+
+async def test_single_track_meta_equals_its_album_entry(source: Source) -> None:
+    album = await source.album(TWO_DISC_ALBUM_ID)
+    for track in album.tracks:
+        assert await source.track_meta(track.track_id) == track
+
+
+async def test_cover_is_fetched_and_a_missing_one_is_none(source: Source) -> None:
+    album = await source.album(SINGLE_ALBUM_ID)
+    assert album.cover_url is not None
+    assert await source.cover(album.cover_url) == audio.cover_jpeg()
+    missing = source.cover_url("00000000-0000-0000-0000-000000000000")
+    assert await source.cover(missing) is None
+
+
+# -- playback plans ---------------------------------------------------------------
+
+
+async def test_lossless_plan_has_both_mirrors_and_playback_gains(
+    source: Source, catalog: Catalog
+) -> None:
+    plan = await source.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
+    assert len(plan.urls) == 2 and not plan.segments
+    meta = with_playback_gains(await source.track_meta(SINGLE_TRACK_ID), plan)
+    album = catalog.album(SINGLE_ALBUM_ID)
+    assert (meta.replay_gain_album, meta.peak_album) == (album.replay_gain, album.peak)
+    assert meta.replay_gain_track == catalog.track(SINGLE_TRACK_ID).replay_gain
+
+
+@pytest.mark.parametrize("track_id", [DASH_TIMELINE_TRACK_ID, DASH_NO_TIMELINE_TRACK_ID])
+async def test_hi_res_plan_is_init_plus_segments(source: Source, track_id: int) -> None:
+    plan = await source.media_plan(track_id, "HI_RES_LOSSLESS")
+    assert len(plan.segments) == 1 + len(audio.DASH_SEGMENT_DURATIONS)
+    assert "/init.mp4" in plan.segments[0]
+
+
+@pytest.mark.parametrize("track_id", [PREVIEW_TRACK_ID, ENCRYPTED_TRACK_ID])
+async def test_preview_and_encrypted_are_unsupported(source: Source, track_id: int) -> None:
+    error = await expect_code(ErrorCode.UNSUPPORTED_FORMAT, source.media_plan(track_id, "LOSSLESS"))
+    assert not error.transient
+
+
+# -- errors -----------------------------------------------------------------------
+
+
+async def test_unknown_ids_are_not_found(source: Source) -> None:
+    await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, source.track_meta(UNKNOWN_ID))
+    await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, source.album(UNKNOWN_ID))
+    await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, source.media_plan(UNKNOWN_ID, "LOSSLESS"))
+
+
+async def test_429_carries_retry_after(source: Source, server: CatalogServer) -> None:
+    server.inject("info", "status", status=429, retry_after=7)
+    error = await expect_code(ErrorCode.UPSTREAM_RATE_LIMITED, source.track_meta(SINGLE_TRACK_ID))
+    assert error.retry_after == 7.0 and error.transient
+
+
+async def test_5xx_is_unavailable(source: Source, server: CatalogServer) -> None:
+    server.inject("album", "status", status=500)
+    await expect_code(ErrorCode.UPSTREAM_UNAVAILABLE, source.album(SINGLE_ALBUM_ID))
+
+
+@pytest.mark.parametrize("fault", ["bad_json", "bad_shape"])
+async def test_malformed_json_is_bad_response(
+    source: Source, server: CatalogServer, fault: str
+) -> None:
+    server.inject("info", fault)
+    await expect_code(ErrorCode.UPSTREAM_BAD_RESPONSE, source.track_meta(SINGLE_TRACK_ID))
+
+
+async def test_undecodable_manifest_is_bad_response(source: Source, server: CatalogServer) -> None:
+    server.inject("track", "bad_manifest")
+    await expect_code(
+        ErrorCode.UPSTREAM_BAD_RESPONSE, source.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
+    )
+
+
+# -- failover ---------------------------------------------------------------------
+
+
+async def test_fails_over_to_the_second_base_when_the_first_is_down(
+    server: CatalogServer,
+) -> None:
+    upstream = make_source([dead_base_url(), server.base_url], server.cover_base_url)
+    try:
+        meta = await upstream.track_meta(SINGLE_TRACK_ID)
+    finally:
+        await upstream.aclose()
+    assert meta.album_id == SINGLE_ALBUM_ID
+
+
+async def test_a_base_failing_three_times_is_skipped_for_60_s(
+    server: CatalogServer, other_server: CatalogServer
+) -> None:
+    server.inject("album", "status", times=None, status=503)
+    clock = FakeClock()
+    upstream = make_source(
+        [server.base_url, other_server.base_url], server.cover_base_url, clock=clock
+    )
+    try:
+        for _ in range(3):
+            await upstream.album(SINGLE_ALBUM_ID)
+        assert len(server.requests_for("album")) == 3
+        await upstream.album(SINGLE_ALBUM_ID)
+        assert len(server.requests_for("album")) == 3  # skipped
+        clock.now += SKIP_FOR_S + 1
+        await upstream.album(SINGLE_ALBUM_ID)
+        assert len(server.requests_for("album")) == 4  # tried again, failed again
+        await upstream.album(SINGLE_ALBUM_ID)
+        assert len(server.requests_for("album")) == 4  # and skipped again at once
+    finally:
+        await upstream.aclose()
+    assert len(other_server.requests_for("album")) == 6
+
+
+async def test_a_skipped_base_is_still_tried_when_no_other_answers(
+    server: CatalogServer,
+) -> None:
+    server.inject("album", "status", times=3, status=503)
+    upstream = make_source([server.base_url], server.cover_base_url, clock=FakeClock())
+    try:
+        for _ in range(3):
+            await expect_code(ErrorCode.UPSTREAM_UNAVAILABLE, upstream.album(SINGLE_ALBUM_ID))
+        album = await upstream.album(SINGLE_ALBUM_ID)
+    finally:
+        await upstream.aclose()
+    assert album.album_id == SINGLE_ALBUM_ID
+
+
+async def test_404_is_an_answer_not_a_reason_to_fail_over(
+    server: CatalogServer, other_server: CatalogServer
+) -> None:
+    upstream = make_source([server.base_url, other_server.base_url], server.cover_base_url)
+    try:
+        await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, upstream.album(UNKNOWN_ID))
+    finally:
+        await upstream.aclose()
+    assert other_server.requests == []
+
+
+# -- paging safety (a lying upstream, served by a mock transport) --------------------
+
+
+def lying_album(items_per_page: list[list[dict[str, Any]]]) -> httpx.AsyncClient:
+    """An album that promises 50 tracks but serves the given pages, then empty ones."""
+    calls = iter(items_per_page)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = next(calls, [])
+        data = {
+            "id": 7,
+            "title": "Liar",
+            "numberOfTracks": 50,
+            "numberOfVolumes": 1,
+            "artist": {"id": 1, "name": "Fibber"},
+            "items": page,
+        }
+        return httpx.Response(200, json={"version": "2.0", "data": data})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+def item(track_id: int) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "item": {"id": track_id, "title": f"T{track_id}", "trackNumber": track_id},
+    }
+
+
+@pytest.mark.parametrize(
+    "pages",
+    [
+        [[item(1), item(2)]],  # then an empty page
+        [[item(1), item(2)], [item(1), item(2)]],  # offset ignored: the same page again
+    ],
+)
+async def test_paging_stops_on_an_empty_or_repeated_page(pages: list[list[Any]]) -> None:
+    async with lying_album(pages) as client:
+        upstream = make_source(["http://upstream.test"], "http://img.test", client=client)
+        album = await upstream.album(7)
+    assert [t.track_id for t in album.tracks] == [1, 2]
+    assert album.tracks[0].artists == ("Fibber",)  # no artist at all: the album's
