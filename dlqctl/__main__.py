@@ -11,69 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from dlqctl.client import Client, Refused, Unreachable
 from dlqd.model import PRIORITIES, QUALITIES, JobStatus
-from dlqd.protocol import PROTOCOL_VERSION, encode_frame, read_frame_blocking
 
 DEFAULT_SOCKET = "/run/dlqd/dlqd.sock"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-class Unreachable(Exception):
-    """The daemon's socket does not answer."""
-
-
-class Refused(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Client:
-    """One connection to dlqd; requests are answered in order."""
-
-    def __init__(self, path: str, timeout_s: float = 30.0):
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout_s)
-        self._next_id = 1
-        try:
-            self._sock.connect(path)
-        except OSError as exc:
-            self._sock.close()
-            reason = exc.strerror or str(exc)
-            raise Unreachable(f"cannot reach dlqd at {path}: {reason} (is it running?)") from None
-
-    def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        request_id = self._next_id
-        self._next_id += 1
-        frame = {"v": PROTOCOL_VERSION, "id": request_id, "cmd": cmd, "args": args or {}}
-        try:
-            self._sock.sendall(encode_frame(frame))
-            response = read_frame_blocking(self._sock)
-        except (OSError, ConnectionError) as exc:
-            raise Unreachable(f"lost the connection to dlqd at {self.path}: {exc}") from None
-        if not response.get("ok"):
-            error = response.get("error") or {}
-            raise Refused(str(error.get("code", "UNKNOWN")), str(error.get("message", "")))
-        return response.get("result")
-
-    def events(self) -> Any:
-        """After `watch`: each event frame until the daemon closes."""
-        self._sock.settimeout(None)
-        while True:
-            try:
-                yield read_frame_blocking(self._sock)
-            except ConnectionError:
-                return
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 # --- rendering ------------------------------------------------------------------

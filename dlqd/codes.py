@@ -35,6 +35,9 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
     TAGGING_FAILED = "TAGGING_FAILED"
     CANCELLED = "CANCELLED"
+    # Not in DESIGN §5: a bug in dlqd itself, recorded on the track instead of
+    # taking the daemon down (docs/protocol.md).
+    INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
 # Retried with backoff; every other job error fails the track at once.

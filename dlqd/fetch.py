@@ -220,6 +220,8 @@ async def fetch_to_file(
 
 @dataclass
 class _Transfer:
+    """One call's settings, shared by the single-file and DASH paths."""
+
     client: httpx.AsyncClient
     dest: Path
     timeout: httpx.Timeout
@@ -227,12 +229,12 @@ class _Transfer:
     bucket: TokenBucket | None
 
     async def single(self, url: str, *, resume: bool) -> FetchResult:
-        start, total = (
+        start, known = (
             await trio.to_thread.run_sync(_resume_point, self.dest) if resume else (0, None)
         )
         if start:
             try:
-                return await self._get_file(url, start=start, known=total)
+                return await self._get_file(url, start=start, known=known)
             except _ResumeRefused:
                 pass
         return await self._get_file(url, start=0, known=None)

@@ -180,11 +180,11 @@ class Scheduler:
             for track in job.tracks:
                 if track.status != TrackStatus.PENDING:
                     continue
-                await self.limiter.acquire_on_behalf_of(track)
+                await self.limiter.acquire_on_behalf_of(slot := (job_id, track.track_id))
                 if self.draining:
-                    self.limiter.release_on_behalf_of(track)
+                    self.limiter.release_on_behalf_of(slot)
                     break
-                tracks.start_soon(self._run_track, job, track, metas[track.track_id], log_)
+                tracks.start_soon(self._run_track, job, track, metas[track.track_id], slot, log_)
             running.handing_out = False
             self.store.notify_changed()
         if self.draining:
@@ -205,14 +205,25 @@ class Scheduler:
         log_.info("job finished", status=str(status), error_code=(error or {}).get("code"))
 
     async def _run_track(
-        self, job: Job, track: Track, meta: TrackMeta, log_: structlog.BoundLogger
+        self,
+        job: Job,
+        track: Track,
+        meta: TrackMeta,
+        slot: tuple[str, int],
+        log_: structlog.BoundLogger,
     ) -> None:
         log_ = log_.bind(track_id=track.track_id)
         run = TrackRun(job.id, track, meta, job.quality, self._publish_progress)
         try:
             track.status = TrackStatus.DOWNLOADING
             with trio.move_on_after(self.track_timeout_s) as deadline:
-                result = await self.work.run_track(run)
+                try:
+                    result = await self.work.run_track(run)
+                except (DlqdError, trio.Cancelled):
+                    raise
+                except Exception as exc:  # a bug must fail one track, not the daemon
+                    log_.exception("internal error in track")
+                    raise DlqdError(ErrorCode.INTERNAL_ERROR, f"internal error: {exc!r}") from exc
             if deadline.cancelled_caught:
                 raise DlqdError(
                     ErrorCode.TIMEOUT, f"track took longer than {self.track_timeout_s:g} s"
@@ -244,7 +255,7 @@ class Scheduler:
         finally:
             if track.status == TrackStatus.DOWNLOADING:
                 track.status = TrackStatus.PENDING
-            self.limiter.release_on_behalf_of(track)
+            self.limiter.release_on_behalf_of(slot)
             self.store.notify_changed()
 
     def _publish_progress(self, run: TrackRun) -> None:

@@ -1,0 +1,205 @@
+"""Test support: a real dlqd process on a real socket, and polling with deadlines.
+
+Tests drive the daemon exactly as users do — a subprocess started from the
+command line with a TOML config, spoken to over its Unix socket with the
+dlqctl client — and wait for outcomes by polling with a deadline, never by
+sleeping a guessed amount.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dlqctl.client import Client, Refused, Unreachable
+
+T = TypeVar("T")
+FINISHED = ("completed", "partial", "failed", "cancelled")
+
+
+def wait_until(
+    predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+@dataclass
+class DaemonProcess:
+    """One dlqd subprocess with its own state dir, library and socket."""
+
+    root: Path
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.state_dir = self.root / "state"
+        self.library = self.root / "library"
+        self.library.mkdir(parents=True, exist_ok=True)
+        # Unix socket paths are limited to 108 bytes: keep it short, outside tmp_path.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="dlqd-", dir="/tmp"))
+        self.socket = self.socket_dir / "dlqd.sock"
+        self.config_path = self.root / "dlqd.toml"
+        self.log_path = self.root / "dlqd.log"
+        self.starts = 0
+
+    def config(self) -> dict[str, dict[str, Any]]:
+        sections: dict[str, dict[str, Any]] = {
+            "daemon": {
+                "state_dir": str(self.state_dir),
+                "socket": str(self.socket),
+                "library": str(self.library),
+            },
+            "upstream": {
+                "base_url": ["http://127.0.0.1:9"],
+                "connect_timeout_s": 2,
+                "read_timeout_s": 5,
+            },
+            "worker": {"backoff_s": [0.05, 0.1]},
+            "limits": {"submit_rate_per_min": 0, "min_free_mb": 0},
+        }
+        for section, values in self.settings.items():
+            sections.setdefault(section, {}).update(values)
+        return sections
+
+    def write_config(self) -> None:
+        lines = []
+        for section, values in self.config().items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, *, wait: bool = True, extra_args: Iterable[str] = ()) -> None:
+        self.write_config()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DLQD_", "JOURNAL_"))}
+        env.update(self.env)
+        log = open(self.log_path, "ab")  # noqa: SIM115 — the child keeps it
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dlqd",
+                "--config",
+                str(self.config_path),
+                "--log-format",
+                "json",
+                *extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        self.starts += 1
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def answers() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"dlqd exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with Client(str(self.socket), timeout_s=2) as client:
+                    return bool(client.call("health"))
+            except (Unreachable, Refused):
+                return False
+
+        wait_until(answers, timeout=timeout, what="dlqd to answer on its socket")
+
+    def client(self) -> Client:
+        return Client(str(self.socket))
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        with self.client() as client:
+            return client.call(cmd, args)
+
+    def refused(self, cmd: str, **args: Any) -> Refused:
+        """Call a command that must be refused; return the refusal."""
+        try:
+            result = self.call(cmd, **args)
+        except Refused as exc:
+            return exc
+        raise AssertionError(f"{cmd} {args} was accepted: {result}")
+
+    def submit(self, type_: str, target_id: int, quality: str = "LOSSLESS", **extra: Any) -> str:
+        result = self.call("submit", type=type_, target_id=target_id, quality=quality, **extra)
+        return str(result["id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.call("get", id=job_id)["job"]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.call("list")["jobs"]
+
+    def wait_job(
+        self, job_id: str, statuses: Iterable[str] = FINISHED, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        wanted = tuple(statuses)
+
+        def reached() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["status"] in wanted else None
+
+        return wait_until(reached, timeout=timeout, what=f"job {job_id} to be {wanted}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no cleanup — a crash."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        for entry in self.socket_dir.iterdir():
+            entry.unlink()
+        self.socket_dir.rmdir()
+
+
+def library_files(library: Path) -> set[str]:
+    """Every file in the library, relative, except the temp directory's."""
+    return {
+        str(p.relative_to(library))
+        for p in library.rglob("*")
+        if p.is_file() and ".dlqd-tmp" not in p.parts
+    }
