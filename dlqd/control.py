@@ -46,16 +46,32 @@ class SocketInUse(Exception):
     """Another process answers on the socket path."""
 
 
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
+_MAX_PEER_GROUPS = 256
+
+
 @dataclass(frozen=True)
 class Peer:
     pid: int
     uid: int
-    gid: int
+    gids: frozenset[int]  # primary and supplementary groups
 
 
 def peer_credentials(sock: trio.socket.SocketType) -> Peer:
+    """The connecting process's uid and groups, as the kernel vouches for them.
+
+    Supplementary groups matter: `usermod -aG dlqd alice` is how people grant
+    access, and SO_PEERCRED alone carries only the primary group.
+    """
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    return Peer(*_PEERCRED.unpack(raw))
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    groups = {gid}
+    try:
+        raw_groups = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * _MAX_PEER_GROUPS)
+        groups.update(struct.unpack(f"{len(raw_groups) // 4}I", raw_groups))
+    except OSError:
+        pass  # an older kernel: the primary group only
+    return Peer(pid, uid, frozenset(groups))
 
 
 def bind_unix_socket(path: Path, mode: int) -> socket.socket:
@@ -135,7 +151,7 @@ class ControlServer:
                 nursery.start_soon(self._serve_connection, sock)
 
     def _permitted(self, peer: Peer) -> bool:
-        return peer.uid in self.allowed_uids or peer.gid in self.allowed_gids
+        return peer.uid in self.allowed_uids or not peer.gids.isdisjoint(self.allowed_gids)
 
     async def _serve_connection(self, sock: trio.socket.SocketType) -> None:
         self.connections += 1
@@ -145,6 +161,8 @@ class ControlServer:
             await self._converse(stream, peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass  # the client went away; nothing to answer
+        except Exception:
+            log.exception("connection failed")  # one client's connection, never the server
         finally:
             self.connections -= 1
             await trio.aclose_forcefully(stream)
@@ -182,6 +200,9 @@ class ControlServer:
             result = await HANDLERS[request.cmd](self.ctx, request.args)
         except DlqdError as exc:
             return error_response(request.id, exc.code, exc.message)
+        except Exception as exc:  # a bug answers one request; it never ends the daemon
+            log.exception("internal error handling a command", cmd=request.cmd)
+            return error_response(request.id, ErrorCode.INTERNAL_ERROR, f"internal error: {exc!r}")
         return ok_response(request.id, result)
 
     async def _watch(self, stream: trio.SocketStream, request: Request) -> None:
