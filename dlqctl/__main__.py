@@ -120,8 +120,13 @@ def render_health(health: dict[str, Any]) -> str:
     head = "healthy" if health["ok"] else "UNHEALTHY: " + ", ".join(health.get("problems", []))
     lines = [f"{head} (dlqd {health['version']}, up {health['uptime_s']:.0f} s)"]
     for name, check in sorted(health.get("checks", {}).items()):
-        details = ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok")
-        lines.append(f"  {'ok ' if check.get('ok', True) else 'BAD'} {name}: {details}")
+        flat = {k: v for k, v in check.items() if k != "ok" and not isinstance(v, dict)}
+        details = ", ".join(f"{k}={v}" for k, v in flat.items())
+        lines.append(f"  {'ok ' if check.get('ok', True) else 'BAD'} {name}: {details}".rstrip())
+        for group in (v for v in check.values() if isinstance(v, dict)):
+            for item, facts in group.items():  # e.g. one line per upstream base
+                shown = facts.items() if isinstance(facts, dict) else [("value", facts)]
+                lines.append(f"      {item}: " + ", ".join(f"{k}={v}" for k, v in shown))
     return "\n".join(lines)
 
 

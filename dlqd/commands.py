@@ -40,6 +40,7 @@ class CommandContext:
     shutting_down: bool = False
     health_checks: Callable[[], dict[str, Any]] = dict
     metrics_text: Callable[[], str] = str
+    metrics_summary: Callable[[], dict[str, Any]] = dict
 
 
 def _get_job(ctx: CommandContext, job_id: str) -> Job:
@@ -179,7 +180,7 @@ async def stats(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
             "active_tracks": scheduler.active_tracks,
             "max_concurrent": int(scheduler.limiter.total_tokens),
         },
-        "metrics": {},
+        "metrics": ctx.metrics_summary(),
         "journal": ctx.store.journal_stats(),
     }
 

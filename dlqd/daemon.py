@@ -1,9 +1,10 @@
 """The daemon's lifetime: lock, recover, serve, drain — its `main` reads like the architecture.
 
 One nursery holds the journal writer, the scheduler, the control server, the
-retention sweeper and the systemd watchdog. Start-up refuses clearly (exit 1)
-when another daemon holds the state dir, when the journal is damaged, or when
-the socket is taken; SIGTERM/SIGINT drain and exit 0.
+retention sweeper, the metrics textfile writer and the systemd watchdog.
+Start-up refuses clearly (exit 1) when another daemon holds the state dir,
+when the journal is damaged, or when the socket is taken; SIGTERM/SIGINT
+drain and exit 0.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from dlqd.commands import CommandContext, queue_counts
 from dlqd.config import Config
 from dlqd.control import ControlServer, SocketInUse, bind_unix_socket
 from dlqd.finalize import sweep_tmp
+from dlqd.health import free_space_check, journal_check, scheduler_check, upstream_check
 from dlqd.journal import JournalCorrupt, JournalFiles
+from dlqd.metrics import LiveView, Metrics, run_textfile_writer, speed_sampler
 from dlqd.model import ACTIVE_STATUSES, TrackStatus
 from dlqd.retention import run_retention
 from dlqd.scheduler import Scheduler
@@ -121,12 +124,39 @@ def open_listener(config: Config) -> tuple[socket.socket, bool]:
         raise StartupError(f"cannot listen on {config.daemon.socket}: {exc.strerror}") from None
 
 
-def status_line(ctx: CommandContext) -> str:
+def status_line(ctx: CommandContext, bytes_per_s: float = 0.0) -> str:
+    """The one line `systemctl status` shows (sent as STATUS=)."""
     counts = queue_counts(ctx)
+    state = "draining: " if ctx.shutting_down else "held: " if ctx.store.state.held else ""
     return (
-        f"{counts['queued']} queued, {counts['processing']} processing, "
-        f"{ctx.scheduler.active_tracks} tracks downloading"
+        f"{state}{counts['queued']} queued, {counts['processing']} processing, "
+        f"{ctx.scheduler.active_tracks} tracks downloading at {_rate(bytes_per_s)}; "
+        f"{counts['completed']} completed, {counts['partial'] + counts['failed']} failed"
     )
+
+
+def _rate(bytes_per_s: float) -> str:
+    for unit in ("B/s", "KiB/s", "MiB/s"):
+        if bytes_per_s < 1024 or unit == "MiB/s":
+            return f"{bytes_per_s:.0f} {unit}" if unit == "B/s" else f"{bytes_per_s:.1f} {unit}"
+        bytes_per_s /= 1024
+    raise AssertionError("unreachable")
+
+
+async def debug_hooks(
+    block_s: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Only with DLQD_DEBUG_HOOKS=1: SIGUSR1 blocks the event loop for `block_s` seconds.
+
+    A deliberately stuck loop, so tests (and operators trying WatchdogSec=)
+    can see the watchdog pings stop. `time.sleep` on purpose: it holds the loop.
+    """
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        task_status.started()
+        async for _ in signals:
+            log.warning("debug hook: blocking the event loop", seconds=block_s)
+            time.sleep(block_s)
+            log.warning("debug hook: event loop released")
 
 
 async def serve(config: Config) -> None:
@@ -158,7 +188,9 @@ async def _run(
     signals: AsyncIterator[int],
 ) -> None:
     notifier = Notifier()
+    metrics = Metrics()
     store = Store(files, state, config.daemon.journal_compact_bytes)
+    store.on_commit(metrics.observe_event)
     upstream = config.upstream
     source = Source(
         upstream.base_url,
@@ -171,7 +203,9 @@ async def _run(
         source,
         library=config.daemon.library,
         files=config.files,
-        retry=RetryPolicy(config.worker.max_retries, config.worker.backoff_s),
+        retry=RetryPolicy(
+            config.worker.max_retries, config.worker.backoff_s, on_retry=metrics.count_retry
+        ),
         read_timeout_s=upstream.read_timeout_s,
         bandwidth_limit_kbps=config.worker.bandwidth_limit_kbps,
         min_free_mb=config.limits.min_free_mb,
@@ -181,9 +215,18 @@ async def _run(
         work,
         max_concurrent=config.worker.max_concurrent,
         track_timeout_s=config.worker.track_timeout_s,
+        observe_track_seconds=metrics.observe_track_seconds,
     )
     ctx = CommandContext(store=store, scheduler=scheduler, max_queue=config.limits.max_queue)
-    ctx.health_checks = lambda: health_checks(ctx, config)
+    ctx.health_checks = lambda: health_checks(ctx, config, source)
+    metrics.live = LiveView(
+        state=lambda: store.state,
+        active_tracks=lambda: scheduler.active_tracks,
+        journal_stats=store.journal_stats,
+    )
+    ctx.metrics_text = metrics.text
+    ctx.metrics_summary = metrics.summary
+    speed = speed_sampler()
     server = ControlServer(
         listener,
         ctx,
@@ -205,12 +248,21 @@ async def _run(
                     interval_s=config.retention.sweep_interval_s,
                 )
             )
-            nursery.start_soon(notifier.watchdog, lambda: status_line(ctx))
+            if config.metrics.textfile is not None:
+                nursery.start_soon(
+                    run_textfile_writer, metrics, config.metrics.textfile, config.metrics.interval_s
+                )
+            if os.environ.get("DLQD_DEBUG_HOOKS") == "1":
+                block_s = float(os.environ.get("DLQD_DEBUG_BLOCK_S", "5"))
+                await nursery.start(debug_hooks, block_s)
+            if notifier.enabled:
+                nursery.start_soon(notifier.watchdog, lambda: status_line(ctx, speed(store.state)))
             notifier.send("READY=1")
             log.info("dlqd ready", version=__version__, socket=str(config.daemon.socket))
             signum = await signals.__anext__()
             log.info("stop requested; draining", signal=signal.Signals(signum).name)
-            notifier.send("STOPPING=1")
+            grace = config.worker.drain_grace_s
+            notifier.send(f"STOPPING=1\nSTATUS=draining: running tracks have {grace:g} s to finish")
             await _drain(ctx, work, config.worker.drain_grace_s)
             nursery.cancel_scope.cancel()
     finally:
@@ -233,9 +285,14 @@ async def _drain(ctx: CommandContext, work: DownloadWork, grace_s: float) -> Non
     log.info("drained", requeued=len(stopped), seconds=round(time.monotonic() - started, 3))
 
 
-def health_checks(ctx: CommandContext, config: Config) -> dict[str, Any]:
-    heartbeat_age = trio.current_time() - ctx.scheduler.heartbeat
+def health_checks(ctx: CommandContext, config: Config, source: Source) -> dict[str, Any]:
+    """The checks of `dlqctl health` (see dlqd.health); cheap enough to run on each request."""
+    state_dir = config.daemon.state_dir
+    min_free_mb = config.limits.min_free_mb
     return {
-        "scheduler": {"ok": heartbeat_age < 30, "heartbeat_age_s": round(heartbeat_age, 3)},
-        "journal": {"ok": ctx.store.writable},
+        "scheduler": scheduler_check(trio.current_time() - ctx.scheduler.heartbeat),
+        "journal": journal_check(ctx.store.files.journal_dir, ctx.store.writable),
+        "state_dir_space": free_space_check(state_dir, min_free_mb),
+        "library_space": free_space_check(config.daemon.library, min_free_mb),
+        "upstream": upstream_check(source.base_reports()),
     }

@@ -26,13 +26,18 @@ _FIELD_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
 def default_log_format(environ: Mapping[str, str]) -> str:
+    """journal when systemd connected our output to the journal (JOURNAL_STREAM), else console."""
     return "journal" if environ.get("JOURNAL_STREAM") else "console"
 
 
 def journal_field_name(key: str) -> str:
-    """journald field names: upper-case letters, digits and underscores, not leading '_'."""
+    """journald field names: A-Z, 0-9 and '_', not leading '_' or a digit, at most 64 bytes."""
     name = "".join(c if c in _FIELD_OK else "_" for c in key.upper()).lstrip("_")
-    return name or "FIELD"
+    if not name:
+        return "FIELD"
+    if name[0].isdigit():
+        name = f"DLQD_{name}"
+    return name[:64]
 
 
 def encode_journal_entry(event: Mapping[str, Any]) -> bytes:
@@ -43,8 +48,8 @@ def encode_journal_entry(event: Mapping[str, Any]) -> bytes:
         "SYSLOG_IDENTIFIER": "dlqd",
     }
     for key, value in event.items():
-        if key in ("event", "level"):
-            continue
+        if key in ("event", "level") or value is None:
+            continue  # journalctl FIELD=value matching has no use for "null"
         name = journal_field_name(key)
         if name in ("MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"):
             name = f"DLQD_{name}"

@@ -61,6 +61,8 @@ def _unsupported(message: str) -> DlqdError:
 def plan_from_playback(playback: Mapping[str, Any], *, manifest_url: str) -> MediaPlan:
     """Build the plan from `/track/` data; `manifest_url` is where it was fetched."""
     presentation = playback.get("assetPresentation")
+    if not isinstance(presentation, str):  # a body without the §6 fields, not a preview
+        raise _bad("playback info lacks assetPresentation")
     if presentation != "FULL":
         raise _unsupported(f"asset presentation is {presentation!r}, not FULL (a preview?)")
     mime_type = playback.get("manifestMimeType")

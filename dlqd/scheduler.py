@@ -90,8 +90,10 @@ class Scheduler:
         max_concurrent: int,
         track_timeout_s: float,
         clock: Callable[[], float] = time.time,
+        observe_track_seconds: Callable[[float], None] = lambda seconds: None,
     ):
         self.store = store
+        self.observe_track_seconds = observe_track_seconds  # the metrics' histogram
         self.work = work
         self.limiter = trio.CapacityLimiter(max_concurrent)
         self.track_timeout_s = track_timeout_s
@@ -146,6 +148,8 @@ class Scheduler:
 
     async def _run_job(self, job_id: str, running: _RunningJob) -> None:
         log_ = log.bind(job_id=job_id)
+        # Task-local: every line logged below this task (worker, fetch) carries job_id too.
+        structlog.contextvars.bind_contextvars(job_id=job_id)
         try:
             with running.scope:
                 await self._job_body(job_id, running, log_)
@@ -213,7 +217,9 @@ class Scheduler:
         log_: structlog.BoundLogger,
     ) -> None:
         log_ = log_.bind(track_id=track.track_id)
+        structlog.contextvars.bind_contextvars(track_id=track.track_id)
         run = TrackRun(job.id, track, meta, job.quality, self._publish_progress)
+        started = trio.current_time()
         try:
             track.status = TrackStatus.DOWNLOADING
             with trio.move_on_after(self.track_timeout_s) as deadline:
@@ -240,6 +246,7 @@ class Scheduler:
                 }
             )
         else:
+            self.observe_track_seconds(trio.current_time() - started)
             log_.info("track finished", outcome=result.outcome, path=result.path)
             await self.store.commit(
                 {

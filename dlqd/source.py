@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,17 @@ class _BaseHealth:
     skip_until: float = float("-inf")
 
 
+@dataclasses.dataclass
+class BaseReport:
+    """What `dlqctl health` shows for one base: wall-clock times of its last answer and failure."""
+
+    last_success: float | None = None  # Unix time
+    last_failure: float | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    skipped: bool = False
+
+
 class Source:
     """One upstream client per daemon; bases are tried in order, sick ones last.
 
@@ -67,6 +79,7 @@ class Source:
             raise ValueError("at least one upstream base URL is required")
         self._bases = [url.rstrip("/") for url in base_urls]
         self._health = {base: _BaseHealth() for base in self._bases}
+        self._reports = {base: BaseReport() for base in self._bases}
         self._cover_base_url = cover_base_url.rstrip("/")
         self._clock = clock
         self._owns_client = client is None
@@ -150,7 +163,22 @@ class Source:
         sick = [b for b in self._bases if self._health[b].skip_until > now]
         return healthy + sick
 
-    def _record_failure(self, base: str) -> None:
+    def base_reports(self) -> dict[str, BaseReport]:
+        """Per base URL: last success and failure, and whether it is being passed over now."""
+        now = self._clock()
+        return {
+            base: dataclasses.replace(
+                self._reports[base],
+                consecutive_failures=self._health[base].failures,
+                skipped=self._health[base].skip_until > now,
+            )
+            for base in self._bases
+        }
+
+    def _record_failure(self, base: str, error: DlqdError) -> None:
+        report = self._reports[base]
+        report.last_failure = time.time()
+        report.last_error = f"{error.code}: {error.message}"
         health = self._health[base]
         health.failures += 1
         if health.failures >= FAILURES_BEFORE_SKIP:
@@ -165,14 +193,15 @@ class Source:
                 with map_httpx_errors(url):
                     response = await self.client.get(url, params=params)
             except DlqdError as exc:
-                self._record_failure(base)
+                self._record_failure(base, exc)
                 last_error = exc
                 continue
             if response.status_code >= 500:
-                self._record_failure(base)
                 last_error = from_http_status(response.status_code, url)
+                self._record_failure(base, last_error)
                 continue
             self._health[base] = _BaseHealth()
+            self._reports[base].last_success = time.time()
             return _envelope_data(response), str(response.url)
         assert last_error is not None  # there is at least one base
         raise last_error

@@ -46,10 +46,12 @@ class Store:
         self.failed_batches = 0
         self.writable = True
         self._pending = _Batch()
+        self._io_lock = trio.Lock()  # one writer: batches, compaction, checkpoint
         self._wakeup = trio.Event()
         self._changed = trio.Event()
         self._watchers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
         self._rebuild_listeners: list[Callable[[], None]] = []
+        self._commit_listeners: list[Callable[[Event], None]] = []
 
     # --- writing ---------------------------------------------------------------
 
@@ -69,6 +71,8 @@ class Store:
                 " nothing was changed",
             )
         for event in events:
+            for listener in self._commit_listeners:
+                listener(event)
             self.publish({"event": event["e"], **_public_fields(event)})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -77,10 +81,11 @@ class Store:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            if not await self._write(self._take_pending()):
-                continue
-            if self.files.journal_bytes >= self.compact_bytes:
-                await self._compact()
+            async with self._io_lock:
+                if not await self._write(self._take_pending()):
+                    continue
+                if self.files.journal_bytes >= self.compact_bytes:
+                    await self._compact()
 
     def _take_pending(self) -> _Batch:
         batch, self._pending = self._pending, _Batch()
@@ -142,13 +147,22 @@ class Store:
         log.info("journal compacted", snapshot_bytes=size, jobs=len(self.state.jobs))
 
     async def checkpoint(self) -> None:
-        """Compact now (at clean shutdown), so the next start-up reads one snapshot."""
-        await self._compact()
+        """Compact now (at clean shutdown), so the next start-up reads one snapshot.
+
+        Holds the writer lock: a batch still being written by `run` must reach
+        the journal before the pending one, or replay would see them out of order.
+        """
+        async with self._io_lock:
+            await self._compact()
 
     # --- observing -------------------------------------------------------------
 
     def on_rebuild(self, listener: Callable[[], None]) -> None:
         self._rebuild_listeners.append(listener)
+
+    def on_commit(self, listener: Callable[[Event], None]) -> None:
+        """Call `listener` with each event once it is durable (metrics count these)."""
+        self._commit_listeners.append(listener)
 
     def _notify_changed(self) -> None:
         self._changed.set()

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 import trio
 
 SD_LISTEN_FDS_START = 3
+STATUS_REFRESH_S = 1.0  # how stale `systemctl status` may get
+SEND_TIMEOUT_S = 1.0  # a stuck receiver must not stall the event loop for long
 
 
 class Notifier:
@@ -26,6 +28,8 @@ class Notifier:
         address = env.get("NOTIFY_SOCKET", "")
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if address else None
+        if self._sock is not None:
+            self._sock.settimeout(SEND_TIMEOUT_S)
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         wanted = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
@@ -44,14 +48,26 @@ class Notifier:
     async def watchdog(self, status: Callable[[], str]) -> None:
         """Ping from the event loop itself: a stuck loop stops the pings.
 
-        STATUS= rides along with each ping so `systemctl status` stays current.
+        WATCHDOG=1 goes out every `watchdog_interval_s` (half of WATCHDOG_USEC);
+        STATUS= is re-read every `STATUS_REFRESH_S` and sent when it changed, so
+        `systemctl status` stays current without a datagram a second.
         """
-        interval = self.watchdog_interval_s or 5.0
+        interval = self.watchdog_interval_s
+        last_status = None
+        next_ping = trio.current_time()
         while True:
-            self.send(f"STATUS={status()}")
-            if self.watchdog_interval_s is not None:
-                self.send("WATCHDOG=1")
-            await trio.sleep(interval)
+            now = trio.current_time()
+            line = status()
+            if line != last_status:
+                self.send(f"STATUS={line}")
+                last_status = line
+            wake = now + STATUS_REFRESH_S
+            if interval is not None:
+                if now >= next_ping:
+                    self.send("WATCHDOG=1")
+                    next_ping = now + interval
+                wake = min(wake, next_ping)
+            await trio.sleep_until(wake)
 
 
 def activation_socket(environ: Mapping[str, str] | None = None) -> socket.socket | None:

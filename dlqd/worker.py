@@ -63,6 +63,7 @@ class RetryPolicy:
     backoff_s: tuple[float, ...]
     sleep: Callable[[float], Awaitable[None]] = trio.sleep
     rng: Callable[[], float] = random.random
+    on_retry: Callable[[str], None] = lambda error_code: None  # metrics: retries by code
 
     async def run(
         self,
@@ -81,6 +82,7 @@ class RetryPolicy:
                     raise
                 delay = backoff_delay(retry_number, self.backoff_s, exc.retry_after, self.rng)
                 log.info("retrying", what=what, error_code=str(exc.code), delay_s=round(delay, 3))
+                self.on_retry(str(exc.code))
                 await self.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -150,6 +152,9 @@ class DownloadWork:
             # Signed media URLs expire: one fresh manifest, inside the same try.
             plan = await self.source.media_plan(run.track.track_id, run.quality)
             fetched = await self._fetch(plan, temp, run)
+        # Tagging rewrites the temp file in place: from here on its size says nothing
+        # about the upstream file, so a crash must not leave validators to resume from.
+        await trio.to_thread.run_sync(_remove, sidecar_path(temp))
         meta = with_playback_gains(run.meta, plan)
         cover = await self._cover(meta)
         final = await trio.to_thread.run_sync(

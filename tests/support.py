@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,16 +96,26 @@ class DaemonProcess:
             lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
         self.config_path.write_text("\n".join(lines) + "\n")
 
-    def start(self, *, wait: bool = True, extra_args: Iterable[str] = ()) -> None:
+    def start(
+        self,
+        *,
+        wait: bool = True,
+        extra_args: Iterable[str] = (),
+        launcher: Sequence[str] | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
+        """Start dlqd; `launcher` replaces `python -m dlqd` (e.g. a socket-activation shim)."""
         self.write_config()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DLQD_", "JOURNAL_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DLQD_", "JOURNAL_", "NOTIFY_", "WATCHDOG_", "LISTEN_"))
+        }
         env.update(self.env)
         log = open(self.log_path, "ab")  # noqa: SIM115 — the child keeps it
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "dlqd",
+                *(launcher or (sys.executable, "-m", "dlqd")),
                 "--config",
                 str(self.config_path),
                 "--log-format",
@@ -115,6 +125,7 @@ class DaemonProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            pass_fds=tuple(pass_fds),
         )
         log.close()
         self.starts += 1

@@ -1,0 +1,85 @@
+"""What `dlqctl health` checks, each answer a dict with `ok` and the numbers behind it.
+
+Checks only read: the scheduler's heartbeat, whether the journal can take a
+record, free space against `limits.min_free_mb`, and what the upstream
+bases last did. A check never repairs anything; `dlqd.commands.health` turns
+the dicts into the protocol result (unhealthy when any `ok` is false).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dlqd.source import BaseReport
+
+# The scheduler wakes at least every 5 s even when idle; six missed wake-ups is a stuck loop.
+HEARTBEAT_LIMIT_S = 30.0
+
+
+def scheduler_check(heartbeat_age_s: float) -> dict[str, Any]:
+    return {
+        "ok": heartbeat_age_s < HEARTBEAT_LIMIT_S,
+        "heartbeat_age_s": round(heartbeat_age_s, 3),
+        "limit_s": HEARTBEAT_LIMIT_S,
+    }
+
+
+def journal_check(journal_dir: Path, last_write_ok: bool) -> dict[str, Any]:
+    """Bad when the last journal write failed or the directory cannot be written (EROFS, modes)."""
+    writable = os.access(journal_dir, os.W_OK)
+    check: dict[str, Any] = {
+        "ok": last_write_ok and writable,
+        "last_write_ok": last_write_ok,
+        "dir_writable": writable,
+        "path": str(journal_dir),
+    }
+    return check
+
+
+def free_space_check(path: Path, min_free_mb: int) -> dict[str, Any]:
+    try:
+        free_mb = shutil.disk_usage(path).free // (1024 * 1024)
+    except OSError as exc:
+        return {"ok": False, "path": str(path), "error": exc.strerror or str(exc)}
+    return {
+        "ok": free_mb >= min_free_mb,
+        "path": str(path),
+        "free_mb": free_mb,
+        "min_free_mb": min_free_mb,
+    }
+
+
+def upstream_check(reports: dict[str, BaseReport], now: float | None = None) -> dict[str, Any]:
+    """Bad only when every base is being passed over (3 failures in a row, within 60 s).
+
+    One sick base of several is a degradation failover handles, shown but not fatal.
+    """
+    now = time.time() if now is None else now
+    bases = {url: _describe_base(report, now) for url, report in reports.items()}
+    return {"ok": any(not r.skipped for r in reports.values()), "bases": bases}
+
+
+def _describe_base(report: BaseReport, now: float) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "last_success": _rfc3339(report.last_success),
+        "last_failure": _rfc3339(report.last_failure),
+        "consecutive_failures": report.consecutive_failures,
+        "skipped": report.skipped,
+    }
+    if report.last_success is not None:
+        described["last_success_age_s"] = round(now - report.last_success, 1)
+    if report.last_failure is not None:
+        described["last_failure_age_s"] = round(now - report.last_failure, 1)
+        described["last_error"] = report.last_error
+    return described
+
+
+def _rfc3339(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,273 @@
+"""The daemon's Prometheus metrics: one `Metrics` object owning its own registry.
+
+Counters move on journaled facts — `observe_event` is handed each event once
+it is durable (submits, finishes, cancels, finished or failed tracks) — plus
+two hooks for what is not journaled: retries (`count_retry`) and how long a
+track took (`observe_track_seconds`). Gauges (jobs by status, active tracks,
+the oldest queued job's age, journal size) are read from the live queue when
+the text is rendered. The text is served by `dlqctl metrics` and, when
+`[metrics] textfile` is set, written atomically for node_exporter's textfile
+collector. This module never changes the queue and never logs per event.
+
+Every metric name starts with `dlqd_`; docs/operations.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import structlog
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from dlqd import __version__
+from dlqd.model import FINISHED_STATUSES, JobStatus, TrackStatus
+from dlqd.state import QueueState
+
+log = structlog.get_logger("dlqd.metrics")
+
+WRITTEN_OUTCOMES = ("written", "overwritten", "renamed")
+SKIPPED_OUTCOMES = ("skipped_identical", "skipped_exists")
+# Tracks here are seconds to a few minutes; the top buckets catch stalled retries.
+TRACK_SECONDS_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """What the gauges read at render time; the daemon fills it from the store and scheduler."""
+
+    state: Callable[[], QueueState]
+    active_tracks: Callable[[], int]
+    journal_stats: Callable[[], Mapping[str, Any]]
+
+
+class Metrics:
+    """Counters, gauges and a histogram in a private `CollectorRegistry` (never the global one)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        # `_created` series double the output and mean nothing to a textfile reader.
+        prometheus_client.disable_created_metrics()
+        self.clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.live: LiveView | None = None
+        r = self.registry
+        self.jobs_submitted = Counter(
+            "dlqd_jobs_submitted", "Jobs accepted into the queue (not duplicates).", registry=r
+        )
+        self.jobs_finished = Counter(
+            "dlqd_jobs_finished",
+            "Jobs that reached a final status, by status.",
+            ["status"],
+            registry=r,
+        )
+        self.tracks_written = Counter(
+            "dlqd_tracks_written",
+            "Tracks that put a file into the library, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.tracks_skipped = Counter(
+            "dlqd_tracks_skipped",
+            "Tracks finished without writing because the library already had them, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.tracks_failed = Counter(
+            "dlqd_tracks_failed", "Tracks that failed, by error code.", ["error_code"], registry=r
+        )
+        self.downloaded_bytes = Counter(
+            "dlqd_downloaded_bytes", "Bytes downloaded for tracks that finished.", registry=r
+        )
+        self.retries = Counter(
+            "dlqd_retries",
+            "Retries of upstream requests and track downloads, by the error that caused them.",
+            ["error_code"],
+            registry=r,
+        )
+        self.jobs = Gauge(
+            "dlqd_jobs", "Jobs known to the daemon, by status.", ["status"], registry=r
+        )
+        self.active_tracks = Gauge(
+            "dlqd_active_tracks", "Tracks downloading right now.", registry=r
+        )
+        self.oldest_queued_age = Gauge(
+            "dlqd_oldest_queued_job_age_seconds",
+            "Age of the oldest queued job (0 when none is queued).",
+            registry=r,
+        )
+        self.journal_bytes = Gauge(
+            "dlqd_journal_bytes", "Size of the journal since the last snapshot.", registry=r
+        )
+        self.snapshot_bytes = Gauge("dlqd_snapshot_bytes", "Size of the last snapshot.", registry=r)
+        self.track_seconds = Histogram(
+            "dlqd_track_download_seconds",
+            "Time from a track's first try to its file in the library (successful tracks).",
+            buckets=TRACK_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.start_time = Gauge(
+            "dlqd_start_time_seconds", "When this dlqd process started (Unix time).", registry=r
+        )
+        self.build_info = Gauge(
+            "dlqd_build_info", "Always 1; the version is a label.", ["version"], registry=r
+        )
+        self.start_time.set(clock())
+        self.build_info.labels(version=__version__).set(1)
+        for status in JobStatus:  # zero series exist from the start, in a stable order
+            if status in FINISHED_STATUSES:
+                self.jobs_finished.labels(status=str(status))
+        for outcome in WRITTEN_OUTCOMES:
+            self.tracks_written.labels(outcome=outcome)
+        for outcome in SKIPPED_OUTCOMES:
+            self.tracks_skipped.labels(outcome=outcome)
+        for status in JobStatus:
+            self.jobs.labels(status=str(status))
+
+    # --- what happened ---------------------------------------------------------
+
+    def observe_event(self, event: Mapping[str, Any]) -> None:
+        """Count one durable journal event (see dlqd.state for the kinds)."""
+        kind = event.get("e")
+        if kind == "submit":
+            self.jobs_submitted.inc()
+        elif kind == "finish":
+            self.jobs_finished.labels(status=str(event["status"])).inc()
+        elif kind == "cancel":
+            self.jobs_finished.labels(status=str(JobStatus.CANCELLED)).inc()
+        elif kind == "track_done":
+            outcome = str(event.get("outcome"))
+            if outcome in SKIPPED_OUTCOMES:
+                self.tracks_skipped.labels(outcome=outcome).inc()
+            else:
+                self.tracks_written.labels(outcome=outcome).inc()
+            self.downloaded_bytes.inc(max(0, int(event.get("bytes") or 0)))
+        elif kind == "track_failed":
+            code = (event.get("error") or {}).get("code", "UNKNOWN")
+            self.tracks_failed.labels(error_code=str(code)).inc()
+
+    def count_retry(self, error_code: str) -> None:
+        self.retries.labels(error_code=error_code).inc()
+
+    def observe_track_seconds(self, seconds: float) -> None:
+        self.track_seconds.observe(max(0.0, seconds))
+
+    # --- rendering ---------------------------------------------------------------
+
+    def refresh_gauges(self) -> None:
+        if self.live is None:
+            return
+        state = self.live.state()
+        counts = {str(status): 0 for status in JobStatus}
+        oldest: float | None = None
+        for job in state.jobs.values():
+            counts[str(job.status)] += 1
+            if job.status == JobStatus.QUEUED and (oldest is None or job.created_at < oldest):
+                oldest = job.created_at
+        for status, count in counts.items():
+            self.jobs.labels(status=status).set(count)
+        self.active_tracks.set(self.live.active_tracks())
+        self.oldest_queued_age.set(0 if oldest is None else max(0.0, self.clock() - oldest))
+        journal = self.live.journal_stats()
+        self.journal_bytes.set(journal.get("journal_bytes", 0))
+        self.snapshot_bytes.set(journal.get("snapshot_bytes", 0))
+
+    def text(self) -> str:
+        """The Prometheus text exposition format, gauges read fresh."""
+        self.refresh_gauges()
+        return generate_latest(self.registry).decode("utf-8")
+
+    def summary(self) -> dict[str, int]:
+        """A few totals for `dlqctl stats` (every one counts whole things)."""
+
+        def total(counter: Counter) -> int:
+            return int(
+                sum(
+                    s.value
+                    for metric in counter.collect()
+                    for s in metric.samples
+                    if s.name.endswith("_total")
+                )
+            )
+
+        return {
+            "jobs_submitted": total(self.jobs_submitted),
+            "jobs_finished": total(self.jobs_finished),
+            "tracks_written": total(self.tracks_written),
+            "tracks_skipped": total(self.tracks_skipped),
+            "tracks_failed": total(self.tracks_failed),
+            "downloaded_bytes": total(self.downloaded_bytes),
+            "retries": total(self.retries),
+        }
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Replace `path` atomically: node_exporter never reads a half-written file.
+
+    The temporary name does not end in `.prom`, so the collector ignores it.
+    """
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+async def run_textfile_writer(metrics: Metrics, path: Path, interval_s: float) -> None:
+    """Write the textfile now and then every `interval_s`; a failed write is logged, not fatal."""
+    failing = False
+    while True:
+        text = metrics.text()
+        try:
+            await trio.to_thread.run_sync(write_textfile, path, text)
+        except OSError as exc:
+            if not failing:  # once per outage, not every interval
+                log.warning("cannot write metrics textfile", path=str(path), error=str(exc))
+            failing = True
+        else:
+            if failing:
+                log.info("metrics textfile written again", path=str(path))
+            failing = False
+        await trio.sleep(interval_s)
+
+
+def speed_sampler(clock: Callable[[], float] = time.monotonic) -> Callable[[QueueState], float]:
+    """A function giving bytes/s since its previous call, from the tracks downloading now.
+
+    Each call compares every downloading track's `bytes_done` with the last
+    sample; restarts (a retry resets a track to 0) count from zero again.
+    """
+    previous: dict[tuple[str, int], int] = {}
+    last_time = clock()
+
+    def sample(state: QueueState) -> float:
+        nonlocal previous, last_time
+        now = clock()
+        current: dict[tuple[str, int], int] = {}
+        gained = 0
+        for job in state.jobs.values():
+            if job.status != JobStatus.PROCESSING:
+                continue
+            for track in job.tracks:
+                if track.status == TrackStatus.DOWNLOADING:
+                    key = (job.id, track.track_id)
+                    current[key] = track.bytes_done
+                    before = previous.get(key, 0)
+                    restarted = track.bytes_done < before
+                    gained += track.bytes_done if restarted else track.bytes_done - before
+        elapsed = now - last_time
+        previous, last_time = current, now
+        return gained / elapsed if elapsed > 0 else 0.0
+
+    return sample

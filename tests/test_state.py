@@ -1,0 +1,439 @@
+"""The queue state machine: `apply` per event, restart recovery, job outcome, snapshot form.
+
+Pure tests, no files: `apply` is the single function used both live and on
+replay, so what holds here holds after a crash too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dlqd.model import PRIORITIES, QUALITIES, JobStatus, TrackStatus
+from dlqd.scheduler import Scheduler
+from dlqd.state import (
+    QueueState,
+    ReplayError,
+    apply,
+    apply_all,
+    from_snapshot,
+    job_outcome,
+    recover_interrupted,
+    to_snapshot,
+)
+from dlqd.store import Store
+
+AT = 1_700_000_000.0
+
+
+def submit(job_id: str, type_: str = "album", target_id: int = 7, **changes: Any) -> dict:
+    event = {
+        "e": "submit",
+        "id": job_id,
+        "type": type_,
+        "target_id": target_id,
+        "quality": "LOSSLESS",
+        "priority": "normal",
+        "at": AT,
+    }
+    return {**event, **changes}
+
+
+def resolve(job_id: str, track_ids: list[int]) -> dict:
+    tracks = [[t, f"Title {t}", 1, n] for n, t in enumerate(track_ids, start=1)]
+    return {"e": "resolve", "id": job_id, "title": "Album", "artist": "Artist", "tracks": tracks}
+
+
+def done(job_id: str, track_id: int, size: int = 100) -> dict:
+    return {
+        "e": "track_done",
+        "id": job_id,
+        "track_id": track_id,
+        "path": f"A/B/{track_id:02d}.flac",
+        "outcome": "written",
+        "bytes": size,
+        "attempts": 1,
+    }
+
+
+def failed(job_id: str, track_id: int, code: str = "NETWORK_ERROR") -> dict:
+    error = {"code": code, "message": "boom"}
+    return {"e": "track_failed", "id": job_id, "track_id": track_id, "error": error, "attempts": 3}
+
+
+def replay(*events: dict) -> QueueState:
+    return apply_all(QueueState(), events)
+
+
+def album_with_tracks(job_id: str = "1", track_ids: tuple[int, ...] = (11, 12, 13)) -> QueueState:
+    return replay(
+        submit(job_id),
+        {"e": "start", "id": job_id, "at": AT + 1},
+        resolve(job_id, list(track_ids)),
+    )
+
+
+# --- apply ---------------------------------------------------------------------------
+
+
+def test_submit_of_a_track_creates_a_queued_job_with_that_one_track() -> None:
+    state = replay(submit("1", "track", 42))
+    job = state.jobs["1"]
+    assert job.status == JobStatus.QUEUED
+    assert [t.track_id for t in job.tracks] == [42]
+    assert job.tracks[0].status == TrackStatus.PENDING
+    assert (job.seq, state.next_seq) == (1, 2)
+    assert job.created_at == AT
+
+
+def test_submit_of_an_album_has_no_tracks_until_resolved() -> None:
+    state = replay(submit("1", "album", 7))
+    assert state.jobs["1"].tracks == []
+    apply(state, resolve("1", [5, 6]))
+    job = state.jobs["1"]
+    assert [(t.track_id, t.title, t.number) for t in job.tracks] == [
+        (5, "Title 5", 1),
+        (6, "Title 6", 2),
+    ]
+    assert (job.title, job.artist) == ("Album", "Artist")
+
+
+def test_resolve_keeps_tracks_that_already_finished() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11))
+    apply(state, resolve("1", [11, 12, 13]))
+    track = state.jobs["1"].tracks[0]
+    assert (track.status, track.path) == (TrackStatus.COMPLETED, "A/B/11.flac")
+
+
+def test_dedupe_index_holds_active_jobs_only() -> None:
+    state = replay(submit("1", "track", 42), submit("2", "track", 42, quality="HIGH"))
+    assert state.active_job_for(("track", 42, "LOSSLESS")).id == "1"
+    assert state.active_job_for(("track", 42, "HIGH")).id == "2"
+    assert state.active_count == 2
+    apply(state, {"e": "cancel", "id": "1", "at": AT})
+    assert state.active_job_for(("track", 42, "LOSSLESS")) is None
+    assert state.active_count == 1
+    apply(state, {"e": "retry", "id": "1", "at": AT})
+    assert state.active_job_for(("track", 42, "LOSSLESS")).id == "1"
+
+
+def test_a_finished_job_leaves_the_index_but_a_newer_identical_job_keeps_its_entry() -> None:
+    state = replay(submit("1", "track", 42), {"e": "cancel", "id": "1", "at": AT})
+    apply(state, submit("2", "track", 42))
+    apply(state, {"e": "remove", "id": "1"})  # removing the old job must not unindex the new
+    assert state.active_job_for(("track", 42, "LOSSLESS")).id == "2"
+    assert list(state.jobs) == ["2"]
+
+
+def test_tracks_done_and_failed_then_finish() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11, size=1234))
+    apply(state, failed("1", 12))
+    apply(state, done("1", 13))
+    job = state.jobs["1"]
+    assert job.started_at == AT + 1
+    first = job.tracks[0]
+    assert (first.status, first.bytes_done, first.bytes_total) == (
+        TrackStatus.COMPLETED,
+        1234,
+        1234,
+    )
+    assert job.tracks[1].status == TrackStatus.FAILED
+    status, error = job_outcome(job)
+    assert status == JobStatus.PARTIAL
+    apply(state, {"e": "finish", "id": "1", "status": str(status), "error": error, "at": AT + 9})
+    assert (job.status, job.finished_at, job.error["code"]) == ("partial", AT + 9, "NETWORK_ERROR")
+    assert state.active_count == 0
+
+
+def test_cancel_marks_unfinished_tracks_cancelled_and_keeps_finished_ones() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11))
+    apply(state, {"e": "cancel", "id": "1", "at": AT + 5})
+    job = state.jobs["1"]
+    assert job.status == JobStatus.CANCELLED
+    assert job.error["code"] == "CANCELLED"
+    assert [t.status for t in job.tracks] == ["completed", "cancelled", "cancelled"]
+
+
+def test_retry_requeues_only_unfinished_tracks() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11))
+    apply(state, failed("1", 12))
+    apply(state, {"e": "cancel", "id": "1", "at": AT})
+    apply(state, {"e": "retry", "id": "1", "at": AT})
+    job = state.jobs["1"]
+    assert (job.status, job.error, job.finished_at) == (JobStatus.QUEUED, None, None)
+    assert [t.status for t in job.tracks] == ["completed", "pending", "pending"]
+    assert job.tracks[1].error is None
+
+
+def test_pause_resets_unfinished_tracks_and_resume_queues_again() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11))
+    job = state.jobs["1"]
+    job.tracks[1].status = TrackStatus.DOWNLOADING  # live progress, never journaled
+    job.tracks[1].bytes_done = 500
+    apply(state, {"e": "pause", "id": "1"})
+    assert job.status == JobStatus.PAUSED
+    assert [t.status for t in job.tracks] == ["completed", "pending", "pending"]
+    assert job.tracks[1].bytes_done == 0
+    assert state.active_count == 1  # paused jobs are active
+    apply(state, {"e": "resume", "id": "1"})
+    assert job.status == JobStatus.QUEUED
+
+
+def test_requeue_hands_a_processing_job_back() -> None:
+    state = album_with_tracks()
+    apply(state, {"e": "requeue", "id": "1"})
+    assert state.jobs["1"].status == JobStatus.QUEUED
+
+
+def test_hold_and_release_toggle_the_global_hold() -> None:
+    state = replay({"e": "hold"})
+    assert state.held
+    apply(state, {"e": "release"})
+    assert not state.held
+
+
+def test_expire_removes_finished_jobs_and_refuses_active_ones() -> None:
+    state = replay(submit("1", "track", 1), submit("2", "track", 2))
+    apply(state, {"e": "cancel", "id": "1", "at": AT})
+    apply(state, {"e": "expire", "ids": ["1", "gone-already"]})
+    assert list(state.jobs) == ["2"]
+    with pytest.raises(ReplayError, match="active job 2"):
+        apply(state, {"e": "expire", "ids": ["2"]})
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"e": "no-such-event"},
+        {"e": "start", "id": "404", "at": AT},
+        {"e": "remove", "id": "404"},
+        done("1", 999),  # job exists, track does not
+    ],
+)
+def test_events_that_do_not_fit_the_state_raise_replay_error(event: dict) -> None:
+    state = replay(submit("1", "track", 5))
+    with pytest.raises(ReplayError):
+        apply(state, event)
+
+
+# --- restart recovery ---------------------------------------------------------------
+
+
+def test_recover_interrupted_requeues_processing_jobs_and_keeps_finished_tracks() -> None:
+    state = album_with_tracks()
+    apply(state, submit("2", "track", 99))
+    apply(state, done("1", 11))
+    job = state.jobs["1"]
+    job.tracks[1].status = TrackStatus.DOWNLOADING
+    job.tracks[1].bytes_done = 77
+    assert recover_interrupted(state) == ["1"]
+    assert job.status == JobStatus.QUEUED
+    assert [t.status for t in job.tracks] == ["completed", "pending", "pending"]
+    assert [t.bytes_done for t in job.tracks] == [100, 0, 0]
+    assert state.jobs["2"].status == JobStatus.QUEUED
+
+
+# --- job outcome ----------------------------------------------------------------------
+
+
+def test_job_outcome_completed_partial_failed() -> None:
+    state = album_with_tracks(track_ids=(1, 2))
+    job = state.jobs["1"]
+    apply(state, done("1", 1))
+    apply(state, done("1", 2))
+    assert job_outcome(job) == (JobStatus.COMPLETED, None)
+
+    state = album_with_tracks(track_ids=(1, 2))
+    job = state.jobs["1"]
+    apply(state, failed("1", 1, "UPSTREAM_NOT_FOUND"))
+    apply(state, failed("1", 2, "TIMEOUT"))
+    status, error = job_outcome(job)
+    assert (status, error["code"]) == (JobStatus.FAILED, "UPSTREAM_NOT_FOUND")  # the first one
+
+    state = album_with_tracks(track_ids=(1, 2))
+    job = state.jobs["1"]
+    apply(state, done("1", 1))
+    apply(state, failed("1", 2, "TIMEOUT"))
+    status, error = job_outcome(job)
+    assert (status, error["code"]) == (JobStatus.PARTIAL, "TIMEOUT")
+
+
+def test_job_outcome_of_an_album_without_tracks_is_failed() -> None:
+    assert job_outcome(replay(submit("1")).jobs["1"])[0] == JobStatus.FAILED
+
+
+# --- priority -------------------------------------------------------------------------
+
+
+async def test_jobs_start_high_then_normal_then_low_and_oldest_first() -> None:
+    state = replay(
+        submit("1", "track", 1, priority="low"),
+        submit("2", "track", 2, priority="normal"),
+        submit("3", "track", 3, priority="high"),
+        submit("4", "track", 4, priority="normal"),
+        submit("5", "track", 5, priority="high"),
+    )
+    scheduler = Scheduler(
+        Store(None, state, compact_bytes=1 << 30),  # type: ignore[arg-type]
+        work=None,  # type: ignore[arg-type]
+        max_concurrent=1,
+        track_timeout_s=60,
+    )
+    order = []
+    while (job := scheduler._next_job()) is not None:
+        order.append(job.id)
+        apply(state, {"e": "cancel", "id": job.id, "at": AT})  # out of the way
+    assert order == ["3", "5", "2", "4", "1"]
+
+
+# --- snapshot form ----------------------------------------------------------------------
+
+
+def describe(state: QueueState) -> dict[str, Any]:
+    """Everything a restart must reproduce, in a comparable form (order included)."""
+    return {
+        "next_seq": state.next_seq,
+        "held": state.held,
+        "active": dict(sorted(state.active_by_key.items())),
+        "jobs": [(job.seq, job.priority, job.to_wire()) for job in state.jobs.values()],
+    }
+
+
+def through_msgpack(state: QueueState) -> QueueState:
+    data = msgpack.packb(to_snapshot(state), use_bin_type=True)
+    return from_snapshot(msgpack.unpackb(data, raw=False, strict_map_key=False))
+
+
+def test_snapshot_round_trip_keeps_every_job_field() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11))
+    apply(state, failed("1", 12))
+    apply(state, submit("2", "track", 8, priority="high", quality="HI_RES_LOSSLESS"))
+    apply(state, {"e": "pause", "id": "2"})
+    apply(state, submit("3", "track", 9))
+    apply(state, {"e": "cancel", "id": "3", "at": AT + 3})
+    apply(state, {"e": "hold"})
+    restored = through_msgpack(state)
+    assert describe(restored) == describe(state)
+    assert restored.jobs["1"].tracks[0].bytes_done == 100  # finished bytes come back
+
+
+def test_snapshot_stores_a_downloading_track_as_pending_without_its_bytes() -> None:
+    state = album_with_tracks()
+    track = state.jobs["1"].tracks[0]
+    track.status, track.bytes_done, track.bytes_total = TrackStatus.DOWNLOADING, 10, 100
+    restored = through_msgpack(state).jobs["1"].tracks[0]
+    assert (restored.status, restored.bytes_done, restored.bytes_total) == ("pending", 0, 0)
+
+
+# --- property: snapshot + rest of the journal == whole journal ----------------------------
+
+
+def valid_events(state: QueueState, data: st.DataObject, steps: int) -> list[dict]:
+    """Draw `steps` events that the daemon could have journaled, applying each as we go."""
+    events = []
+    clock = AT
+    for _ in range(steps):
+        clock += 1
+        jobs = list(state.jobs.values())
+        by_status: dict[str, list] = {}
+        for job in jobs:
+            by_status.setdefault(str(job.status), []).append(job)
+        finished = [j for j in jobs if j.status not in ("queued", "paused", "processing")]
+        options = ["submit", "hold", "release"]
+        if by_status.get("queued"):
+            options += ["start", "pause", "cancel"]
+        if by_status.get("paused"):
+            options += ["resume", "cancel"]
+        processing = by_status.get("processing", [])
+        if processing:
+            options += ["resolve", "track", "finish", "requeue", "pause", "cancel"]
+        if finished:
+            options += ["remove", "expire", "retry"]
+        kind = data.draw(st.sampled_from(options))
+        event: dict[str, Any]
+        if kind == "submit":
+            key = (
+                data.draw(st.sampled_from(["track", "album"])),
+                data.draw(st.integers(1, 6)),
+                data.draw(st.sampled_from(QUALITIES[:2])),
+            )
+            twin = state.active_job_for(key)
+            if twin is not None:  # what the daemon does: dedupe, no event
+                continue
+            event = submit(str(state.next_seq), *key[:2], quality=key[2], at=clock)
+            event["priority"] = data.draw(st.sampled_from(PRIORITIES))
+        elif kind in ("hold", "release"):
+            event = {"e": kind}
+        elif kind in ("start", "pause", "cancel", "resume", "requeue"):
+            wanted = {
+                "start": ["queued"],
+                "pause": ["queued", "processing"],
+                "cancel": ["queued", "paused", "processing"],
+                "resume": ["paused"],
+                "requeue": ["processing"],
+            }[kind]
+            pool = [j for s in wanted for j in by_status.get(s, [])]
+            event = {"e": kind, "id": data.draw(st.sampled_from(pool)).id, "at": clock}
+        elif kind == "resolve":
+            job = data.draw(st.sampled_from(processing))
+            count = data.draw(st.integers(0, 3))
+            event = resolve(job.id, [job.target_id * 10 + n for n in range(count)])
+        elif kind == "track":
+            job = data.draw(st.sampled_from(processing))
+            pending = [t for t in job.tracks if t.status == "pending"]
+            if not pending:
+                continue
+            track = data.draw(st.sampled_from(pending))
+            if data.draw(st.booleans()):
+                event = done(job.id, track.track_id, size=data.draw(st.integers(0, 10**9)))
+            else:
+                event = failed(job.id, track.track_id)
+        elif kind == "finish":
+            job = data.draw(st.sampled_from(processing))
+            status, error = job_outcome(job)
+            event = {"e": "finish", "id": job.id, "status": str(status), "error": error}
+            event["at"] = clock
+        elif kind == "remove":
+            event = {"e": "remove", "id": data.draw(st.sampled_from(finished)).id}
+        elif kind == "expire":
+            ids = [j.id for j in finished]
+            event = {"e": "expire", "ids": data.draw(st.lists(st.sampled_from(ids), min_size=1))}
+            event["ids"] = list(dict.fromkeys(event["ids"]))
+        else:  # retry
+            job = data.draw(st.sampled_from(finished))
+            if state.active_job_for(job.dedupe_key) is not None:
+                continue
+            event = {"e": "retry", "id": job.id, "at": clock}
+        apply(state, event)
+        events.append(event)
+    return events
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), steps=st.integers(0, 60))
+def test_snapshot_then_remaining_events_equals_replaying_every_event(
+    data: st.DataObject, steps: int
+) -> None:
+    live = QueueState()
+    events = valid_events(live, data, steps)
+    cut = data.draw(st.integers(0, len(events)), label="snapshot after event")
+
+    replayed = apply_all(QueueState(), events)
+    compacted = apply_all(through_msgpack(apply_all(QueueState(), events[:cut])), events[cut:])
+
+    assert describe(replayed) == describe(live)
+    assert describe(compacted) == describe(replayed)
+    # what the daemon does after either start-up
+    recover_interrupted(replayed)
+    recover_interrupted(compacted)
+    assert describe(compacted) == describe(replayed)

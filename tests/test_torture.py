@@ -1,0 +1,120 @@
+"""Kill -9 torture: crash the daemon at random moments during album downloads, restart it.
+
+Each round starts the real daemon, lets it work until a kill moment chosen by a
+seeded RNG (a byte count to reach, polled through live progress, or a short
+delay — the delay is *when to crash*, not synchronisation), then SIGKILLs it.
+New albums are submitted whenever fewer than two jobs are active. After the
+last round one clean run must finish everything, and then: every job is
+completed, every file's audio equals the upstream's byte for byte, no track
+exists twice in the library, and `.dlqd-tmp` is empty.
+
+The normal suite runs 20 rounds; `-m slow` runs 200.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlqd.catalog import Catalog, CatalogServer
+from tests.support import DaemonProcess, library_files, wait_until
+from tests.test_resilience import flac_audio, tmp_entries
+
+# Mostly small tracks (fast rounds), one over the 1 MiB write block so a crash
+# can leave a partial file worth resuming with a Range request.
+TRACK_SIZES = (60_000, 150_000, 1_500_000)
+
+
+def _active(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [j for j in jobs if j["status"] in ("queued", "processing", "paused")]
+
+
+def _kill_moment(daemon: DaemonProcess, rng: random.Random) -> None:
+    """Return at a random moment of the daemon's work (or when it runs out of work)."""
+    if rng.random() < 0.4:
+        deadline = time.monotonic() + rng.uniform(0.0, 0.4)
+        wait_until(lambda: time.monotonic() >= deadline, interval=0.005)
+        return
+    start = sum(j["bytes_done"] for j in daemon.jobs())
+    target = start + rng.randrange(0, 2_500_000)
+
+    def reached() -> bool:
+        jobs = daemon.jobs()
+        return not _active(jobs) or sum(j["bytes_done"] for j in jobs) >= target
+
+    wait_until(reached, timeout=30, interval=0.005, what="the kill moment")
+
+
+def run_torture(
+    daemon: DaemonProcess,
+    upstream: CatalogServer,
+    catalog: Catalog,
+    *,
+    rounds: int,
+    seed: int,
+) -> dict[str, int]:
+    rng = random.Random(seed)
+    albums: dict[str, int] = {}  # job id -> album id
+    for _ in range(rounds):
+        daemon.start()
+        while len(_active(daemon.jobs())) < 2:
+            n_tracks = rng.randint(2, 4)
+            album = catalog.add_album(n_tracks, rng.choice(TRACK_SIZES))
+            albums[daemon.submit("album", album)] = album
+        _kill_moment(daemon, rng)
+        daemon.kill()
+
+    daemon.start()
+    for job_id in albums:
+        daemon.wait_job(job_id, timeout=60)
+    jobs = {j["id"]: j for j in daemon.jobs()}
+
+    expected_files: set[str] = set()
+    track_paths: list[str] = []
+    for job_id, album in albums.items():
+        job = jobs[job_id]
+        assert job["status"] == "completed", job
+        assert [t["track_id"] for t in job["tracks"]] == list(catalog.album(album).track_ids)
+        for track in job["tracks"]:
+            assert track["status"] == "completed", track
+            track_paths.append(track["path"])
+            final = (daemon.library / track["path"]).read_bytes()
+            want = catalog.audio_for(track["track_id"], "LOSSLESS")
+            assert flac_audio(final) == flac_audio(want), track["path"]
+            expected_files.add(track["path"])
+            expected_files.add(str(Path(track["path"]).parent / "cover.jpg"))
+    duplicated = [path for path, n in Counter(track_paths).items() if n > 1]
+    assert duplicated == []
+    # Nothing else in the library: no renamed copy, no stray partial under a final name.
+    assert library_files(daemon.library) == expected_files
+    assert tmp_entries(daemon) == []
+    assert daemon.call("stats")["worker"]["active_tracks"] == 0
+    ranged = sum(1 for r in upstream.requests_for("media") if "range" in r.headers)
+    return {"jobs": len(albums), "tracks": len(track_paths), "ranged": ranged}
+
+
+TORTURE_SETTINGS = {"worker": {"max_concurrent": 2, "backoff_s": [0.02, 0.05]}}
+
+
+def test_kill_during_album_downloads_resumes_without_loss_or_duplicates(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    upstream.throttle_bps = 4_000_000  # per connection: a round's work takes a moment
+    daemon = make_daemon(upstream=upstream, settings=TORTURE_SETTINGS)
+    summary = run_torture(daemon, upstream, catalog, rounds=20, seed=4)
+    assert summary["jobs"] >= 4
+
+
+@pytest.mark.slow
+def test_kill_torture_200_rounds(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    upstream.throttle_bps = 4_000_000
+    daemon = make_daemon(upstream=upstream, settings=TORTURE_SETTINGS)
+    summary = run_torture(daemon, upstream, catalog, rounds=200, seed=2004)
+    assert summary["jobs"] >= 20
