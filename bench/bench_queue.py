@@ -37,8 +37,12 @@ SETTINGS = {
 }
 
 
-def submit_rate(root: Path, clients: int, per_client: int) -> float:
-    """Durable submits/s: `clients` threads, each submitting `per_client` distinct jobs."""
+def submit_rate(root: Path, clients: int, per_client: int) -> tuple[float, float]:
+    """Durable submits/s, and the daemon's CPU µs per submit.
+
+    `clients` threads, each on its own connection submitting `per_client`
+    distinct jobs one after the other (each waits for its acknowledgement).
+    """
     daemon = DaemonProcess(root, settings=SETTINGS)
     daemon.start()
     try:
@@ -61,16 +65,19 @@ def submit_rate(root: Path, clients: int, per_client: int) -> float:
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
         for thread in threads:
             thread.start()
+        assert daemon.proc is not None
         barrier.wait()
+        cpu_before = cpu_seconds(daemon.proc.pid)
         started = time.perf_counter()
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - started
+        cpu_used = cpu_seconds(daemon.proc.pid) - cpu_before
         if errors:
             raise errors[0]
         total = daemon.call("stats")["queue"]["total"]
         assert total == clients * per_client, total
-        return clients * per_client / elapsed
+        return clients * per_client / elapsed, cpu_used / (clients * per_client) * 1e6
     finally:
         daemon.stop()
         daemon.cleanup()
@@ -190,16 +197,18 @@ def main() -> None:
     )
     try:
         print(f"\nbaseline: 100-byte append + fsync, sequential: {fsync_baseline(scratch):,.0f}/s")
-        print("\n| clients | durable submits/s (median of runs) | runs |")
-        print("|---|---|---|")
+        print("\n| clients | durable submits/s (median) | runs | daemon CPU per submit |")
+        print("|---|---|---|---|")
         for clients in (1, 16):
             per_client = max(1, options.submits // clients)
-            rates = [
+            runs = [
                 submit_rate(scratch / f"submit-{clients}-{run}", clients, per_client)
                 for run in range(options.repeat)
             ]
+            rates = [rate for rate, _ in runs]
             shown = ", ".join(f"{r:,.0f}" for r in rates)
-            print(f"| {clients} | {statistics.median(rates):,.0f} | {shown} |")
+            cpu_us = statistics.median(cpu for _, cpu in runs)
+            print(f"| {clients} | {statistics.median(rates):,.0f} | {shown} | {cpu_us:.0f} µs |")
 
         head = f"start-up with {options.jobs:,} jobs"
         print(f"\n| {head} | recover() alone, wall / CPU | daemon start → answers, wall / CPU |")
