@@ -132,7 +132,10 @@ class Scheduler:
     def _next_job(self) -> Job | None:
         best: Job | None = None
         best_key: tuple[int, int] | None = None
-        for job in self.store.state.jobs.values():
+        state = self.store.state
+        # Only active jobs (at most limits.max_queue), not the whole finished history.
+        for job_id in state.active_by_key.values():
+            job = state.jobs[job_id]
             if job.status != JobStatus.QUEUED or job.id in self.running:
                 continue
             key = (PRIORITIES.index(job.priority), job.seq)
