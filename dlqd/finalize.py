@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
+from dlqd.durable import fsync_dir, fsync_path
 from dlqd.errors import DlqdError, ErrorCode, from_oserror
 from dlqd.meta import TrackMeta
 from dlqd.naming import detect_extension, numbered_name, render_relative_path
@@ -182,7 +183,7 @@ def _finalize(
         )
         destination = library / decision.path
         if decision.moves:
-            _fsync_file(temp_path)
+            fsync_path(temp_path)
             created = _make_parents(library, decision.path.parent)
             try:
                 _move_into_place(temp_path, destination)
@@ -223,7 +224,7 @@ def _make_parents(library: Path, relative_dir: PurePosixPath) -> list[Path]:
         except FileExistsError:
             continue
         created.append(current)
-        _fsync_dir(current.parent)
+        fsync_dir(current.parent)
     return created
 
 
@@ -247,7 +248,7 @@ def _move_into_place(source: Path, destination: Path) -> None:
             raise
         _copy_then_replace(source, destination)
         source.unlink()
-    _fsync_dir(destination.parent)
+    fsync_dir(destination.parent)
 
 
 def _copy_then_replace(source: Path, destination: Path) -> None:
@@ -283,22 +284,6 @@ def _write_cover_once(track: Path, cover: bytes, scratch: Path) -> None:
         _move_into_place(staging, destination)
     finally:
         _unlink_quietly(staging)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgpack
 
+from dlqd.durable import fsync_dir
 from dlqd.state import QueueState, ReplayError, apply, from_snapshot
 
 SEGMENT_MAGIC = b"DLQJ"
@@ -59,14 +60,6 @@ def encode_record(event: dict[str, Any]) -> bytes:
 
 def segment_path(journal_dir: Path, number: int) -> Path:
     return journal_dir / f"{number:08d}.seg"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_segments(journal_dir: Path) -> list[int]:

@@ -186,11 +186,15 @@ def _on_cancel(state: QueueState, event: Event) -> None:
     _leave_active(state, job)
 
 
-def _on_pause(state: QueueState, event: Event) -> None:
-    job = _job(state, event)
-    job.status = JobStatus.PAUSED
+def _set_aside(job: Job, status: JobStatus) -> None:
+    """A job taken off the workers: unfinished tracks are pending again."""
+    job.status = status
     for track in job.tracks:
         _reset_unfinished_track(track)
+
+
+def _on_pause(state: QueueState, event: Event) -> None:
+    _set_aside(_job(state, event), JobStatus.PAUSED)
 
 
 def _on_resume(state: QueueState, event: Event) -> None:
@@ -199,10 +203,7 @@ def _on_resume(state: QueueState, event: Event) -> None:
 
 def _on_requeue(state: QueueState, event: Event) -> None:
     """A processing job handed back to the queue (drain at shutdown)."""
-    job = _job(state, event)
-    job.status = JobStatus.QUEUED
-    for track in job.tracks:
-        _reset_unfinished_track(track)
+    _set_aside(_job(state, event), JobStatus.QUEUED)
 
 
 def _on_retry(state: QueueState, event: Event) -> None:
