@@ -130,8 +130,19 @@ def _pcm(n_samples: int, seed: int, channels: int, bits: int) -> bytes:
     pcm = bytearray(n_values * width)
     pcm[width - 1 :: width] = (bytes(pattern) * reps)[:n_values]
     for k in range(width - 1):
-        pcm[k::width] = rng.randbytes(n_values)
+        pcm[k::width] = _randbytes(rng, n_values)
     return bytes(pcm)
+
+
+def _randbytes(rng: random.Random, n: int) -> bytes:
+    """`rng.randbytes(n)`, in pieces: one call overflows past 2**31 bits (a ~1 GB file).
+
+    Pieces are whole 32-bit words, so the bytes equal those of a single call.
+    """
+    piece = 1 << 26
+    if n <= piece:
+        return rng.randbytes(n)
+    return b"".join(rng.randbytes(min(piece, n - start)) for start in range(0, n, piece))
 
 
 def _channel_be(block: bytes, channel: int, channels: int, width: int) -> bytes:
