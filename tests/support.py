@@ -214,3 +214,29 @@ def library_files(library: Path) -> set[str]:
         for p in library.rglob("*")
         if p.is_file() and ".dlqd-tmp" not in p.parts
     }
+
+
+def flac_parts(data: bytes) -> tuple[bytes, bytes]:
+    """(STREAMINFO block body, the audio frames after the last metadata block).
+
+    Everything tagging may not touch: walks the metadata block headers (1 byte
+    last-flag + type, 3 bytes length) from the `fLaC` marker to the last block.
+    """
+    assert data[:4] == b"fLaC", "not a FLAC stream"
+    pos, streaminfo = 4, b""
+    while True:
+        header = data[pos]
+        length = int.from_bytes(data[pos + 1 : pos + 4], "big")
+        if header & 0x7F == 0:
+            streaminfo = data[pos + 4 : pos + 4 + length]
+        pos += 4 + length
+        if header & 0x80:
+            frames = data[pos:]
+            assert frames[:2] in (b"\xff\xf8", b"\xff\xf9"), "no frame sync after the metadata"
+            return streaminfo, frames
+
+
+def flac_audio(data: bytes) -> bytes:
+    """STREAMINFO plus every audio frame, as one comparable value."""
+    streaminfo, frames = flac_parts(data)
+    return streaminfo + frames

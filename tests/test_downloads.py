@@ -40,7 +40,7 @@ from dlqd.catalog import (
     CatalogServer,
 )
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, library_files, wait_until
+from tests.support import DaemonProcess, flac_parts, library_files, wait_until
 
 COVER = audio.cover_jpeg()
 TMP = ".dlqd-tmp"
@@ -129,20 +129,6 @@ def assert_mp4_tags(path: Path, catalog: Catalog, track_id: int) -> None:
 
 
 # --- audio without tags ------------------------------------------------------------
-
-
-def flac_parts(data: bytes) -> tuple[bytes, bytes]:
-    """(STREAMINFO block body, the audio frames after the last metadata block)."""
-    assert data[:4] == b"fLaC", "not a FLAC stream"
-    pos, streaminfo = 4, b""
-    while True:
-        header = data[pos]
-        length = int.from_bytes(data[pos + 1 : pos + 4], "big")
-        if header & 0x7F == 0:
-            streaminfo = data[pos + 4 : pos + 4 + length]
-        pos += 4 + length
-        if header & 0x80:
-            return streaminfo, data[pos:]
 
 
 def mp4_boxes(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[str, bytes]]:

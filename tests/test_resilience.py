@@ -26,34 +26,12 @@ from dlqd.errors import DlqdError, ErrorCode, from_oserror
 from dlqd.journal import JournalFiles, encode_record
 from dlqd.retention import expired_job_ids, run_retention
 from dlqd.state import QueueState, apply
-from tests.support import DaemonProcess, library_files, wait_until
+from tests.support import DaemonProcess, flac_audio, library_files, wait_until
 
 TMP = ".dlqd-tmp"
 
 
 # --- helpers ---------------------------------------------------------------------
-
-
-def flac_audio(data: bytes) -> bytes:
-    """A FLAC file's STREAMINFO plus every audio frame: everything tagging may not touch.
-
-    Walks the metadata block headers (1 byte last-flag + type, 3 bytes length)
-    from the `fLaC` marker to the last block; what follows is the audio frames.
-    """
-    assert data[:4] == b"fLaC", "not a FLAC file"
-    pos = 4
-    streaminfo = b""
-    while True:
-        header = data[pos]
-        length = int.from_bytes(data[pos + 1 : pos + 4], "big")
-        if header & 0x7F == 0:
-            streaminfo = data[pos + 4 : pos + 4 + length]
-        pos += 4 + length
-        if header & 0x80:
-            break
-    frames = data[pos:]
-    assert frames[:2] in (b"\xff\xf8", b"\xff\xf9"), "no frame sync after the metadata"
-    return streaminfo + frames
 
 
 def tmp_entries(daemon: DaemonProcess) -> list[str]:

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from dlqd.catalog import Catalog, CatalogServer
-from tests.support import DaemonProcess, library_files, wait_until
-from tests.test_resilience import flac_audio, tmp_entries
+from tests.support import DaemonProcess, flac_audio, library_files, wait_until
+from tests.test_resilience import tmp_entries
 
 # Mostly small tracks (fast rounds), one over the 1 MiB write block so a crash
 # can leave a partial file worth resuming with a Range request.
