@@ -1,0 +1,19 @@
+"""dlqctl stays small and quick: it must not pull in the daemon's heavy libraries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_dlqctl_imports_neither_trio_nor_httpx_nor_structlog() -> None:
+    probe = (
+        "import json, sys, dlqctl.__main__; "
+        "print(json.dumps(sorted(m for m in ('trio', 'httpx', 'httpcore', 'structlog', "
+        "'mutagen') if m in sys.modules)))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(output) == []
