@@ -42,6 +42,9 @@ class Store:
         self.files = files
         self.state = state
         self.compact_bytes = compact_bytes
+        # After a failed compaction (a full disk), wait for another compact_bytes of
+        # journal before trying again, instead of starting a segment per batch.
+        self._compact_at_bytes = compact_bytes
         self.compactions = 0
         self.failed_batches = 0
         self.writable = True
@@ -84,7 +87,7 @@ class Store:
             async with self._io_lock:
                 if not await self._write(self._take_pending()):
                     continue
-                if self.files.journal_bytes >= self.compact_bytes:
+                if self.files.journal_bytes >= self._compact_at_bytes:
                     await self._compact()
 
     def _take_pending(self) -> _Batch:
@@ -141,8 +144,14 @@ class Store:
             first_segment = await trio.to_thread.run_sync(self.files.rotate)
             size = await trio.to_thread.run_sync(self.files.write_snapshot, snapshot, first_segment)
         except OSError as exc:
-            log.warning("compaction failed; the journal keeps growing", error=str(exc))
+            self._compact_at_bytes = self.files.journal_bytes + self.compact_bytes
+            log.warning(
+                "compaction failed; the journal keeps growing",
+                error=str(exc),
+                retry_at_journal_bytes=self._compact_at_bytes,
+            )
             return
+        self._compact_at_bytes = self.compact_bytes
         self.compactions += 1
         log.info("journal compacted", snapshot_bytes=size, jobs=len(self.state.jobs))
 
