@@ -7,7 +7,7 @@ from typing import Any
 
 from dlqd.catalog import Catalog, CatalogServer
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, library_files, wait_until
+from tests.support import library_files, wait_until
 
 SLOW_BPS = 400_000  # media bytes per second per response: a 300 KB track takes ~0.75 s
 
@@ -74,8 +74,11 @@ def test_max_concurrent_bounds_tracks_across_jobs_and_a_job_takes_slots_in_order
 
 
 def test_pausing_a_processing_job_stops_its_tracks_and_resume_finishes_only_the_rest(
-    daemon: DaemonProcess, upstream: CatalogServer, catalog: Catalog
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
 ) -> None:
+    # One slot: tracks run one after another, so "one done, the next downloading" lasts.
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
     album_id = catalog.add_album(3, 300_000)
     track_ids = catalog.album(album_id).track_ids
     upstream.throttle_bps = SLOW_BPS
