@@ -11,18 +11,7 @@ import trio
 
 from dlqd.journal import JournalFiles
 from dlqd.store import Store
-
-
-def submit_event(n: int) -> dict[str, Any]:
-    return {
-        "e": "submit",
-        "id": str(n),
-        "type": "track",
-        "target_id": n,
-        "quality": "LOSSLESS",
-        "priority": "normal",
-        "at": 1_700_000_000.0 + n,
-    }
+from tests.test_journal import submit_event
 
 
 async def test_concurrent_commits_share_fsyncs_and_all_survive_recovery(tmp_path: Path) -> None:
