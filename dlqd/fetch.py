@@ -68,7 +68,16 @@ def sidecar_path(dest: Path) -> Path:
 
 
 class TokenBucket:
-    """Average rate limit in bytes/s with a `BURST_S` burst; sleeps off any debt."""
+    """Average rate limit in bytes/s with a `BURST_S` burst; sleeps off any debt.
+
+    One bucket may be shared by concurrent transfers: each `take` adds to the
+    common debt, so together they average the rate.
+    """
+
+    @classmethod
+    def for_kbps(cls, kbps: int) -> TokenBucket | None:
+        """The bucket for `[worker] bandwidth_limit_kbps` (kilobits/s); None for 0 = unlimited."""
+        return cls(kbps * 125) if kbps > 0 else None
 
     def __init__(
         self, rate_bytes_s: float, *, clock: Callable[[], float] = trio.current_time
@@ -183,15 +192,15 @@ async def fetch_to_file(
     *,
     progress: Progress,
     read_timeout_s: float,
-    bandwidth_limit_kbps: int = 0,
+    bandwidth: TokenBucket | None = None,
     resume: bool = True,
 ) -> FetchResult:
     """Download `plan` into `dest`; raise `DlqdError` (see the module doc for 404s).
 
     A single-file plan tries its URLs in order, resuming from what `dest`
     already holds when the server proves it is the same file; a DASH plan
-    writes init + segments from scratch. `bandwidth_limit_kbps` (kilobits/s,
-    0 = unlimited) applies to this transfer.
+    writes init + segments from scratch. `bandwidth`, when given, is shared by
+    every transfer of the daemon, so the limit holds for all of them together.
     """
     timeout = httpx.Timeout(
         connect=client.timeout.connect,
@@ -199,8 +208,7 @@ async def fetch_to_file(
         write=client.timeout.write,
         pool=client.timeout.pool,
     )
-    bucket = TokenBucket(bandwidth_limit_kbps * 125) if bandwidth_limit_kbps > 0 else None
-    transfer = _Transfer(client, dest, timeout, progress, bucket)
+    transfer = _Transfer(client, dest, timeout, progress, bandwidth)
     if plan.segments:
         return await transfer.segments(plan.segments)
     if not plan.urls:

@@ -23,7 +23,7 @@ import trio
 
 from dlqd.config import FilesConfig
 from dlqd.errors import DlqdError, ErrorCode, from_oserror
-from dlqd.fetch import MediaNotFoundError, fetch_to_file, sidecar_path
+from dlqd.fetch import MediaNotFoundError, TokenBucket, fetch_to_file, sidecar_path
 from dlqd.finalize import finalize_track, tmp_dir
 from dlqd.meta import MediaPlan, TrackMeta
 from dlqd.model import Job
@@ -107,6 +107,7 @@ class DownloadWork:
         self.retry = retry
         self.read_timeout_s = read_timeout_s
         self.bandwidth_limit_kbps = bandwidth_limit_kbps
+        self._bandwidth: TokenBucket | None = None  # one for all transfers, made in trio
         self.min_free_mb = min_free_mb
         self.keep_partials = False  # set while draining: a restart resumes them
         self._covers: OrderedDict[str, bytes | None] = OrderedDict()
@@ -169,9 +170,15 @@ class DownloadWork:
             temp,
             progress=run.progress,
             read_timeout_s=self.read_timeout_s,
-            bandwidth_limit_kbps=self.bandwidth_limit_kbps,
+            bandwidth=self._shared_bandwidth(),
         )
         return result.total
+
+    def _shared_bandwidth(self) -> TokenBucket | None:
+        """The daemon-wide limit: every running track draws from the same bucket."""
+        if self._bandwidth is None:
+            self._bandwidth = TokenBucket.for_kbps(self.bandwidth_limit_kbps)
+        return self._bandwidth
 
     async def _cover(self, meta: TrackMeta) -> bytes | None:
         """The album's cover, fetched once per album; a cover problem never fails a track."""

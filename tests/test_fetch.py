@@ -89,7 +89,7 @@ async def fetch(
         dest,
         progress=progress or ProgressLog(),
         read_timeout_s=read_timeout_s,
-        bandwidth_limit_kbps=bandwidth_limit_kbps,
+        bandwidth=TokenBucket.for_kbps(bandwidth_limit_kbps),
         resume=resume,
     )
 
@@ -283,6 +283,23 @@ async def test_token_bucket_holds_the_average_rate(autojump_clock: trio.abc.Cloc
         await bucket.take(10_000)  # 1 MB in all
     elapsed = trio.current_time() - start
     assert elapsed == pytest.approx(1_000_000 / 100_000 - BURST_S)
+
+
+async def test_a_shared_bucket_limits_concurrent_takers_together(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    bucket = TokenBucket(100_000)  # bytes/s, shared by two transfers
+    start = trio.current_time()
+
+    async def transfer() -> None:
+        for _ in range(50):
+            await bucket.take(10_000)  # 500 kB each, 1 MB together
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(transfer)
+        nursery.start_soon(transfer)
+    elapsed = trio.current_time() - start
+    assert elapsed >= 1_000_000 / 100_000 - BURST_S  # the pair, not each, holds the rate
 
 
 async def test_bandwidth_limit_slows_a_real_transfer(

@@ -3,6 +3,7 @@ bound across jobs, pausing a job in flight, and holding the whole queue."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from dlqd.catalog import Catalog, CatalogServer
@@ -134,3 +135,26 @@ def test_holding_the_queue_lets_running_tracks_finish_and_survives_a_restart(
     assert daemon.job(waiting)["status"] == "queued"
     daemon.call("resume")
     assert daemon.wait_job(waiting)["status"] == "completed"
+
+
+def test_bandwidth_limit_holds_for_all_running_tracks_together(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    album_id = catalog.add_album(2, 1_000_000)
+    total = sum(len(catalog.audio_for(t, "LOSSLESS")) for t in catalog.album(album_id).track_ids)
+    limit_bytes_s = 1_000_000
+    daemon = make_daemon(
+        upstream=upstream,
+        settings={"worker": {"max_concurrent": 2, "bandwidth_limit_kbps": limit_bytes_s // 125}},
+    )
+    daemon.start()
+    job = daemon.wait_job(daemon.submit("album", album_id))
+    assert job["status"] == "completed"
+    assert max(t["attempts"] for t in job["tracks"]) == 1
+    started, finished = (
+        datetime.fromisoformat(job[key].replace("Z", "+00:00"))
+        for key in ("started_at", "finished_at")
+    )
+    # Both tracks ran at once; a per-transfer limit would let them finish in half the time.
+    burst_allowance = 0.2
+    assert (finished - started).total_seconds() >= total / limit_bytes_s - burst_allowance
