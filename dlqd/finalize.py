@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
+import structlog
+
 from dlqd.durable import fsync_dir, fsync_path
 from dlqd.errors import DlqdError, ErrorCode, from_oserror
 from dlqd.meta import TrackMeta
 from dlqd.naming import detect_extension, numbered_name, render_relative_path
 from dlqd.tags import write_tags
 
+log = structlog.get_logger("dlqd.finalize")
 TMP_DIRNAME = ".dlqd-tmp"
 COVER_FILENAME = "cover.jpg"
 CONFLICT_MODES = ("skip", "overwrite", "overwrite_if_different", "rename")
@@ -191,7 +194,12 @@ def _finalize(
                 _remove_empty_dirs(created)
                 raise
         if cover is not None and "file" in files.cover.split("+"):
-            _write_cover_once(destination, cover, tmp_dir(library))
+            try:
+                _write_cover_once(destination, cover, tmp_dir(library))
+            except (OSError, DlqdError) as exc:
+                # The track is already in place: a missing cover.jpg must not report it
+                # failed. The album's next finished track tries again (only if absent).
+                log.warning("cover.jpg not written", folder=str(destination.parent), error=str(exc))
     return FinalizeResult(decision.path.as_posix(), decision.outcome)
 
 

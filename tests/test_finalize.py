@@ -246,6 +246,19 @@ def test_cover_file_comes_with_the_first_track_and_is_never_replaced(library: Pa
     assert list((library / TMP_DIRNAME).iterdir()) == []
 
 
+def test_a_cover_file_failure_after_the_move_keeps_the_track_written(
+    library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("dlqd.finalize._write_cover_once", disk_full)
+    result = finalize_track(download(library), META, COVER, library, Files())
+    assert result.outcome == "written"
+    assert library_files(library) == {result.path}  # the track, no cover.jpg
+    assert embedded_pictures(library / result.path) == 1
+
+
 def test_no_cover_bytes_no_cover_file(library: Path) -> None:
     finalize_track(download(library), META, None, library, Files())
     assert not (library / ALBUM_DIR / "cover.jpg").exists()
