@@ -123,7 +123,13 @@ class Store:
             records=sum(len(b.frames) for b in failed),
         )
         reopened = JournalFiles(self.files.state_dir)
-        fresh, _report = reopened.recover()
+        try:
+            fresh, _report = reopened.recover()
+        except Exception:
+            # Memory may now hold what the disk does not; only a restart's recovery
+            # is trustworthy. Ending the daemon lets systemd restart it.
+            log.critical("cannot re-read the journal after a failed write; exiting")
+            raise
         self.files.close()
         self.files = reopened
         recover_interrupted(fresh)
