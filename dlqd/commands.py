@@ -164,11 +164,8 @@ async def resume(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def queue_counts(ctx: CommandContext) -> dict[str, int]:
-    counts = {str(status): 0 for status in JobStatus}
-    for job in ctx.store.state.jobs.values():
-        counts[job.status] += 1
-    counts["total"] = len(ctx.store.state.jobs)
-    return counts
+    state = ctx.store.state
+    return {**state.status_counts(), "total": len(state.jobs)}
 
 
 async def stats(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:

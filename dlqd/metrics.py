@@ -163,13 +163,9 @@ class Metrics:
         if self.live is None:
             return
         state = self.live.state()
-        counts = {str(status): 0 for status in JobStatus}
-        oldest: float | None = None
-        for job in state.jobs.values():
-            counts[str(job.status)] += 1
-            if job.status == JobStatus.QUEUED and (oldest is None or job.created_at < oldest):
-                oldest = job.created_at
-        for status, count in counts.items():
+        queued = (job.created_at for job in state.active_jobs() if job.status == JobStatus.QUEUED)
+        oldest = min(queued, default=None)
+        for status, count in state.status_counts().items():
             self.jobs.labels(status=status).set(count)
         self.active_tracks.set(self.live.active_tracks())
         self.oldest_queued_age.set(0 if oldest is None else max(0.0, self.clock() - oldest))
@@ -256,7 +252,7 @@ def speed_sampler(clock: Callable[[], float] = time.monotonic) -> Callable[[Queu
         now = clock()
         current: dict[tuple[str, int], int] = {}
         gained = 0
-        for job in state.jobs.values():
+        for job in state.active_jobs():
             if job.status != JobStatus.PROCESSING:
                 continue
             for track in job.tracks:

@@ -132,10 +132,7 @@ class Scheduler:
     def _next_job(self) -> Job | None:
         best: Job | None = None
         best_key: tuple[int, int] | None = None
-        state = self.store.state
-        # Only active jobs (at most limits.max_queue), not the whole finished history.
-        for job_id in state.active_by_key.values():
-            job = state.jobs[job_id]
+        for job in self.store.state.active_jobs():
             if job.status != JobStatus.QUEUED or job.id in self.running:
                 continue
             key = (PRIORITIES.index(job.priority), job.seq)
@@ -301,7 +298,7 @@ class Scheduler:
                 await self.store.wait_changed()
         for job_id in list(self.running):
             await self.stop_job(job_id)
-        jobs = self.store.state.jobs.values()
+        jobs = self.store.state.active_jobs()
         return [job.id for job in jobs if job.status == JobStatus.PROCESSING]
 
     def _stop_everything(self) -> None:

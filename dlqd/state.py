@@ -11,7 +11,7 @@ on the same objects by the scheduler but is never part of an event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -45,6 +45,17 @@ class QueueState:
         job_id = self.active_by_key.get(key)
         return self.jobs[job_id] if job_id is not None else None
 
+    def active_jobs(self) -> Iterator[Job]:
+        """Queued, paused and processing jobs: at most limits.max_queue, not the history."""
+        return (self.jobs[job_id] for job_id in self.active_by_key.values())
+
+    def status_counts(self) -> dict[str, int]:
+        """How many jobs are in each status (every status present, zeros included)."""
+        counts = {str(status): 0 for status in JobStatus}
+        for job in self.jobs.values():
+            counts[job.status] += 1
+        return counts
+
 
 class ReplayError(Exception):
     """An event that cannot apply to the state: the journal and snapshot disagree."""
@@ -73,7 +84,7 @@ def recover_interrupted(state: QueueState) -> list[str]:
     that was downloading is pending again. Returns the re-queued job ids.
     """
     requeued = []
-    for job in state.jobs.values():
+    for job in state.active_jobs():
         for track in job.tracks:
             _reset_unfinished_track(track)
         if job.status == JobStatus.PROCESSING:

@@ -25,27 +25,13 @@ from dlqd.finalize import (
     sweep_tmp,
     tmp_dir,
 )
-from dlqd.meta import TrackMeta
+from tests.test_naming import make_meta
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audio"
 COVER = (FIXTURES / "cover.jpg").read_bytes()
 ALBUM_DIR = PurePosixPath("Artist/Album")
 
-META = TrackMeta(
-    track_id=1,
-    title="Song",
-    version="",
-    artists=("Artist",),
-    album_artist="Artist",
-    album="Album",
-    album_id=10,
-    track_number=3,
-    track_total=12,
-    disc_number=1,
-    disc_total=1,
-    date="2021-04-02",
-    copyright="AAAA",
-)
+META = make_meta(copyright="AAAA")
 
 
 @dataclasses.dataclass(frozen=True)
