@@ -229,7 +229,7 @@ def watch(args: argparse.Namespace, client: Client) -> int:
 
     def idle() -> bool:
         counts = client.call("stats")["queue"]
-        return counts["queued"] == 0 and counts["processing"] == 0
+        return bool(counts["queued"] == 0 and counts["processing"] == 0)
 
     if idle():
         _emit(args, {"event": "idle"}, "queue is idle")

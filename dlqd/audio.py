@@ -54,7 +54,7 @@ def _crc8_table() -> list[int]:
     return table
 
 
-def _crc16_word_table() -> array:
+def _crc16_word_table() -> array[int]:
     """CRC-16 (poly 0x8005, MSB first) of every 16-bit word: one lookup per two bytes."""
     byte_table = []
     for byte in range(256):
@@ -75,7 +75,7 @@ _CRC16_WORD = _crc16_word_table()
 _CRC16_BYTE = [_CRC16_WORD[b] for b in range(256)]  # a lone byte b is the word 0x00b
 
 
-def crc8(data: bytes) -> int:
+def crc8(data: bytes | bytearray) -> int:
     """FLAC frame-header CRC-8 (poly 0x07, init 0)."""
     crc = 0
     for byte in data:

@@ -39,6 +39,7 @@ import struct
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -346,6 +347,7 @@ class Catalog:
         album = self.album(t.album_id)
         effective = self.effective_quality(track_id, quality)
         kind = self.media_kind(track_id, quality)
+        bit_depth: int | None
         if kind == "dash":
             mime, manifest = "application/dash+xml", self._mpd(t, base_url, token).encode()
             bit_depth, rate = audio.DASH_BIT_DEPTH, audio.DASH_SAMPLE_RATE
@@ -368,7 +370,8 @@ class Catalog:
             if t.encryption_type != "NONE":
                 bts["keyId"] = base64.b64encode(hashlib.md5(str(t.id).encode()).digest()).decode()
             mime, manifest = "application/vnd.tidal.bts", json.dumps(bts).encode()
-            bit_depth, rate = (16 if kind == "flac" else None), 44100
+            bit_depth = 16 if kind == "flac" else None
+            rate = 44100
         if t.urlsafe_manifest:
             encoded = base64.urlsafe_b64encode(manifest).decode().rstrip("=")
         else:
@@ -545,6 +548,35 @@ class _Fault:
 
 
 @dataclass
+class Scripted:
+    """A raw answer a test scripts for a route: any status, headers and body bytes.
+
+    `body` may be an iterable of chunks (a generator for an endless body); then no
+    Content-Length is sent unless `headers` gives one (which may lie), and the
+    connection closes after the body. Nothing is encoded or checked: this is how
+    tests play a hostile upstream.
+    """
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | Iterable[bytes] = b""
+
+
+# Given the request and the catalog's own JSON `data` for it (None for non-JSON
+# routes or unknown ids), return the answer to send.
+Responder = Callable[[RequestRecord, dict[str, Any] | None], Scripted]
+
+
+@dataclass
+class _Script:
+    route: str
+    responder: Responder
+    remaining: int | None
+    track_id: int | None
+    album_id: int | None
+
+
+@dataclass
 class _Response:
     status: int
     body: bytes
@@ -570,6 +602,7 @@ class CatalogServer:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._faults: list[_Fault] = []
+        self._scripts: list[_Script] = []
         self._requests: list[RequestRecord] = []
         self._tokens: dict[str, tuple[int, str]] = {}
         self._media_bytes_sent = 0
@@ -618,7 +651,7 @@ class CatalogServer:
         if self._httpd is None:
             raise RuntimeError("CatalogServer not started")
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def cover_base_url(self) -> str:
@@ -678,9 +711,29 @@ class CatalogServer:
                 )
             )
 
+    def script(
+        self,
+        route: str,
+        responder: Responder,
+        times: int | None = None,
+        *,
+        track_id: int | None = None,
+        album_id: int | None = None,
+    ) -> None:
+        """Answer the next `times` matching requests (None: all) with `responder`'s `Scripted`.
+
+        Scripts are checked before injected faults; the request is logged as usual.
+        """
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}")
+        with self._lock:
+            self._scripts.append(_Script(route, responder, times, track_id, album_id))
+
     def clear_faults(self) -> None:
+        """Forget every injected fault and scripted answer."""
         with self._lock:
             self._faults.clear()
+            self._scripts.clear()
 
     def pending_faults(self) -> int:
         """How many injected faults have not yet been used up."""
@@ -756,6 +809,23 @@ class CatalogServer:
                         if fault.remaining == 0:
                             self._faults.remove(fault)
                     return fault
+        return None
+
+    def _take_script(
+        self, route: str, track_id: int | None, album_id: int | None
+    ) -> _Script | None:
+        with self._lock:
+            for script in self._scripts:
+                if (
+                    script.route == route
+                    and script.track_id in (None, track_id)
+                    and script.album_id in (None, album_id)
+                ):
+                    if script.remaining is not None:
+                        script.remaining -= 1
+                        if script.remaining == 0:
+                            self._scripts.remove(script)
+                    return script
         return None
 
     def _issue_token(self, track_id: int, quality: str) -> str:
@@ -851,17 +921,20 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         route, track_id, album_id = self._classify(url.path, query)
-        app._record(
-            RequestRecord(
-                "GET",
-                url.path,
-                route,
-                query,
-                {k.lower(): v for k, v in self.headers.items()},
-                track_id,
-                album_id,
-            )
+        record = RequestRecord(
+            "GET",
+            url.path,
+            route,
+            query,
+            {k.lower(): v for k, v in self.headers.items()},
+            track_id,
+            album_id,
         )
+        app._record(record)
+        script = app._take_script(route, track_id, album_id) if route is not None else None
+        if script is not None:
+            self._send_scripted(script.responder(record, self._catalog_data(route, query)))
+            return
         fault = None
         if route is not None:
             fault = app._take_fault(route, self.path, track_id, album_id)
@@ -907,6 +980,35 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/media/"):
             return "media", None, None
         return None, None, None
+
+    def _catalog_data(self, route: str | None, query: dict[str, str]) -> dict[str, Any] | None:
+        """The `data` the catalog would answer on a JSON route, for a script to alter."""
+        if route not in ("info", "album", "track"):
+            return None
+        try:
+            response = self._answer(route, "", query, None, None, None)
+        except (NotFound, BadRequest):
+            return None
+        data = json.loads(response.body).get("data")
+        return data if isinstance(data, dict) else None
+
+    def _send_scripted(self, answer: Scripted) -> None:
+        self.send_response(answer.status)
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        body = answer.body
+        if isinstance(body, bytes):
+            if "content-length" not in {name.lower() for name in answer.headers}:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.close_connection = True
+        self.end_headers()
+        for chunk in body:
+            if self.server.app._stopping.is_set():
+                return
+            self.wfile.write(chunk)
 
     def _answer(
         self,

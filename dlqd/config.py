@@ -257,6 +257,8 @@ class DaemonConfig:
     allowed_gids: tuple[int, ...] = field(default=(), metadata=_checked_as(_IDS))
     library: Path = field(default=Path("/srv/music"), metadata=_checked_as(_REQUIRED_PATH))
     journal_compact_bytes: int = field(default=16 * 1024 * 1024, metadata=_checked_as(_POSITIVE))
+    first_frame_timeout_s: float = field(default=10.0, metadata=_checked_as(_DURATION))
+    send_timeout_s: float = field(default=10.0, metadata=_checked_as(_DURATION))
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +282,8 @@ class UpstreamConfig:
     connect_timeout_s: float = field(default=10.0, metadata=_checked_as(_DURATION))
     read_timeout_s: float = field(default=30.0, metadata=_checked_as(_DURATION))
     user_agent: str = field(default=f"dlqd/{__version__}", metadata=_checked_as(_HeaderText()))
+    resolve_timeout_s: float = field(default=120.0, metadata=_checked_as(_DURATION))
+    max_retry_after_s: float = field(default=600.0, metadata=_checked_as(_DELAY))
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,12 +320,15 @@ class FilesConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """[limits]: what the control socket accepts before it refuses."""
+    """[limits]: what clients and the upstream may ask of the daemon before it refuses."""
 
     max_queue: int = field(default=1000, metadata=_checked_as(_POSITIVE))
     submit_rate_per_min: int = field(default=600, metadata=_checked_as(_COUNT))
     max_frame_bytes: int = field(default=65536, metadata=_checked_as(_Int(1024)))
     min_free_mb: int = field(default=100, metadata=_checked_as(_COUNT))
+    max_metadata_mb: int = field(default=16, metadata=_checked_as(_POSITIVE))
+    max_track_mb: int = field(default=4096, metadata=_checked_as(_POSITIVE))
+    max_job_tracks: int = field(default=5000, metadata=_checked_as(_POSITIVE))
 
 
 @dataclass(frozen=True, slots=True)

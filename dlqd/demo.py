@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import mutagen
 
@@ -59,10 +60,10 @@ def _bar(fraction: float, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"
 
 
-def _follow(client: Client, job_id: str) -> dict[str, object]:
+def _follow(client: Client, job_id: str) -> dict[str, Any]:
     """Redraw one progress line until the job finishes."""
     while True:
-        job = client.call("get", {"id": job_id})["job"]
+        job: dict[str, Any] = client.call("get", {"id": job_id})["job"]
         done = sum(1 for t in job["tracks"] if t["status"] == "completed")
         line = f"  {_bar(job['progress'])}  {done}/{len(job['tracks'])} tracks  {job['status']}"
         print("\r" + line, end="", flush=True)
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nJob {job['id']} {job['status']}: {job['artist']} – {job['title']}")
     print(f"\nLibrary {library}:")
     _print_tree(library)
-    tracks = [t for t in job["tracks"] if t["path"]]  # type: ignore[union-attr]
+    tracks = [t for t in job["tracks"] if t["path"]]
     if tracks:
         _print_tags(library / tracks[0]["path"])
     print(f"\nDaemon log: {log_path}")

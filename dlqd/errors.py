@@ -13,6 +13,7 @@ import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -25,6 +26,7 @@ __all__ = [
     "from_http_status",
     "from_oserror",
     "map_httpx_errors",
+    "redact_url",
 ]
 
 
@@ -46,6 +48,22 @@ class DlqdError(Exception):
 
     def __repr__(self) -> str:
         return f"DlqdError({self.code!s}, {self.message!r})"
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for a log line or an error message: no query, fragment or credentials.
+
+    Signed media URLs carry their token in the query string (`?token=…`).
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparseable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def from_oserror(exc: OSError, what: str) -> DlqdError:

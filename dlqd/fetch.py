@@ -132,7 +132,7 @@ class _BufferedFile:
 
     def __init__(self, dest: Path, *, append: bool) -> None:
         self._dest = dest
-        self._mode = "ab" if append else "wb"
+        self._append = append
         self._file: BinaryIO | None = None
         self._buffer = bytearray(WRITE_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
@@ -140,10 +140,13 @@ class _BufferedFile:
 
     async def __aenter__(self) -> _BufferedFile:
         try:
-            self._file = await trio.to_thread.run_sync(open, self._dest, self._mode)
+            self._file = await trio.to_thread.run_sync(self._open)
         except OSError as exc:
             raise from_oserror(exc, str(self._dest)) from exc
         return self
+
+    def _open(self) -> BinaryIO:
+        return self._dest.open("ab" if self._append else "wb")
 
     async def write(self, chunk: bytes) -> None:
         if self._fill + len(chunk) > WRITE_BUFFER_BYTES:

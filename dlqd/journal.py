@@ -54,7 +54,7 @@ class RecoveryReport:
 
 
 def encode_record(event: dict[str, Any]) -> bytes:
-    body = msgpack.packb(event, use_bin_type=True)
+    body: bytes = msgpack.packb(event, use_bin_type=True)
     return RECORD_HEADER.pack(len(body), zlib.crc32(body)) + body
 
 

@@ -55,7 +55,7 @@ class Request:
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:
-    body = msgpack.packb(message, use_bin_type=True)
+    body: bytes = msgpack.packb(message, use_bin_type=True)
     return LENGTH_PREFIX.pack(len(body)) + body
 
 

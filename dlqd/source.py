@@ -12,7 +12,7 @@ import dataclasses
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpcore
 import httpx
@@ -297,17 +297,17 @@ class Source:
 
 def with_playback_gains(meta: TrackMeta, plan: MediaPlan) -> TrackMeta:
     """Prefer the gains of the stream actually fetched over /info/'s."""
-    known = {
-        field: float(plan.extra[key])
-        for field, key in (
-            ("replay_gain_track", "track_replay_gain"),
-            ("peak_track", "track_peak"),
-            ("replay_gain_album", "album_replay_gain"),
-            ("peak_album", "album_peak"),
-        )
-        if key in plan.extra
-    }
-    return dataclasses.replace(meta, **known)
+
+    def gain(key: str, current: float | None) -> float | None:
+        return float(plan.extra[key]) if key in plan.extra else current
+
+    return dataclasses.replace(
+        meta,
+        replay_gain_track=gain("track_replay_gain", meta.replay_gain_track),
+        peak_track=gain("track_peak", meta.peak_track),
+        replay_gain_album=gain("album_replay_gain", meta.replay_gain_album),
+        peak_album=gain("album_peak", meta.peak_album),
+    )
 
 
 def _envelope_data(response: httpx.Response) -> JSON:
@@ -412,5 +412,5 @@ def _number(value: object) -> float | None:
     return None
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

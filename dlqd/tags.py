@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mutagen.flac import FLAC, Picture
+from mutagen.flac import FLAC, Picture, VCFLACDict
 from mutagen.id3 import APIC, ID3, TXXX, Encoding, Frames, ID3NoHeaderError, PictureType
 from mutagen.mp4 import MP4, MP4Cover, MP4FreeForm
 
@@ -138,8 +138,9 @@ def _write_flac(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
     audio = FLAC(path)
     if audio.tags is None:
         audio.add_tags()
-    assert audio.tags is not None
-    audio.tags.clear()  # keeps the encoder's vendor string: it describes the audio
+    tags = audio.tags
+    assert isinstance(tags, VCFLACDict)
+    tags.clear()  # keeps the encoder's vendor string: it describes the audio
     audio.clear_pictures()
     for spec in TAGS:
         value = spec.value(meta)
@@ -147,11 +148,11 @@ def _write_flac(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
             continue
         if isinstance(value, NumberPair):
             number_key, total_key = spec.vorbis
-            audio.tags[number_key] = [str(value.number)]
+            tags[number_key] = [str(value.number)]
             if value.total > 0:
-                audio.tags[total_key] = [str(value.total)]
+                tags[total_key] = [str(value.total)]
         else:
-            audio.tags[spec.vorbis[0]] = _texts(value)
+            tags[spec.vorbis[0]] = _texts(value)
     if cover is not None:
         picture = Picture()
         picture.type = PictureType.COVER_FRONT

@@ -41,6 +41,7 @@ from dlqd.catalog import (
     UNKNOWN_ID,
     Catalog,
     CatalogServer,
+    Scripted,
 )
 
 TRACK_FIELDS = {
@@ -567,3 +568,38 @@ def test_cli_serves_until_sigterm() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+def test_scripted_answers_alter_catalog_json_then_stop(
+    server: CatalogServer, client: httpx.Client
+) -> None:
+    def lone_surrogate_title(_request: object, data: dict[str, Any] | None) -> Scripted:
+        assert data is not None
+        data["title"] = "\ud800"
+        body = json.dumps({"version": "2.0", "data": data}).encode()  # ASCII escapes
+        return Scripted(200, {"Content-Type": "application/json"}, body)
+
+    server.script("info", lone_surrogate_title, times=1, track_id=SINGLE_TRACK_ID)
+    scripted = client.get("/info/", params={"id": SINGLE_TRACK_ID})
+    assert b'"title": "\\ud800"' in scripted.content
+    assert client.get("/info/", params={"id": SINGLE_TRACK_ID}).json()["data"]["title"] != "\ud800"
+
+
+def test_scripted_endless_body_streams_without_length(server: CatalogServer) -> None:
+    def endless(_request: object, _data: object) -> Scripted:
+        return Scripted(200, {"Content-Type": "audio/flac"}, iter(lambda: b"x" * 65536, b""))
+
+    server.script("media", endless)
+    with (
+        httpx.Client(timeout=5.0) as http,
+        http.stream(
+            "GET", f"{server.base_url}/media/a/{SINGLE_TRACK_ID}/LOSSLESS.flac"
+        ) as response,
+    ):
+        assert "content-length" not in response.headers
+        received = 0
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if received > 4 * 1024 * 1024:
+                break
+    assert received > 4 * 1024 * 1024
