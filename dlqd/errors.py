@@ -30,10 +30,16 @@ __all__ = [
 ]
 
 
+# Messages go into journal records, logs and client answers: bounded, and
+# encodable whatever upstream text they quote.
+MAX_MESSAGE_CHARS = 1000
+
+
 class DlqdError(Exception):
     """A failure with a stable code; `retry_after` is the upstream's hint in seconds."""
 
     def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None):
+        message = _recordable(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -48,6 +54,12 @@ class DlqdError(Exception):
 
     def __repr__(self) -> str:
         return f"DlqdError({self.code!s}, {self.message!r})"
+
+
+def _recordable(message: str) -> str:
+    """`message` with lone surrogates escaped (`\\ud800`) and cut to MAX_MESSAGE_CHARS."""
+    safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return safe if len(safe) <= MAX_MESSAGE_CHARS else safe[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def redact_url(url: str) -> str:

@@ -35,6 +35,8 @@ FORMAT_VERSION = 1
 SEGMENT_HEADER = struct.Struct(">4sIQ")  # magic, version, segment number
 RECORD_HEADER = struct.Struct(">II")  # body length, CRC-32 of body
 SNAPSHOT_HEADER = struct.Struct(">4sIQQI")  # magic, version, first segment, length, CRC
+# The largest record body: `encode_record` refuses to write what recovery would
+# refuse to read, so one constant serves both.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
@@ -53,8 +55,22 @@ class RecoveryReport:
     truncated_segment: int | None = None
 
 
+class UnencodableRecord(ValueError):
+    """An event that msgpack cannot encode, or whose record recovery would not read back."""
+
+
 def encode_record(event: dict[str, Any]) -> bytes:
-    body: bytes = msgpack.packb(event, use_bin_type=True)
+    """One framed record; raises `UnencodableRecord` instead of writing a poisoned one.
+
+    A string with a lone surrogate, an integer outside 64 bits or an unknown type
+    cannot be encoded; a body above MAX_RECORD_BYTES would be read back as damage.
+    """
+    try:
+        body: bytes = msgpack.packb(event, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise UnencodableRecord(f"{type(exc).__name__}: {exc}") from None
+    if len(body) > MAX_RECORD_BYTES:
+        raise UnencodableRecord(f"{len(body)} bytes, above the limit of {MAX_RECORD_BYTES}")
     return RECORD_HEADER.pack(len(body), zlib.crc32(body)) + body
 
 

@@ -24,7 +24,7 @@ from dlqd.errors import DlqdError, ErrorCode
 from dlqd.meta import TrackMeta
 from dlqd.model import PRIORITIES, Job, JobStatus, Track, TrackStatus
 from dlqd.state import job_outcome
-from dlqd.store import Store
+from dlqd.store import RecordRefused, Store
 
 log = structlog.get_logger("dlqd.scheduler")
 
@@ -177,7 +177,13 @@ class Scheduler:
         if not job.title or [t.track_id for t in job.tracks] != [
             m.track_id for m in resolved.tracks
         ]:
-            await store.commit(_resolve_event(job_id, resolved))
+            try:
+                await store.commit(_resolve_event(job_id, resolved))
+            except RecordRefused as exc:
+                running.handing_out = False
+                log_.error("upstream metadata cannot be journaled", error=exc.message)
+                await self._finish(job_id, JobStatus.FAILED, _unrecordable(exc), log_)
+                return
         metas = {m.track_id: m for m in resolved.tracks}
         job = store.state.jobs[job_id]
         async with trio.open_nursery() as tracks:
@@ -236,34 +242,40 @@ class Scheduler:
                 )
         except DlqdError as exc:
             log_.warning("track failed", error_code=str(exc.code), error=exc.message)
-            await self.store.commit(
-                {
-                    "e": "track_failed",
-                    "id": job.id,
-                    "track_id": track.track_id,
-                    "error": exc.to_dict(),
-                    "attempts": track.attempts,
-                }
-            )
+            await self._record_track(job.id, track, _track_failed(job.id, track, exc.to_dict()))
         else:
             self.observe_track_seconds(trio.current_time() - started)
             log_.info("track finished", outcome=result.outcome, path=result.path)
-            await self.store.commit(
-                {
-                    "e": "track_done",
-                    "id": job.id,
-                    "track_id": track.track_id,
-                    "path": result.path,
-                    "outcome": result.outcome,
-                    "bytes": result.bytes,
-                    "attempts": track.attempts,
-                }
-            )
+            event = {
+                "e": "track_done",
+                "id": job.id,
+                "track_id": track.track_id,
+                "path": result.path,
+                "outcome": result.outcome,
+                "bytes": result.bytes,
+                "attempts": track.attempts,
+            }
+            await self._record_track(job.id, track, event)
         finally:
             if track.status == TrackStatus.DOWNLOADING:
                 track.status = TrackStatus.PENDING
             self.limiter.release_on_behalf_of(slot)
             self.store.notify_changed()
+
+    async def _record_track(self, job_id: str, track: Track, event: dict[str, object]) -> None:
+        """Journal a track's outcome; nothing raised here may leave the job's nursery.
+
+        A refused record fails the track instead (its fixed message always encodes);
+        a journal that cannot write has already rolled back and stopped the job.
+        """
+        try:
+            try:
+                await self.store.commit(event)
+            except RecordRefused as exc:
+                log.error("track outcome cannot be journaled", job_id=job_id, error=exc.message)
+                await self.store.commit(_track_failed(job_id, track, _unrecordable(exc)))
+        except DlqdError as exc:
+            log.error("track outcome lost: journal unavailable", error_code=str(exc.code))
 
     def _publish_progress(self, run: TrackRun) -> None:
         self.store.publish(
@@ -305,6 +317,24 @@ class Scheduler:
         """After a journal rollback: running work may belong to undone events."""
         for running in self.running.values():
             running.scope.cancel()
+
+
+def _track_failed(job_id: str, track: Track, error: dict[str, str]) -> dict[str, object]:
+    return {
+        "e": "track_failed",
+        "id": job_id,
+        "track_id": track.track_id,
+        "error": error,
+        "attempts": track.attempts,
+    }
+
+
+def _unrecordable(exc: RecordRefused) -> dict[str, str]:
+    """The error a job or track gets when upstream data could not be journaled."""
+    return {
+        "code": str(ErrorCode.UPSTREAM_BAD_RESPONSE),
+        "message": f"the upstream sent data dlqd cannot record: {exc.message}",
+    }
 
 
 def _resolve_event(job_id: str, resolved: ResolvedJob) -> dict[str, object]:

@@ -1,7 +1,9 @@
 """The live queue: in-memory state kept in step with the journal, with group commit.
 
-`commit(event)` applies the event at once (so the next command already sees
-it) and returns only when its record is fsynced; every command that arrives
+`commit(event)` encodes the event's record first — an event that cannot be
+encoded is refused with `RecordRefused` and changes nothing, in memory or on
+disk — then applies it at once (so the next command already sees it) and
+returns only when its record is fsynced; every command that arrives
 while a write is in flight joins the next batch and shares its fsync. If a
 batch cannot be made durable, every not-yet-durable event is dropped by
 rebuilding the state from disk — the failed commands get JOURNAL_UNAVAILABLE
@@ -22,10 +24,20 @@ import structlog
 import trio
 
 from dlqd.errors import DlqdError, ErrorCode
-from dlqd.journal import JournalFiles, encode_record
+from dlqd.journal import JournalFiles, UnencodableRecord, encode_record
 from dlqd.state import Event, QueueState, apply, recover_interrupted, to_snapshot
 
 log = structlog.get_logger("dlqd.store")
+
+
+class RecordRefused(DlqdError):
+    """An event that cannot be journaled (see `encode_record`); nothing was changed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            ErrorCode.INVALID_ARGUMENT,
+            f"the change cannot be recorded in the journal ({reason}); nothing was changed",
+        )
 
 
 @dataclass
@@ -59,11 +71,19 @@ class Store:
     # --- writing ---------------------------------------------------------------
 
     async def commit(self, *events: Event) -> None:
-        """Apply `events` and wait until they are durable (JOURNAL_UNAVAILABLE if not)."""
+        """Apply `events` and wait until they are durable (JOURNAL_UNAVAILABLE if not).
+
+        Every record is encoded before any event applies, so `RecordRefused` leaves
+        memory and disk as they were.
+        """
+        try:
+            frames = [encode_record(event) for event in events]
+        except UnencodableRecord as exc:
+            raise RecordRefused(str(exc)) from None
         batch = self._pending
         for event in events:
             apply(self.state, event)
-            batch.frames.append(encode_record(event))
+        batch.frames.extend(frames)
         self._wakeup.set()
         self._notify_changed()
         await batch.done.wait()

@@ -9,8 +9,15 @@ from typing import Any
 import pytest
 import trio
 
-from dlqd.journal import JournalFiles
-from dlqd.store import Store
+from dlqd.errors import ErrorCode
+from dlqd.journal import (
+    MAX_RECORD_BYTES,
+    RECORD_HEADER,
+    JournalFiles,
+    UnencodableRecord,
+    encode_record,
+)
+from dlqd.store import RecordRefused, Store
 from tests.test_journal import submit_event
 
 
@@ -66,3 +73,55 @@ async def test_a_failed_compaction_waits_for_another_compact_bytes_before_retryi
     assert len(attempts) <= journal_bytes // 2000 + 1  # not once per batch
     recovered, _ = JournalFiles(tmp_path).recover()
     assert len(recovered.jobs) == 200  # nothing lost to the failed snapshots
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        {"title": "\ud800"},  # a lone surrogate: not UTF-8
+        {"target_id": 2**70},  # beyond msgpack's 64-bit integers
+        {"target_id": -(2**64)},
+        {"title": "x" * (MAX_RECORD_BYTES + 1)},  # larger than recovery reads back
+    ],
+    ids=["lone-surrogate", "int-2^70", "int--2^64", "oversized"],
+)
+async def test_a_record_that_cannot_be_encoded_is_refused_and_changes_nothing(
+    tmp_path: Path, poison: dict[str, Any]
+) -> None:
+    files = JournalFiles(tmp_path)
+    state, _ = files.recover()
+    store = Store(files, state, compact_bytes=1 << 30)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.commit(submit_event(1))
+        journal_bytes = store.files.journal_bytes
+        with pytest.raises(RecordRefused) as refused:
+            await store.commit(submit_event(2), {**submit_event(3), **poison})
+        assert refused.value.code == ErrorCode.INVALID_ARGUMENT
+        assert sorted(store.state.jobs) == ["1"]  # neither event of the call applied
+        assert store.state.next_seq == 2
+        assert store.files.journal_bytes == journal_bytes
+        await store.commit(submit_event(4))  # the store goes on
+        nursery.cancel_scope.cancel()
+    files.close()
+
+    recovered, _ = JournalFiles(tmp_path).recover()
+    assert sorted(recovered.jobs) == ["1", "4"]
+
+
+def test_the_largest_record_written_is_the_largest_read_back(tmp_path: Path) -> None:
+    event = submit_event(1)
+    overhead = len(encode_record({**event, "title": ""})) - RECORD_HEADER.size
+    largest = {**event, "title": "x" * (MAX_RECORD_BYTES - overhead - 4)}
+    while len(encode_record(largest)) - RECORD_HEADER.size < MAX_RECORD_BYTES:
+        largest["title"] += "x"
+    files = JournalFiles(tmp_path)
+    files.recover()
+    files.append(encode_record(largest))
+    files.close()
+    with pytest.raises(UnencodableRecord):
+        encode_record({**largest, "title": largest["title"] + "x"})
+
+    recovered, report = JournalFiles(tmp_path).recover()
+    assert report.replayed_records == 1 and report.truncated_bytes == 0
+    assert "1" in recovered.jobs
