@@ -1,8 +1,9 @@
 """Real, valid audio bytes for the local catalog, made without external tools.
 
 Owns: a pure-Python FLAC encoder (verbatim subframes, exact STREAMINFO, CRC-8
-headers and CRC-16 footers) and access to the small committed MP4 assets (AAC,
-and FLAC in fragmented MP4 split for DASH; see catalog_assets/README.md).
+headers and CRC-16 footers, the checksums `dlqd.integrity` verifies) and access
+to the small committed MP4 assets (AAC, and FLAC in fragmented MP4 split for
+DASH; see catalog_assets/README.md).
 Never: runs ffmpeg or any subprocess, touches the network, or writes files.
 """
 
@@ -11,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import sys
-from array import array
 from functools import cache
 from importlib import resources
+
+from dlqd.integrity import crc8, crc16
 
 FLAC_BLOCK_SIZE = 4608
 
@@ -42,60 +43,6 @@ _RATE_CODES = {
     96000: 11,
 }
 _BITS_CODES = {8: 1, 12: 2, 16: 4, 20: 5, 24: 6}
-
-
-def _crc8_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-        table.append(crc)
-    return table
-
-
-def _crc16_word_table() -> array[int]:
-    """CRC-16 (poly 0x8005, MSB first) of every 16-bit word: one lookup per two bytes."""
-    byte_table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x8005) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-        byte_table.append(crc)
-    # Feeding word w (hi, lo) into a zero state: two byte steps.
-    table = array("H", bytes(2 * 65536))
-    for word in range(65536):
-        crc = byte_table[word >> 8]
-        table[word] = ((crc << 8) & 0xFFFF) ^ byte_table[(crc >> 8) ^ (word & 0xFF)]
-    return table
-
-
-_CRC8 = _crc8_table()
-_CRC16_WORD = _crc16_word_table()
-_CRC16_BYTE = [_CRC16_WORD[b] for b in range(256)]  # a lone byte b is the word 0x00b
-
-
-def crc8(data: bytes | bytearray) -> int:
-    """FLAC frame-header CRC-8 (poly 0x07, init 0)."""
-    crc = 0
-    for byte in data:
-        crc = _CRC8[crc ^ byte]
-    return crc
-
-
-def crc16(data: bytes) -> int:
-    """FLAC frame CRC-16 (poly 0x8005, init 0), two bytes per table lookup."""
-    even = len(data) & ~1
-    words = array("H", data[:even])
-    if sys.byteorder == "little":
-        words.byteswap()  # make each word big-endian
-    table = _CRC16_WORD
-    crc = 0
-    for word in words:
-        crc = table[crc ^ word]
-    if even != len(data):
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC16_BYTE[(crc >> 8) ^ data[-1]]
-    return crc
 
 
 def _utf8_number(n: int) -> bytes:
