@@ -208,6 +208,7 @@ async def _run(
         read_timeout_s=upstream.read_timeout_s,
         bandwidth_limit_kbps=config.worker.bandwidth_limit_kbps,
         min_free_mb=config.limits.min_free_mb,
+        max_track_mb=config.limits.max_track_mb,
     )
     scheduler = Scheduler(
         store,

@@ -1,10 +1,11 @@
 """Streaming one track's audio into its temp file in `library/.dlqd-tmp/`.
 
 Owns: the HTTP transfer of a `MediaPlan` (URL fallback inside one try, Range
-resume with validators, length checks, stall timeout, bandwidth limit, live
-progress). Never writes outside `dest` and its sidecar, never deletes or
-fsyncs them (the caller owns the temp file's lifecycle; finalize fsyncs), and
-never retries over time (backoff belongs to the scheduler).
+resume with validators, length checks, the track size cap, the free-space floor
+while writing, stall timeout, bandwidth limit, live progress). Never writes
+outside `dest` and its sidecar, never deletes or fsyncs them (the caller owns
+the temp file's lifecycle; finalize fsyncs), and never retries over time
+(backoff belongs to the scheduler).
 
 The caller's contract for `MediaNotFoundError`: signed media URLs expire, so
 on this error refetch the manifest once (`Source.media_plan`) and call
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,14 @@ from typing import Any, BinaryIO
 import httpx
 import trio
 
-from dlqd.errors import DlqdError, ErrorCode, from_http_status, from_oserror, map_httpx_errors
+from dlqd.errors import (
+    DlqdError,
+    ErrorCode,
+    from_http_status,
+    from_oserror,
+    map_httpx_errors,
+    redact_url,
+)
 from dlqd.meta import MediaPlan
 
 # Network reads arrive in httpcore's ≤64 KiB pieces and are copied into one
@@ -36,6 +45,10 @@ PROGRESS_EVERY_BYTES = 64 * 1024
 PROGRESS_EVERY_S = 0.5
 # A rate-limited transfer may run ahead of its average by this many seconds' worth.
 BURST_S = 0.1
+# The free-space floor is re-checked after this many bytes written: one statvfs
+# per 16 MiB costs nothing, and a running track overshoots the floor by at most this.
+SPACE_CHECK_EVERY_BYTES = 16 * 1024 * 1024
+MIB = 1024 * 1024
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
@@ -56,6 +69,38 @@ class MediaNotFoundError(DlqdError):
 
     def __init__(self, url: str) -> None:
         super().__init__(ErrorCode.UPSTREAM_NOT_FOUND, f"{url}: media not found (404)")
+
+
+def _disk_free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+@dataclass(frozen=True)
+class FreeSpaceFloor:
+    """`limits.min_free_mb`: the free space a download must leave on the library's disk.
+
+    Checked before a try and every `check_every_bytes` written during it.
+    `free_bytes` measures the filesystem holding a path; it is a parameter
+    because a test cannot safely fill a real disk.
+    """
+
+    min_free_mb: int
+    check_every_bytes: int = SPACE_CHECK_EVERY_BYTES
+    free_bytes: Callable[[Path], int] = _disk_free_bytes
+
+    def check(self, path: Path) -> None:
+        """Raise DISK_FULL when `path`'s filesystem is below the floor. Blocking (statvfs)."""
+        if self.min_free_mb <= 0:
+            return
+        try:
+            free = self.free_bytes(path)
+        except OSError as exc:
+            raise from_oserror(exc, f"checking free space in {path}") from exc
+        if free < self.min_free_mb * MIB:
+            raise DlqdError(
+                ErrorCode.DISK_FULL,
+                f"{path}: {free // MIB} MiB free, below limits.min_free_mb = {self.min_free_mb}",
+            )
 
 
 class _ResumeRefused(Exception):
@@ -127,16 +172,19 @@ class _BufferedFile:
     """`dest` written in 1 MiB blocks from a worker thread; flushed on every exit.
 
     Whatever was received is on disk when the context ends, even on an error
-    or cancellation, so the next try can resume from it.
+    or cancellation, so the next try can resume from it. With a `floor`, the
+    writer thread checks the free space every `floor.check_every_bytes`.
     """
 
-    def __init__(self, dest: Path, *, append: bool) -> None:
+    def __init__(self, dest: Path, *, append: bool, floor: FreeSpaceFloor | None = None) -> None:
         self._dest = dest
         self._append = append
+        self._floor = floor
         self._file: BinaryIO | None = None
         self._buffer = bytearray(WRITE_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
         self._fill = 0
+        self._unchecked_bytes = 0  # written since the last free-space check
 
     async def __aenter__(self) -> _BufferedFile:
         try:
@@ -163,11 +211,19 @@ class _BufferedFile:
             await self._write_through(block)
 
     async def _write_through(self, data: bytes | memoryview) -> None:
-        assert self._file is not None
         try:
-            await trio.to_thread.run_sync(self._file.write, data)
+            await trio.to_thread.run_sync(self._write_block, data)
         except OSError as exc:
             raise from_oserror(exc, str(self._dest)) from exc
+
+    def _write_block(self, data: bytes | memoryview) -> None:
+        """In the worker thread: write, then check the floor once enough has been written."""
+        assert self._file is not None
+        self._file.write(data)
+        self._unchecked_bytes += len(data)
+        if self._floor is not None and self._unchecked_bytes >= self._floor.check_every_bytes:
+            self._unchecked_bytes = 0
+            self._floor.check(self._dest.parent)
 
     async def __aexit__(
         self,
@@ -197,6 +253,8 @@ async def fetch_to_file(
     read_timeout_s: float,
     bandwidth: TokenBucket | None = None,
     resume: bool = True,
+    max_bytes: int | None = None,
+    floor: FreeSpaceFloor | None = None,
 ) -> FetchResult:
     """Download `plan` into `dest`; raise `DlqdError` (see the module doc for 404s).
 
@@ -204,6 +262,10 @@ async def fetch_to_file(
     already holds when the server proves it is the same file; a DASH plan
     writes init + segments from scratch. `bandwidth`, when given, is shared by
     every transfer of the daemon, so the limit holds for all of them together.
+    `max_bytes` (`limits.max_track_mb`) caps the media, the sum of all DASH
+    segments included: a larger announced length is refused before its body,
+    and a body that grows past it is cut off (UPSTREAM_BAD_RESPONSE). `floor`
+    is checked while writing (DISK_FULL).
     """
     timeout = httpx.Timeout(
         connect=client.timeout.connect,
@@ -211,7 +273,7 @@ async def fetch_to_file(
         write=client.timeout.write,
         pool=client.timeout.pool,
     )
-    transfer = _Transfer(client, dest, timeout, progress, bandwidth)
+    transfer = _Transfer(client, dest, timeout, progress, bandwidth, max_bytes, floor)
     if plan.segments:
         return await transfer.segments(plan.segments)
     if not plan.urls:
@@ -238,6 +300,8 @@ class _Transfer:
     timeout: httpx.Timeout
     progress: Progress
     bucket: TokenBucket | None
+    max_bytes: int | None
+    floor: FreeSpaceFloor | None
 
     async def single(self, url: str, *, resume: bool) -> FetchResult:
         start, known = (
@@ -263,11 +327,12 @@ class _Transfer:
                 "GET", url, headers=headers, timeout=self.timeout
             ) as response:
                 start, total = _check_response(response, url, start, known)
+                self._refuse_oversize(total, url)
                 if start == 0:
                     validators = {"etag": response.headers.get("ETag"), "total": total}
                     await _write_sidecar(self.dest, validators)
                 reporter = _ProgressReporter(self.progress, start, total)
-                async with _BufferedFile(self.dest, append=start > 0) as out:
+                async with _BufferedFile(self.dest, append=start > 0, floor=self.floor) as out:
                     await self._copy_body(
                         response, url, out, reporter, expected=_minus(total, start)
                     )
@@ -278,7 +343,7 @@ class _Transfer:
 
     async def segments(self, urls: tuple[str, ...]) -> FetchResult:
         reporter = _ProgressReporter(self.progress, 0, None)
-        async with _BufferedFile(self.dest, append=False) as out:
+        async with _BufferedFile(self.dest, append=False, floor=self.floor) as out:
             for url in urls:
                 with map_httpx_errors(url):
                     async with self.client.stream(
@@ -291,6 +356,7 @@ class _Transfer:
                                 response.status_code, url, response.headers.get("Retry-After")
                             )
                         expected = _content_length(response)
+                        self._refuse_oversize(_plus(reporter.done, expected), url)
                         await self._copy_body(response, url, out, reporter, expected=expected)
         reporter.report()
         return FetchResult(bytes_written=reporter.done, total=reporter.done, resumed_from=0)
@@ -304,10 +370,15 @@ class _Transfer:
         *,
         expected: int | None,
     ) -> None:
-        """Stream the body into `out`; fewer bytes than promised is INTEGRITY_ERROR."""
+        """Stream the body into `out`; fewer bytes than promised is INTEGRITY_ERROR.
+
+        The media may not grow past `max_bytes` (counted from the start of the
+        file: resumed bytes and earlier DASH segments included).
+        """
         received = 0
         try:
             async for chunk in response.aiter_raw():
+                self._refuse_oversize(reporter.done + len(chunk), url)
                 if self.bucket is not None:
                     await self.bucket.take(len(chunk))
                 await out.write(chunk)
@@ -321,6 +392,15 @@ class _Transfer:
             raise DlqdError(
                 ErrorCode.INTEGRITY_ERROR,
                 f"{url}: body cut short: {received} of {expected} bytes",
+            )
+
+    def _refuse_oversize(self, media_bytes: int | None, url: str) -> None:
+        """UPSTREAM_BAD_RESPONSE when `media_bytes` (known so far, or announced) passes the cap."""
+        if self.max_bytes is not None and media_bytes is not None and media_bytes > self.max_bytes:
+            raise DlqdError(
+                ErrorCode.UPSTREAM_BAD_RESPONSE,
+                f"{redact_url(url)}: media larger than limits.max_track_mb "
+                f"({self.max_bytes} bytes)",
             )
 
 
@@ -357,6 +437,10 @@ def _content_length(response: httpx.Response) -> int | None:
 
 def _minus(total: int | None, start: int) -> int | None:
     return None if total is None else total - start
+
+
+def _plus(done: int, expected: int | None) -> int | None:
+    return None if expected is None else done + expected
 
 
 def _resume_point(dest: Path) -> tuple[int, dict[str, Any] | None]:

@@ -1,17 +1,17 @@
 """The work of one job: resolve its metadata, then fetch and finalize each track.
 
 Owns the retry policy (jittered backoff from `backoff_s`, `Retry-After` when
-longer, `max_retries` per track), the disk-space preflight, the temp-file
-lifecycle in `library/.dlqd-tmp/` and the per-album cover cache. It never
-writes into the library itself — `finalize_track` does — and never journals:
-it reports to the scheduler through `TrackRun` and its return values.
+longer, `max_retries` per track), the disk-space preflight, the integrity check
+of each finished download, the temp-file lifecycle in `library/.dlqd-tmp/` and
+the per-album cover cache. It never writes into the library itself —
+`finalize_track` does — and never journals: it reports to the scheduler
+through `TrackRun` and its return values.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-import shutil
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,9 +22,17 @@ import structlog
 import trio
 
 from dlqd.config import FilesConfig
-from dlqd.errors import DlqdError, ErrorCode, from_oserror
-from dlqd.fetch import MediaNotFoundError, TokenBucket, fetch_to_file, sidecar_path
+from dlqd.errors import DlqdError, ErrorCode
+from dlqd.fetch import (
+    MIB,
+    FreeSpaceFloor,
+    MediaNotFoundError,
+    TokenBucket,
+    fetch_to_file,
+    sidecar_path,
+)
 from dlqd.finalize import finalize_track, tmp_dir
+from dlqd.integrity import check_media_integrity
 from dlqd.meta import MediaPlan, TrackMeta
 from dlqd.model import Job
 from dlqd.scheduler import ResolvedJob, TrackResult, TrackRun
@@ -100,6 +108,7 @@ class DownloadWork:
         read_timeout_s: float,
         bandwidth_limit_kbps: int = 0,
         min_free_mb: int = 0,
+        max_track_mb: int = 4096,
     ):
         self.source = source
         self.library = library
@@ -108,7 +117,8 @@ class DownloadWork:
         self.read_timeout_s = read_timeout_s
         self.bandwidth_limit_kbps = bandwidth_limit_kbps
         self._bandwidth: TokenBucket | None = None  # one for all transfers, made in trio
-        self.min_free_mb = min_free_mb
+        self.free_space = FreeSpaceFloor(min_free_mb)
+        self.max_track_bytes = max_track_mb * MIB
         self.keep_partials = False  # set while draining: a restart resumes them
         self._covers: OrderedDict[str, bytes | None] = OrderedDict()
 
@@ -145,7 +155,7 @@ class DownloadWork:
                 _remove(sidecar_path(temp))
 
     async def _one_try(self, run: TrackRun, temp: Path) -> TrackResult:
-        self._check_free_space()
+        self.free_space.check(self.library)
         plan = await self.source.media_plan(run.track.track_id, run.quality)
         try:
             fetched = await self._fetch(plan, temp, run)
@@ -153,6 +163,8 @@ class DownloadWork:
             # Signed media URLs expire: one fresh manifest, inside the same try.
             plan = await self.source.media_plan(run.track.track_id, run.quality)
             fetched = await self._fetch(plan, temp, run)
+        # A lying Content-Length passes every check of the transfer: ask the file.
+        await trio.to_thread.run_sync(check_media_integrity, temp)
         # Tagging rewrites the temp file in place: from here on its size says nothing
         # about the upstream file, so a crash must not leave validators to resume from.
         await trio.to_thread.run_sync(_remove, sidecar_path(temp))
@@ -171,6 +183,8 @@ class DownloadWork:
             progress=run.progress,
             read_timeout_s=self.read_timeout_s,
             bandwidth=self._shared_bandwidth(),
+            max_bytes=self.max_track_bytes,
+            floor=self.free_space,
         )
         return result.total
 
@@ -196,20 +210,6 @@ class DownloadWork:
         if len(self._covers) > COVER_CACHE_SIZE:
             self._covers.popitem(last=False)
         return cover
-
-    def _check_free_space(self) -> None:
-        if self.min_free_mb <= 0:
-            return
-        try:
-            free = shutil.disk_usage(self.library).free
-        except OSError as exc:
-            raise from_oserror(exc, f"checking free space in {self.library}") from exc
-        if free < self.min_free_mb * 1024 * 1024:
-            raise DlqdError(
-                ErrorCode.DISK_FULL,
-                f"{self.library}: {free // (1024 * 1024)} MiB free, "
-                f"below limits.min_free_mb = {self.min_free_mb}",
-            )
 
 
 def _remove(path: Path) -> None:

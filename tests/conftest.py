@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,3 +61,28 @@ def daemon(make_daemon: DaemonFactory, upstream: CatalogServer) -> DaemonProcess
     process = make_daemon(upstream=upstream)
     process.start()
     return process
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Any]:
+    """Mount a tmpfs of the given size on a directory; unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(directory: Path, size: str) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        if shutil.which("mount") is None:
+            pytest.skip("no mount(8) here")
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {result.stderr}")
+        mounted.append(directory)
+        return directory
+
+    yield mount
+    for directory in mounted:
+        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True)

@@ -10,12 +10,9 @@ Waiting is always polling with a deadline (`wait_until`), never a guessed sleep.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -453,31 +450,6 @@ def test_free_space_preflight_fails_before_downloading(
     assert track["attempts"] == 1  # permanent: not retried
     assert upstream.requests_for("media") == []
     assert tmp_entries(daemon) == []
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Any]:
-    """Mount a tmpfs of the given size on a directory; unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(directory: Path, size: str) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        if shutil.which("mount") is None:
-            pytest.skip("no mount(8) here")
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {result.stderr}")
-        mounted.append(directory)
-        return directory
-
-    yield mount
-    for directory in mounted:
-        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
 def test_enospc_during_download_fails_disk_full_and_recovers_once_space_is_back(

@@ -1,0 +1,557 @@
+"""Hostile media bodies (issue 8): endless, oversized, lying about their length, filling the disk.
+
+Three layers, each against real parts:
+- the integrity check (`dlqd.integrity`) on real FLAC bytes from the catalog's
+  encoder, cut at frame boundaries, inside frames and padded with garbage;
+- `fetch_to_file` over real HTTP from a local `CatalogServer`, with the
+  free-space probe injected (a full disk cannot be made here safely);
+- a real daemon against a scripted upstream (`CatalogServer.script`): the hostile
+  track ends in its documented code, the daemon answers `health`, a restart on
+  the same state dir stays up, an innocent job alongside completes, and nothing
+  outside the library and the state dir appears or disappears.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dlqd.integrity
+from dlqd import audio
+from dlqd.catalog import (
+    DASH_TIMELINE_TRACK_ID,
+    SINGLE_TRACK_ID,
+    Catalog,
+    CatalogServer,
+    RequestRecord,
+    Scripted,
+)
+from dlqd.errors import DlqdError, ErrorCode
+from dlqd.fetch import MIB, FreeSpaceFloor, fetch_to_file, sidecar_path
+from dlqd.integrity import MAX_CRC16_CHECKS, check_media_integrity, crc8, crc16
+from dlqd.source import Source
+from tests.support import DaemonProcess, library_files, wait_until
+
+CHUNK = b"\0" * 65536
+HEAD_BYTES = 8 + 34  # "fLaC", the STREAMINFO block header and body
+
+
+# --- FLAC bytes to cut ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flac:
+    """A real FLAC file from the catalog's encoder and where its frames start."""
+
+    data: bytes
+    block_size: int
+    total_samples: int
+    frame_starts: tuple[int, ...]
+
+
+def encoded(data: bytes) -> Flac:
+    """Frame offsets of an encoder-made file: verbatim frames, all full ones the same size."""
+    assert data[:4] == b"fLaC" and data[4] == 0x80  # STREAMINFO is the only metadata block
+    info = dlqd.integrity.StreamInfo.parse(data[8:HEAD_BYTES])
+    starts = tuple(range(HEAD_BYTES, len(data), info.max_frame_bytes))
+    assert all(data[s : s + 2] == b"\xff\xf8" for s in starts)
+    return Flac(data, info.max_block_size, info.total_samples, starts)
+
+
+def as_variable_block_size(flac: Flac) -> Flac:
+    """The same audio with every frame header carrying its first sample number (0xFFF9)."""
+    frames = []
+    ends = (*flac.frame_starts[1:], len(flac.data))
+    for number, (start, end) in enumerate(zip(flac.frame_starts, ends, strict=True)):
+        frame = flac.data[start:end]
+        size_code = frame[2] >> 4
+        fields = frame[5 : 5 + (2 if size_code == 7 else 0)]  # after the 1-byte frame number
+        # FLAC codes numbers below 0x110000 exactly as UTF-8 (surrogates included).
+        first_sample = chr(number * flac.block_size).encode("utf-8", "surrogatepass")
+        head = b"\xff\xf9" + frame[2:4] + first_sample + fields
+        head += bytes([crc8(head)])
+        body = head + frame[len(head) - len(first_sample) + 1 : -2]
+        frames.append(body + crc16(body).to_bytes(2, "big"))
+    data = flac.data[:HEAD_BYTES] + b"".join(frames)
+    starts, position = [], HEAD_BYTES
+    for frame in frames:
+        starts.append(position)
+        position += len(frame)
+    return Flac(data, flac.block_size, flac.total_samples, tuple(starts))
+
+
+def with_total_samples(data: bytes, total: int) -> bytes:
+    """`data` with STREAMINFO's 36-bit total sample count replaced."""
+    packed = int.from_bytes(data[18:26], "big")
+    packed = (packed & ~((1 << 36) - 1)) | total
+    return data[:18] + packed.to_bytes(8, "big") + data[26:]
+
+
+@pytest.fixture(scope="module")
+def single_flac(catalog: Catalog) -> Flac:
+    return encoded(catalog.audio_for(SINGLE_TRACK_ID, "LOSSLESS"))
+
+
+def check_bytes(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "track.part"
+    path.write_bytes(data)
+    check_media_integrity(path)
+
+
+def integrity_error(tmp_path: Path, data: bytes) -> DlqdError:
+    with pytest.raises(DlqdError) as caught:
+        check_bytes(tmp_path, data)
+    assert caught.value.code == ErrorCode.INTEGRITY_ERROR, caught.value
+    assert caught.value.transient
+    return caught.value
+
+
+# --- the integrity check ---------------------------------------------------------------
+
+SHAPES = {
+    "16-bit stereo 44.1 kHz": lambda: audio.make_flac(1.3, 6),
+    "24-bit mono 96 kHz": lambda: audio.make_flac(0.4, 7, sample_rate=96000, channels=1, bits=24),
+    "8-bit 6 channels, rate only in STREAMINFO": lambda: audio.make_flac(
+        0.4, 8, sample_rate=12345, channels=6, bits=8
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_intact_flac_passes(tmp_path: Path, shape: str) -> None:
+    check_bytes(tmp_path, SHAPES[shape]())
+
+
+def test_the_catalog_track_passes_with_fixed_and_variable_block_sizes(
+    tmp_path: Path, single_flac: Flac
+) -> None:
+    check_bytes(tmp_path, single_flac.data)
+    check_bytes(tmp_path, as_variable_block_size(single_flac).data)
+
+
+@pytest.mark.parametrize("variable", [False, True], ids=["fixed blocks", "variable blocks"])
+def test_a_flac_cut_at_a_frame_boundary_fails_integrity_error(
+    tmp_path: Path, single_flac: Flac, variable: bool
+) -> None:
+    flac = as_variable_block_size(single_flac) if variable else single_flac
+    for frames_kept in (1, len(flac.frame_starts) // 2, len(flac.frame_starts) - 1):
+        error = integrity_error(tmp_path, flac.data[: flac.frame_starts[frames_kept]])
+        ends_at = frames_kept * flac.block_size
+        assert f"ends at sample {ends_at} of {flac.total_samples}" in error.message
+
+
+@pytest.mark.parametrize("variable", [False, True], ids=["fixed blocks", "variable blocks"])
+def test_a_flac_cut_inside_a_frame_fails_integrity_error(
+    tmp_path: Path, single_flac: Flac, variable: bool
+) -> None:
+    flac = as_variable_block_size(single_flac) if variable else single_flac
+    for into_frame in (1, 7, 9000):  # a full frame is 18442 bytes
+        integrity_error(tmp_path, flac.data[: flac.frame_starts[5] + into_frame])
+    error = integrity_error(tmp_path, flac.data[:-1])
+    assert "no whole frame ends at the end of the file" in error.message
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(share=st.integers(min_value=0, max_value=1 << 20))
+def test_every_cut_after_the_head_fails_integrity_error(
+    tmp_path: Path, single_flac: Flac, share: int
+) -> None:
+    cut = HEAD_BYTES + share * (len(single_flac.data) - 1 - HEAD_BYTES) // (1 << 20)
+    integrity_error(tmp_path, single_flac.data[:cut])
+
+
+def test_a_flac_of_unknown_length_passes_even_when_cut(tmp_path: Path, single_flac: Flac) -> None:
+    unknown = with_total_samples(single_flac.data, 0)
+    check_bytes(tmp_path, unknown[: single_flac.frame_starts[3]])
+    check_bytes(tmp_path, unknown[: single_flac.frame_starts[3] + 100])
+
+
+def test_a_trailing_id3v1_tag_is_not_a_cut(tmp_path: Path, single_flac: Flac) -> None:
+    tag = b"TAG" + b"\0" * 125
+    check_bytes(tmp_path, single_flac.data + tag)
+    integrity_error(tmp_path, single_flac.data[: single_flac.frame_starts[-1]] + tag)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        audio.aac_m4a(),
+        audio.dash_init() + b"".join(audio.dash_segments()),
+        b"",
+        b"fLaC",
+        bytes(range(256)) * 64,
+    ],
+    ids=["aac", "flac in mp4 (dash)", "empty", "bare marker", "not audio"],
+)
+def test_what_the_check_does_not_cover_passes(tmp_path: Path, data: bytes) -> None:
+    check_bytes(tmp_path, data)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(garbage=st.binary(max_size=40_000), total=st.integers(min_value=0, max_value=(1 << 36) - 1))
+def test_garbage_after_a_flac_head_passes_or_fails_integrity_error(
+    tmp_path: Path, single_flac: Flac, garbage: bytes, total: int
+) -> None:
+    data = with_total_samples(single_flac.data[:HEAD_BYTES], total) + garbage
+    try:
+        check_bytes(tmp_path, data)
+    except DlqdError as exc:
+        assert exc.code == ErrorCode.INTEGRITY_ERROR
+
+
+def test_a_tail_full_of_valid_looking_headers_costs_a_bounded_number_of_crc16_checks(
+    tmp_path: Path, single_flac: Flac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = single_flac.frame_starts[0]
+    header = single_flac.data[first : first + 6]  # sync, codes, frame number 0, CRC-8
+    calls: list[int] = []
+
+    def counted_crc16(data: bytes) -> int:
+        calls.append(len(data))
+        return crc16(data)
+
+    monkeypatch.setattr(dlqd.integrity, "crc16", counted_crc16)
+    integrity_error(tmp_path, single_flac.data[:HEAD_BYTES] + header * 100_000)
+    assert len(calls) == MAX_CRC16_CHECKS
+
+
+# --- fetch: the cap and the free-space floor over real HTTP -----------------------------
+
+
+@pytest.fixture(scope="module")
+def big_track(catalog: Catalog) -> int:
+    """A 6 MB FLAC track, added to the session catalog."""
+    return catalog.album(catalog.add_album(1, 6_000_000)).track_ids[0]
+
+
+@pytest.fixture
+async def source(upstream: CatalogServer) -> AsyncIterator[Source]:
+    client = Source([upstream.base_url], upstream.cover_base_url, 2.0, 2.0, "dlqd-test")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    tmp = tmp_path / "library" / ".dlqd-tmp"
+    tmp.mkdir(parents=True)
+    return tmp / "track.part"
+
+
+class ShrinkingDisk:
+    """A free-space probe: plenty of room until `dest` holds `full_after` bytes, then none."""
+
+    def __init__(self, dest: Path, full_after: int) -> None:
+        self.dest = dest
+        self.full_after = full_after
+        self.probed_at: list[int] = []  # bytes in dest at each probe
+
+    def __call__(self, path: Path) -> int:
+        assert path == self.dest.parent
+        written = self.dest.stat().st_size
+        self.probed_at.append(written)
+        return 10 * 1024 * MIB if written < self.full_after else 5 * MIB
+
+
+async def test_free_space_floor_is_checked_while_writing_and_stops_the_transfer(
+    source: Source, upstream: CatalogServer, big_track: int, dest: Path
+) -> None:
+    disk = ShrinkingDisk(dest, full_after=2 * MIB)
+    floor = FreeSpaceFloor(min_free_mb=100, check_every_bytes=MIB, free_bytes=disk)
+    plan = await source.media_plan(big_track, "LOSSLESS")
+    with pytest.raises(DlqdError) as caught:
+        await fetch_to_file(
+            source.client, plan, dest, progress=lambda *_: None, read_timeout_s=2.0, floor=floor
+        )
+    assert caught.value.code == ErrorCode.DISK_FULL
+    assert "below limits.min_free_mb = 100" in caught.value.message
+    assert disk.probed_at[-1] >= 2 * MIB  # it stopped at the first probe past the drop...
+    assert dest.stat().st_size <= disk.probed_at[-1] + MIB  # ...after at most one more block
+    assert len(upstream.requests_for("media")) == 1  # the disk, not the URL: no other mirror
+
+
+async def test_free_space_is_probed_once_per_interval_not_per_read(
+    source: Source, catalog: Catalog, big_track: int, dest: Path
+) -> None:
+    interval = 2 * MIB  # a network read is at most 1 MiB (httpcore's READ_NUM_BYTES)
+    disk = ShrinkingDisk(dest, full_after=10**12)
+    floor = FreeSpaceFloor(min_free_mb=100, check_every_bytes=interval, free_bytes=disk)
+    plan = await source.media_plan(big_track, "LOSSLESS")
+    result = await fetch_to_file(
+        source.client, plan, dest, progress=lambda *_: None, read_timeout_s=2.0, floor=floor
+    )
+    assert dest.read_bytes() == catalog.audio_for(big_track, "LOSSLESS")
+    gaps = [b - a for a, b in itertools.pairwise([0, *disk.probed_at])]
+    assert all(gap >= interval for gap in gaps)
+    assert len(gaps) >= result.total // interval - 1 >= 1
+
+
+async def test_a_body_of_exactly_the_cap_completes_and_one_byte_less_is_refused(
+    source: Source, catalog: Catalog, dest: Path
+) -> None:
+    expected = catalog.audio_for(SINGLE_TRACK_ID, "LOSSLESS")
+    plan = await source.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
+    await fetch_to_file(
+        source.client,
+        plan,
+        dest,
+        progress=lambda *_: None,
+        read_timeout_s=2.0,
+        max_bytes=len(expected),
+    )
+    assert dest.read_bytes() == expected
+    with pytest.raises(DlqdError) as caught:
+        await fetch_to_file(
+            source.client,
+            plan,
+            dest,
+            progress=lambda *_: None,
+            read_timeout_s=2.0,
+            max_bytes=len(expected) - 1,
+            resume=False,
+        )
+    assert caught.value.code == ErrorCode.UPSTREAM_BAD_RESPONSE
+    assert "limits.max_track_mb" in caught.value.message
+
+
+async def test_dash_segments_count_together_against_the_cap(
+    source: Source, catalog: Catalog, upstream: CatalogServer, dest: Path
+) -> None:
+    parts = catalog.media_parts(DASH_TIMELINE_TRACK_ID, "HI_RES_LOSSLESS")
+    cap = sum(len(p) for p in parts[:-1]) + 10  # every segment fits; their sum does not
+    assert all(len(p) <= cap for p in parts)
+    plan = await source.media_plan(DASH_TIMELINE_TRACK_ID, "HI_RES_LOSSLESS")
+    with pytest.raises(DlqdError) as caught:
+        await fetch_to_file(
+            source.client, plan, dest, progress=lambda *_: None, read_timeout_s=2.0, max_bytes=cap
+        )
+    assert caught.value.code == ErrorCode.UPSTREAM_BAD_RESPONSE
+    # The last segment announced a length past the cap: none of it was written.
+    assert dest.read_bytes() == b"".join(parts[:-1])
+
+
+async def test_a_resumed_transfer_whose_total_is_above_the_cap_is_refused(
+    source: Source, catalog: Catalog, upstream: CatalogServer, dest: Path
+) -> None:
+    expected = catalog.audio_for(SINGLE_TRACK_ID, "LOSSLESS")
+    dest.write_bytes(expected[:5000])
+    sidecar_path(dest).write_text(json.dumps({"etag": None, "total": len(expected)}))
+    plan = await source.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
+    with pytest.raises(DlqdError) as caught:
+        await fetch_to_file(
+            source.client,
+            plan,
+            dest,
+            progress=lambda *_: None,
+            read_timeout_s=2.0,
+            max_bytes=len(expected) - 1,  # e.g. limits.max_track_mb lowered before a restart
+        )
+    assert caught.value.code == ErrorCode.UPSTREAM_BAD_RESPONSE
+    ranges = [r.headers.get("range") for r in upstream.requests_for("media")]
+    assert ranges == ["bytes=5000-", "bytes=5000-"]  # both mirrors answered 206 with that total
+    assert dest.read_bytes() == expected[:5000]
+
+
+# --- the daemon against a hostile upstream --------------------------------------------------
+
+
+@dataclass
+class CountingBody:
+    """A media body made lazily in 64 KiB chunks (endless when `total` is None).
+
+    `sent` counts the chunks the upstream's socket took; `done` is set once the
+    server has dropped the body (the client hung up, or it all went out).
+    """
+
+    total: int | None = None
+    sent: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while self.total is None or self.sent < self.total:
+                yield CHUNK
+                self.sent += len(CHUNK)
+        finally:
+            self.done.set()
+
+
+@dataclass
+class HostileMedia:
+    """A `Responder` for the media route that hands out a fresh `CountingBody` per request."""
+
+    headers: dict[str, str]
+    total: int | None = None
+    bodies: list[CountingBody] = field(default_factory=list)
+
+    def __call__(self, _request: RequestRecord, _data: dict[str, Any] | None) -> Scripted:
+        body = CountingBody(self.total)
+        self.bodies.append(body)
+        return Scripted(200, {"Content-Type": "audio/flac", **self.headers}, body)
+
+    def wait_dropped(self) -> None:
+        wait_until(lambda: all(b.done.is_set() for b in self.bodies), what="bodies dropped")
+
+
+def outside_paths(daemon: DaemonProcess) -> set[Path]:
+    """Everything under the daemon's root and socket dir but outside its library and state dir."""
+    inside = (daemon.library, daemon.state_dir)
+    return {
+        path
+        for base in (daemon.root, daemon.socket_dir)
+        for path in base.rglob("*")
+        if not any(path == d or d in path.parents for d in inside)
+    }
+
+
+def tmp_entries(daemon: DaemonProcess) -> list[str]:
+    return sorted(p.name for p in (daemon.library / ".dlqd-tmp").iterdir())
+
+
+def the_track(job: dict[str, Any]) -> dict[str, Any]:
+    (track,) = job["tracks"]
+    return track
+
+
+def assert_unhurt(daemon: DaemonProcess, innocent_job: str, outside: set[Path]) -> None:
+    """The innocent job completed and is all the library holds; the daemon answers,
+    restarts and stays up; nothing outside the library and the state dir moved."""
+    innocent = daemon.wait_job(innocent_job, timeout=30)
+    assert innocent["status"] == "completed", innocent
+    album_dir = Path(the_track(innocent)["path"]).parent
+    assert {Path(p).parent for p in library_files(daemon.library)} == {album_dir}
+    assert daemon.call("health")["ok"]
+    assert daemon.stop() == 0
+    daemon.start()
+    assert daemon.call("health")["ok"]
+    assert daemon.job(innocent_job)["status"] == "completed"
+    assert outside_paths(daemon) == outside
+
+
+def start_with_jobs(
+    daemon: DaemonProcess, catalog: Catalog, hostile_track: int
+) -> tuple[str, str, set[Path]]:
+    """Start `daemon`, submit the hostile track and an innocent one-track album alongside."""
+    innocent_album = catalog.add_album(1, 200_000)
+    daemon.start()
+    outside = outside_paths(daemon)
+    hostile = daemon.submit("track", hostile_track)
+    innocent = daemon.submit("album", innocent_album)
+    return hostile, innocent, outside
+
+
+MAX_TRACK_MB = 2
+# What the loopback socket buffers may hold past the cap when the daemon hangs up.
+SOCKET_SLACK = 16 * MIB
+
+
+def test_an_endless_media_body_fails_upstream_bad_response_at_max_track_mb(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    hostile_media = HostileMedia(headers={})
+    upstream.script("media", hostile_media, track_id=SINGLE_TRACK_ID)
+    daemon = make_daemon(upstream=upstream, settings={"limits": {"max_track_mb": MAX_TRACK_MB}})
+    hostile, innocent, outside = start_with_jobs(daemon, catalog, SINGLE_TRACK_ID)
+
+    job = daemon.wait_job(hostile, timeout=30)
+    assert job["status"] == "failed", job
+    track = the_track(job)
+    assert track["error"]["code"] == "UPSTREAM_BAD_RESPONSE", track
+    assert "limits.max_track_mb" in track["error"]["message"]
+    assert track["attempts"] == 1  # permanent: not retried
+    hostile_media.wait_dropped()
+    assert 1 <= len(hostile_media.bodies) <= 2  # each mirror of the manifest, once
+    for body in hostile_media.bodies:
+        assert MAX_TRACK_MB * MIB <= body.sent <= MAX_TRACK_MB * MIB + SOCKET_SLACK
+    assert_unhurt(daemon, innocent, outside)
+    assert tmp_entries(daemon) == []
+
+
+def test_a_content_length_above_max_track_mb_is_refused_before_the_body(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    announced = 64 * MIB
+    hostile_media = HostileMedia(headers={"Content-Length": str(announced)}, total=announced)
+    upstream.script("media", hostile_media, track_id=SINGLE_TRACK_ID)
+    daemon = make_daemon(upstream=upstream, settings={"limits": {"max_track_mb": MAX_TRACK_MB}})
+    hostile, innocent, outside = start_with_jobs(daemon, catalog, SINGLE_TRACK_ID)
+
+    job = daemon.wait_job(hostile, timeout=30)
+    assert job["status"] == "failed", job
+    track = the_track(job)
+    assert track["error"]["code"] == "UPSTREAM_BAD_RESPONSE", track
+    assert "limits.max_track_mb" in track["error"]["message"]
+    hostile_media.wait_dropped()
+    for body in hostile_media.bodies:
+        assert body.sent < SOCKET_SLACK < announced  # only what the socket buffers swallowed
+    assert_unhurt(daemon, innocent, outside)
+    assert tmp_entries(daemon) == []
+
+
+@pytest.mark.parametrize("cut", ["inside a frame", "at a frame boundary"])
+def test_a_flac_cut_short_by_a_lying_content_length_fails_integrity_error_after_retries(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog, single_flac: Flac, cut: str
+) -> None:
+    data = single_flac.data
+    length = int(len(data) * 0.7) if cut == "inside a frame" else single_flac.frame_starts[10]
+    assert (length in single_flac.frame_starts) == (cut == "at a frame boundary")
+
+    def lying(_request: RequestRecord, _data: dict[str, Any] | None) -> Scripted:
+        return Scripted(
+            200, {"Content-Type": "audio/flac", "Content-Length": str(length)}, data[:length]
+        )
+
+    upstream.script("media", lying, track_id=SINGLE_TRACK_ID)
+    settings = {"worker": {"max_retries": 1, "backoff_s": [0.05]}}
+    daemon = make_daemon(upstream=upstream, settings=settings)
+    hostile, innocent, outside = start_with_jobs(daemon, catalog, SINGLE_TRACK_ID)
+
+    job = daemon.wait_job(hostile, timeout=30)
+    assert job["status"] == "failed", job
+    track = the_track(job)
+    assert track["error"]["code"] == "INTEGRITY_ERROR", track
+    assert "FLAC stream cut short" in track["error"]["message"]
+    assert track["attempts"] == 2  # transient: retried max_retries times
+    assert track["path"] is None
+    assert_unhurt(daemon, innocent, outside)
+    assert tmp_entries(daemon) == []
+
+
+def test_free_space_floor_is_checked_during_the_transfer_on_a_small_filesystem(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog, small_fs: Any
+) -> None:
+    # 40 MiB of room and a 30 MiB floor: the preflight passes, and 16 MiB into the
+    # 19 MiB track the writer's check finds 24 MiB free.
+    big_album = catalog.add_album(1, 20_000_000)
+    settings = {
+        "limits": {"min_free_mb": 30},
+        "worker": {"max_concurrent": 1},
+    }
+    daemon = make_daemon(upstream=upstream, settings=settings)
+    small_fs(daemon.library, "40m")
+    try:
+        hostile_track = catalog.album(big_album).track_ids[0]
+        hostile, innocent, outside = start_with_jobs(daemon, catalog, hostile_track)
+        job = daemon.wait_job(hostile, timeout=60)
+        assert job["status"] == "failed", job
+        track = the_track(job)
+        assert track["error"]["code"] == "DISK_FULL", track
+        assert "below limits.min_free_mb = 30" in track["error"]["message"]
+        assert upstream.requests_for("media", track_id=hostile_track)  # past the preflight
+        assert_unhurt(daemon, innocent, outside)
+        assert tmp_entries(daemon) == []
+    finally:
+        daemon.kill()
