@@ -197,6 +197,7 @@ async def _run(
         upstream.connect_timeout_s,
         upstream.read_timeout_s,
         upstream.user_agent,
+        max_job_tracks=config.limits.max_job_tracks,
     )
     work = DownloadWork(
         source,

@@ -1,8 +1,10 @@
 """Playback info and its base64 manifest → a `MediaPlan` (DESIGN §6).
 
 Owns: decoding the untrusted manifest (BTS JSON or DASH MPD), resolving its
-URLs, and refusing previews and encrypted streams. Pure: never does I/O, never
-raises anything but `DlqdError` whatever bytes it is given.
+URLs, and refusing previews and encrypted streams. The playback info and the
+BTS JSON are checked into records by `upstream_schema` first. Pure: never does
+I/O, never raises anything but `DlqdError` whatever bytes it is given, and
+quotes upstream values in messages with `quote` (URLs without their query).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from dlqd.errors import DlqdError, ErrorCode
+from dlqd.errors import DlqdError, ErrorCode, redact_url
 from dlqd.meta import MediaPlan
+from dlqd.upstream_schema import BtsManifest, PlaybackInfo, parse, quote
 
 BTS_MIME = "application/vnd.tidal.bts"
 DASH_MIME = "application/dash+xml"
@@ -30,18 +33,6 @@ DASH_MIME = "application/dash+xml"
 # An MPD asking for more segments than this is hostile or broken: a 2-hour
 # track in 4-second segments is ~1,800.
 MAX_SEGMENTS = 5000
-
-# Playback-info fields copied into `MediaPlan.extra` (as strings) when present,
-# so the caller can tag with the gains of the stream it actually fetched.
-_EXTRA_FIELDS = {
-    "audioQuality": "audio_quality",
-    "bitDepth": "bit_depth",
-    "sampleRate": "sample_rate",
-    "trackReplayGain": "track_replay_gain",
-    "trackPeakAmplitude": "track_peak",
-    "albumReplayGain": "album_replay_gain",
-    "albumPeakAmplitude": "album_peak",
-}
 
 _ISO_DURATION = re.compile(
     r"P(?:(?P<d>\d+(?:\.\d+)?)D)?"
@@ -59,21 +50,28 @@ def _unsupported(message: str) -> DlqdError:
 
 
 def plan_from_playback(playback: Mapping[str, Any], *, manifest_url: str) -> MediaPlan:
-    """Build the plan from `/track/` data; `manifest_url` is where it was fetched."""
-    presentation = playback.get("assetPresentation")
-    if not isinstance(presentation, str):  # a body without the §6 fields, not a preview
-        raise _bad("playback info lacks assetPresentation")
-    if presentation != "FULL":
-        raise _unsupported(f"asset presentation is {presentation!r}, not FULL (a preview?)")
-    mime_type = playback.get("manifestMimeType")
-    manifest = playback.get("manifest")
-    if not isinstance(mime_type, str) or not isinstance(manifest, str):
-        raise _bad("playback info lacks manifestMimeType or manifest")
-    plan = parse_manifest(mime_type, manifest, manifest_url=manifest_url)
-    for field, key in _EXTRA_FIELDS.items():
-        value = playback.get(field)
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            plan.extra[key] = str(value)
+    """Build the plan from `/track/` data; `manifest_url` is where it was fetched.
+
+    The playback info's checked gains, quality and format go into `plan.extra`
+    (as strings) when present, so the caller can tag with the gains of the
+    stream it actually fetched.
+    """
+    info = parse(PlaybackInfo, playback, "/track/ playback info")
+    if info.asset_presentation != "FULL":
+        raise _unsupported(
+            f"asset presentation is {quote(info.asset_presentation)}, not FULL (a preview?)"
+        )
+    plan = parse_manifest(info.manifest_mime_type, info.manifest, manifest_url=manifest_url)
+    shown = {
+        "audio_quality": info.audio_quality,
+        "bit_depth": info.bit_depth,
+        "sample_rate": info.sample_rate,
+        "track_replay_gain": info.track_replay_gain,
+        "track_peak": info.track_peak,
+        "album_replay_gain": info.album_replay_gain,
+        "album_peak": info.album_peak,
+    }
+    plan.extra.update({key: str(value) for key, value in shown.items() if value is not None})
     return plan
 
 
@@ -84,7 +82,7 @@ def parse_manifest(mime_type: str, manifest_b64: str, *, manifest_url: str) -> M
         return _parse_bts(raw, manifest_url)
     if mime_type == DASH_MIME:
         return _parse_dash(raw, manifest_url)
-    raise _unsupported(f"manifest type {mime_type!r} is not supported")
+    raise _unsupported(f"manifest type {quote(mime_type)} is not supported")
 
 
 def decode_base64(text: str) -> bytes:
@@ -104,24 +102,15 @@ def _parse_bts(raw: bytes, manifest_url: str) -> MediaPlan:
         doc = json.loads(raw)
     except (ValueError, RecursionError):
         raise _bad("BTS manifest is not JSON") from None
-    if not isinstance(doc, dict):
-        raise _bad("BTS manifest is not an object")
-    encryption = doc.get("encryptionType")
-    if not isinstance(encryption, str):
-        raise _bad("BTS manifest lacks encryptionType")
-    if encryption != "NONE":
-        raise _unsupported(f"encrypted stream ({encryption}) is not supported")
-    urls = doc.get("urls")
-    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-        raise _bad("BTS manifest has no urls")
-    mime = doc.get("mimeType")
+    bts = parse(BtsManifest, doc, "manifest: BTS")
+    if bts.encryption_type != "NONE":
+        raise _unsupported(f"encrypted stream ({quote(bts.encryption_type)}) is not supported")
     plan = MediaPlan(
-        mime_type=mime if isinstance(mime, str) else "",
-        urls=tuple(_absolute(manifest_url, u) for u in urls),
+        mime_type=bts.mime_type,
+        urls=tuple(_absolute(manifest_url, url) for url in bts.urls),
     )
-    codecs = doc.get("codecs")
-    if isinstance(codecs, str):
-        plan.extra["codecs"] = codecs
+    if bts.codecs is not None:
+        plan.extra["codecs"] = bts.codecs
     return plan
 
 
@@ -131,9 +120,9 @@ def _absolute(base: str, ref: str) -> str:
         url = urljoin(base, ref.strip())
         scheme = urlsplit(url).scheme
     except ValueError:
-        raise _bad(f"unparseable URL {ref[:80]!r}") from None
+        raise _bad("a URL in the manifest cannot be parsed") from None
     if scheme not in ("http", "https"):
-        raise _bad(f"URL {url[:80]!r} is not http(s)")
+        raise _bad(f"URL {quote(redact_url(url))} is not http(s)")
     return url
 
 
@@ -166,7 +155,7 @@ def _int_attr(element: Element, name: str, default: int | None) -> int:
     try:
         number = int(value.strip())
     except ValueError:
-        raise _bad(f"{name}={value[:40]!r} is not an integer") from None
+        raise _bad(f"{name}={quote(value)} is not an integer") from None
     if number < 0:
         raise _bad(f"{name}={number} is negative")
     return number
@@ -227,7 +216,7 @@ def _segment_count(mpd: Element, template: Element) -> int:
         for entry in _children(timeline, "S"):
             repeat = entry.get("r", "0").strip()
             if not re.fullmatch(r"\d{1,9}", repeat):
-                raise _bad(f"unsupported segment repeat r={repeat[:20]!r}")
+                raise _bad(f"unsupported segment repeat r={quote(repeat)}")
             count += int(repeat) + 1
             if count > MAX_SEGMENTS:
                 raise _bad(f"more than {MAX_SEGMENTS} segments")
@@ -251,7 +240,7 @@ def _iso_duration(value: str | None) -> Decimal:
     """Seconds in an ISO 8601 duration such as "PT3M12.5S" (days at most)."""
     match = _ISO_DURATION.fullmatch((value or "").strip())
     if not match or not any(match.groupdict().values()):
-        raise _bad(f"mediaPresentationDuration {str(value)[:40]!r} is not an ISO 8601 duration")
+        raise _bad(f"mediaPresentationDuration {quote(value)} is not an ISO 8601 duration")
     try:
         parts = {k: Decimal(v) if v else Decimal(0) for k, v in match.groupdict().items()}
     except InvalidOperation:
@@ -264,7 +253,7 @@ def _expand(template: str, variables: Mapping[str, str], number: int | None) -> 
 
     if "$" in _TEMPLATE_VAR.sub("", template):
         # An identifier we do not know ($Time$ …) would give a wrong URL.
-        raise _bad(f"unsupported template {template[:80]!r}")
+        raise _bad(f"unsupported template {quote(template)}")
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)

@@ -1,18 +1,19 @@
 """The upstream API of DESIGN §6: metadata, album paging, playback plans, covers, failover.
 
 Owns the daemon's one `httpx.AsyncClient`, the order in which upstream bases
-are tried, and turning the upstream's JSON into `TrackMeta` / `AlbumMeta` /
-`MediaPlan`. Never writes files and never retries a failed request over time:
-backoff belongs to the scheduler, which asks the raised `DlqdError`.
+are tried, and turning the upstream's answers into `TrackMeta` / `AlbumMeta` /
+`MediaPlan`. Every JSON body is checked into a typed record by
+`upstream_schema` before anything here looks at it. Never writes files and
+never retries a failed request over time: backoff belongs to the scheduler,
+which asks the raised `DlqdError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeGuard
+from typing import Any
 
 import httpcore
 import httpx
@@ -21,6 +22,14 @@ import trio
 from dlqd.errors import DlqdError, ErrorCode, from_http_status, map_httpx_errors
 from dlqd.manifest import plan_from_playback
 from dlqd.meta import AlbumMeta, MediaPlan, TrackMeta
+from dlqd.upstream_schema import (
+    AlbumPage,
+    TrackInfo,
+    UpstreamArtist,
+    UpstreamTrack,
+    parse,
+    parse_album_page,
+)
 
 # httpcore reads HTTP/1.1 bodies 64 KiB per socket read; every read is a trip
 # through the event loop and h11. 1 MiB reads cut the daemon's CPU per GiB by a
@@ -33,8 +42,7 @@ PAGE_SIZE = 100
 FAILURES_BEFORE_SKIP = 3
 SKIP_FOR_S = 60.0
 MAX_COVER_BYTES = 16 * 1024 * 1024
-
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+MAX_JOB_TRACKS = 5000  # limits.max_job_tracks
 
 JSON = Mapping[str, Any]
 
@@ -82,6 +90,7 @@ class Source:
         client: httpx.AsyncClient | None = None,
         *,
         clock: Callable[[], float] = trio.current_time,
+        max_job_tracks: int = MAX_JOB_TRACKS,
     ) -> None:
         if not base_urls:
             raise ValueError("at least one upstream base URL is required")
@@ -90,6 +99,7 @@ class Source:
         self._reports = {base: BaseReport() for base in self._bases}
         self._cover_base_url = cover_base_url.rstrip("/")
         self._clock = clock
+        self._max_job_tracks = max_job_tracks
         self._owns_client = client is None
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -111,19 +121,16 @@ class Source:
 
     async def track_meta(self, track_id: int) -> TrackMeta:
         """A track named and tagged exactly as it would be inside its album's job."""
-        info, _ = await self._get_data("/info/", {"id": track_id})
-        album_ref = info.get("album")
-        album_id = album_ref.get("id") if isinstance(album_ref, Mapping) else None
-        if not _is_int(album_id):
-            raise _bad(f"/info/ of track {track_id} has no album id")
-        header, items = await self._album_pages(album_id)
-        album = self._build_album(header, items)
+        data, _ = await self._get_data("/info/", {"id": track_id})
+        info = parse(TrackInfo, data, f"/info/ of track {track_id}")
+        page, tracks = await self._album_pages(info.album.id)
+        album = build_album(page, tracks, cover_url=self.cover_url)
         for track in album.tracks:
             if track.track_id == track_id:
                 return track
         # The album does not list it (region or edition mismatch): use /info/ itself.
-        items.append(info)
-        built = self._build_album(header, items).tracks
+        tracks.append(info)
+        built = build_album(page, tracks, cover_url=self.cover_url).tracks
         found = next((track for track in built if track.track_id == track_id), None)
         if found is None:
             raise _bad(f"/info/ answered for track {track_id} with another track")
@@ -131,8 +138,8 @@ class Source:
 
     async def album(self, album_id: int) -> AlbumMeta:
         """The album with every page of its tracks read, in disc/track order."""
-        header, items = await self._album_pages(album_id)
-        return self._build_album(header, items)
+        page, tracks = await self._album_pages(album_id)
+        return build_album(page, tracks, cover_url=self.cover_url)
 
     async def media_plan(self, track_id: int, quality: str) -> MediaPlan:
         """Playback info → plan; `plan.extra` carries the stream's gains (see manifest.py)."""
@@ -214,85 +221,37 @@ class Source:
         assert last_error is not None  # there is at least one base
         raise last_error
 
-    async def _album_pages(self, album_id: int) -> tuple[JSON, list[JSON]]:
-        """The album header and its track items, paging until numberOfTracks are read."""
-        header: JSON = {}
-        items: list[JSON] = []
+    async def _album_pages(self, album_id: int) -> tuple[AlbumPage, list[UpstreamTrack]]:
+        """The first page (the album's header) and every track, paging until numberOfTracks.
+
+        An album claiming more than `max_job_tracks` tracks is refused at its
+        first page, and paging stops with the same error once more are read.
+        """
+        first: AlbumPage | None = None
+        tracks: list[UpstreamTrack] = []
         seen: set[int] = set()
         offset = 0
         while True:
-            page, _ = await self._get_data(
+            data, _ = await self._get_data(
                 "/album/", {"id": album_id, "limit": PAGE_SIZE, "offset": offset}
             )
-            header = header or page
-            expected = page.get("numberOfTracks")
-            page_items = page.get("items")
-            if not _is_int(expected) or not isinstance(page_items, list):
-                raise _bad(f"/album/ {album_id}: no numberOfTracks or items")
+            page = parse_album_page(data, album_id=album_id, max_tracks=self._max_job_tracks)
+            first = first or page
             new_tracks = 0
-            for entry in page_items:
-                if not isinstance(entry, Mapping):
-                    raise _bad(f"/album/ {album_id}: item is not an object")
-                item = entry.get("item")
-                if entry.get("type") != "track" or not isinstance(item, Mapping):
-                    continue  # videos and other media share the listing
-                if not _is_int(item.get("id")):
-                    raise _bad(f"/album/ {album_id}: track item without id")
-                if item["id"] not in seen:
-                    seen.add(item["id"])
-                    items.append(item)
+            for track in page.tracks:
+                if track.id not in seen:
+                    seen.add(track.id)
+                    tracks.append(track)
                     new_tracks += 1
-            offset += len(page_items)
+            if len(tracks) > self._max_job_tracks:
+                raise _bad(
+                    f"/album/ {album_id}: lists more than "
+                    f"limits.max_job_tracks ({self._max_job_tracks}) tracks"
+                )
+            offset += len(page.items)
             # An empty or repeated page would otherwise loop forever.
-            if len(items) >= expected or new_tracks == 0:
-                return header, items
-
-    # -- JSON → records ------------------------------------------------------
-
-    def _build_album(self, header: JSON, items: Sequence[JSON]) -> AlbumMeta:
-        album_id = header.get("id")
-        title = header.get("title")
-        if not _is_int(album_id) or not isinstance(title, str):
-            raise _bad("/album/: no id or title")
-        album_artist = _artist_name(header.get("artist")) or next(
-            iter(_artist_names(header.get("artists"))), ""
-        )
-        if not album_artist:
-            raise _bad(f"/album/ {album_id}: no artist")
-        cover_uuid = header.get("cover")
-        cover_url = (
-            self.cover_url(cover_uuid) if isinstance(cover_uuid, str) and cover_uuid else None
-        )
-        volumes = header.get("numberOfVolumes")
-        per_disc: dict[int, int] = {}
-        for item in items:
-            disc = _disc_number(item)
-            per_disc[disc] = per_disc.get(disc, 0) + 1
-        disc_total = volumes if _is_int(volumes) and volumes > 0 else max(per_disc, default=1)
-        release = _date(header.get("releaseDate"))
-        album_copyright = _text(header.get("copyright"))
-        tracks = [
-            _build_track(
-                item,
-                album_id=album_id,
-                album=title,
-                album_artist=album_artist,
-                track_total=per_disc[_disc_number(item)],
-                disc_total=disc_total,
-                release_date=release,
-                album_copyright=album_copyright,
-                cover_url=cover_url,
-            )
-            for item in items
-        ]
-        tracks.sort(key=lambda t: (t.disc_number, t.track_number))
-        return AlbumMeta(
-            album_id=album_id,
-            title=title,
-            artist=album_artist,
-            tracks=tuple(tracks),
-            cover_url=cover_url,
-        )
+            if len(tracks) >= page.number_of_tracks or new_tracks == 0:
+                return first, tracks
 
 
 def with_playback_gains(meta: TrackMeta, plan: MediaPlan) -> TrackMeta:
@@ -325,8 +284,49 @@ def _envelope_data(response: httpx.Response) -> JSON:
     return data
 
 
+# -- records → metadata ----------------------------------------------------------
+
+
+def build_album(
+    page: AlbumPage, tracks: Sequence[UpstreamTrack], *, cover_url: Callable[[str], str]
+) -> AlbumMeta:
+    """The album of `page` (its first page) with `tracks`, in disc/track order."""
+    album_artist = _artist_name(page.artist) or next(
+        (artist.name for artist in page.artists if artist.name), ""
+    )
+    if not album_artist:
+        raise _bad(f"/album/ {page.id}: no artist")
+    cover = cover_url(page.cover) if page.cover else None
+    per_disc: dict[int, int] = {}
+    for track in tracks:
+        per_disc[track.volume_number] = per_disc.get(track.volume_number, 0) + 1
+    disc_total = page.number_of_volumes or max(per_disc, default=1)
+    album_tracks = [
+        _build_track(
+            track,
+            album_id=page.id,
+            album=page.title,
+            album_artist=album_artist,
+            track_total=per_disc[track.volume_number],
+            disc_total=disc_total,
+            release_date=page.release_date,
+            album_copyright=page.copyright,
+            cover_url=cover,
+        )
+        for track in tracks
+    ]
+    album_tracks.sort(key=lambda t: (t.disc_number, t.track_number))
+    return AlbumMeta(
+        album_id=page.id,
+        title=page.title,
+        artist=album_artist,
+        tracks=tuple(album_tracks),
+        cover_url=cover,
+    )
+
+
 def _build_track(
-    item: JSON,
+    track: UpstreamTrack,
     *,
     album_id: int,
     album: str,
@@ -337,80 +337,39 @@ def _build_track(
     album_copyright: str,
     cover_url: str | None,
 ) -> TrackMeta:
-    track_id = item.get("id")
-    title = item.get("title")
-    number = item.get("trackNumber")
-    if not _is_int(track_id) or not isinstance(title, str) or not _is_int(number):
-        raise _bad(f"album {album_id}: track without id, title or trackNumber")
-    artists = _main_first(item.get("artists")) or tuple(
-        name for name in (_artist_name(item.get("artist")),) if name
+    artists = _main_first(track.artists) or tuple(
+        name for name in (_artist_name(track.artist),) if name
     )
-    stream_start = item.get("streamStartDate")
     return TrackMeta(
-        track_id=track_id,
-        title=title,
-        version=_text(item.get("version")),
+        track_id=track.id,
+        title=track.title,
+        version=track.version,
         artists=artists or (album_artist,),
         album_artist=album_artist,
         album=album,
         album_id=album_id,
-        track_number=number,
+        track_number=track.track_number,
         track_total=track_total,
-        disc_number=_disc_number(item),
+        disc_number=track.volume_number,
         disc_total=disc_total,
-        date=release_date or (_date(stream_start[:10]) if isinstance(stream_start, str) else ""),
-        isrc=_text(item.get("isrc")),
-        copyright=_text(item.get("copyright")) or album_copyright,
-        replay_gain_track=_number(item.get("replayGain")),
-        peak_track=_number(item.get("peak")),
+        date=release_date or track.stream_start_date,
+        isrc=track.isrc,
+        copyright=track.copyright or album_copyright,
+        replay_gain_track=track.replay_gain,
+        peak_track=track.peak,
         cover_url=cover_url,
     )
 
 
-def _main_first(artists: object) -> tuple[str, ...]:
+def _main_first(artists: Sequence[UpstreamArtist]) -> tuple[str, ...]:
     """Names of MAIN artists in order, then FEATURED ones, each once."""
-    if not isinstance(artists, list):
-        return ()
     ordered: list[str] = []
     for kind in ("MAIN", "FEATURED"):
         for artist in artists:
-            if isinstance(artist, Mapping) and artist.get("type") == kind:
-                name = _artist_name(artist)
-                if name and name not in ordered:
-                    ordered.append(name)
+            if artist.type == kind and artist.name and artist.name not in ordered:
+                ordered.append(artist.name)
     return tuple(ordered)
 
 
-def _artist_names(artists: object) -> list[str]:
-    if not isinstance(artists, list):
-        return []
-    return [name for name in (_artist_name(a) for a in artists) if name]
-
-
-def _artist_name(artist: object) -> str:
-    return _text(artist.get("name")) if isinstance(artist, Mapping) else ""
-
-
-def _disc_number(item: JSON) -> int:
-    volume = item.get("volumeNumber")
-    return volume if _is_int(volume) and volume > 0 else 1
-
-
-def _date(value: object) -> str:
-    if isinstance(value, str) and _DATE.match(value):
-        return value[:10]
-    return ""
-
-
-def _text(value: object) -> str:
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _artist_name(artist: UpstreamArtist | None) -> str:
+    return artist.name if artist is not None else ""
