@@ -404,14 +404,14 @@ def parse(record: type[_R], data: object, where: str) -> _R:
         raise DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{where}: {exc}") from None
 
 
-def parse_album_page(data: Mapping[str, Any], *, album_id: int, max_tracks: int) -> AlbumPage:
+def parse_album_page(data: object, *, album_id: int, max_tracks: int) -> AlbumPage:
     """One `/album/` page; an album or page listing more than `max_tracks` is refused.
 
     The listing's length is checked before its items are read, so a page of a
     million entries costs nothing.
     """
     where = f"/album/ {album_id}"
-    entries = data.get("items")
+    entries = data.get("items") if isinstance(data, Mapping) else None
     if isinstance(entries, list) and len(entries) > max_tracks:
         raise DlqdError(
             ErrorCode.UPSTREAM_BAD_RESPONSE,

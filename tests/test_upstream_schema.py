@@ -1,0 +1,469 @@
+"""The upstream's JSON checked at the edge: rules per field, and random JSON in every field.
+
+The parsers are pure, so these tests call them directly (no HTTP): whatever
+JSON value sits in whatever field, the answer is a record fit for the journal,
+the file names and the tags, or a `DlqdError` with an upstream code.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import json
+import math
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dlqd.catalog import (
+    SINGLE_TRACK_ID,
+    TWO_DISC_ALBUM_ID,
+    Catalog,
+)
+from dlqd.errors import DlqdError, ErrorCode
+from dlqd.manifest import BTS_MIME, plan_from_playback
+from dlqd.meta import AlbumMeta, MediaPlan, TrackMeta
+from dlqd.source import Source, build_album, with_playback_gains
+from dlqd.upstream_schema import (
+    MAX_ID,
+    QUOTE_CHARS,
+    AlbumPage,
+    TrackInfo,
+    parse,
+    parse_album_page,
+    quote,
+)
+
+UPSTREAM_CODES = {ErrorCode.UPSTREAM_BAD_RESPONSE, ErrorCode.UNSUPPORTED_FORMAT}
+TRACK_URL = "http://api.test/track/?id=1&quality=LOSSLESS"
+CATALOG = Catalog()  # JSON only: no audio is generated
+
+
+def cover_url(uuid: str) -> str:
+    return f"http://img.test/{uuid.replace('-', '/')}/1280x1280.jpg"
+
+
+def album_json() -> dict[str, Any]:
+    return CATALOG.album_json(TWO_DISC_ALBUM_ID)
+
+
+def info_json() -> dict[str, Any]:
+    return CATALOG.track_json(SINGLE_TRACK_ID)
+
+
+def bts_doc() -> dict[str, Any]:
+    return {
+        "mimeType": "audio/flac",
+        "codecs": "flac",
+        "encryptionType": "NONE",
+        "urls": ["http://cdn.test/a.flac?token=t", "http://cdn2.test/a.flac?token=t"],
+    }
+
+
+def b64_json(doc: object) -> str:
+    return base64.b64encode(json.dumps(doc).encode()).decode()
+
+
+def playback_json(bts: object | None = None) -> dict[str, Any]:
+    return {
+        "trackId": SINGLE_TRACK_ID,
+        "assetPresentation": "FULL",
+        "audioQuality": "LOSSLESS",
+        "bitDepth": 16,
+        "sampleRate": 44100,
+        "manifestMimeType": BTS_MIME,
+        "manifest": b64_json(bts_doc() if bts is None else bts),
+        "albumReplayGain": -8.25,
+        "albumPeakAmplitude": 0.988,
+        "trackReplayGain": -7.5,
+        "trackPeakAmplitude": 0.98,
+    }
+
+
+def album(data: dict[str, Any], max_tracks: int = 5000) -> AlbumMeta:
+    page = parse_album_page(data, album_id=TWO_DISC_ALBUM_ID, max_tracks=max_tracks)
+    return build_album(page, page.tracks, cover_url=cover_url)
+
+
+def refused(call: Any, *args: Any, **kwargs: Any) -> DlqdError:
+    with pytest.raises(DlqdError) as caught:
+        call(*args, **kwargs)
+    assert caught.value.code == ErrorCode.UPSTREAM_BAD_RESPONSE, caught.value
+    assert caught.value.message.isascii()
+    return caught.value
+
+
+# -- every value a record holds is storable -------------------------------------------
+
+
+def assert_storable(value: object) -> None:
+    """Strings encode as UTF-8, ints fit 0..2**31-1, floats are finite, all the way down."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            assert_storable(getattr(value, field.name))
+    elif isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        assert 0 <= value <= MAX_ID, value
+    elif isinstance(value, float):
+        assert math.isfinite(value), value
+    elif isinstance(value, tuple | list):
+        for item in value:
+            assert_storable(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            assert_storable(key)
+            assert_storable(item)
+    else:
+        raise AssertionError(f"unexpected {type(value)} in a record")
+
+
+def assert_journal_can_hold(meta: AlbumMeta | TrackMeta) -> None:
+    assert_storable(meta)
+    msgpack.packb(dataclasses.asdict(meta))  # what killed the daemon in issue 8
+
+
+# -- rules, one case each ---------------------------------------------------------------
+
+
+def test_valid_album_gives_typed_metadata() -> None:
+    meta = album(album_json())
+    assert [t.track_number for t in meta.tracks] == [1, 2, 3, 1, 2]
+    assert meta.title == "Night Lines" and meta.cover_url is not None
+    assert_journal_can_hold(meta)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("title",),
+        ("copyright",),
+        ("releaseDate",),
+        ("cover",),
+        ("artist", "name"),
+        ("artists", 0, "type"),
+        ("items", 2, "item", "title"),
+        ("items", 2, "item", "version"),
+        ("items", 2, "item", "isrc"),
+        ("items", 2, "item", "copyright"),
+        ("items", 2, "item", "streamStartDate"),
+        ("items", 2, "item", "artists", 0, "name"),
+    ],
+)
+def test_a_lone_surrogate_in_any_album_string_is_refused(path: tuple[str | int, ...]) -> None:
+    data = album_json()
+    at(data, path[:-1])[path[-1]] = "ok \ud800 then"
+    error = refused(album, data)
+    assert "\\ud800" in error.message  # quoted, escaped
+
+
+@pytest.mark.parametrize("value", [0, -1, MAX_ID + 1, 2**70, -(2**64)])
+@pytest.mark.parametrize("key", ["id", "trackNumber", "volumeNumber"])
+def test_track_ids_and_positions_outside_1_to_2_pow_31_are_refused(key: str, value: int) -> None:
+    data = album_json()
+    data["items"][1]["item"][key] = value
+    error = refused(album, data)
+    assert f"items[1].item.{key}" in error.message
+
+
+@pytest.mark.parametrize("value", [0, 2**70, -(2**64)])
+@pytest.mark.parametrize(
+    "path", [("id",), ("artist", "id"), ("items", 0, "item", "artist", "id"), ("artists", 0, "id")]
+)
+def test_album_and_artist_ids_outside_the_range_are_refused(
+    path: tuple[str | int, ...], value: int
+) -> None:
+    data = album_json()
+    at(data, path[:-1])[path[-1]] = value
+    refused(album, data)
+
+
+def test_a_bool_is_not_an_int() -> None:
+    data = album_json()
+    data["items"][0]["item"]["trackNumber"] = True
+    assert "trackNumber is a boolean" in refused(album, data).message
+    data = album_json()
+    data["items"][0]["item"]["volumeNumber"] = True  # optional: as if absent, disc 1
+    assert album(data).tracks[0].disc_number == 1
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1e300, 2**70, -1000, "-7", True])
+def test_a_gain_or_peak_that_is_not_a_sane_finite_number_is_dropped(value: object) -> None:
+    data = album_json()
+    data["items"][0]["item"]["replayGain"] = value
+    data["items"][0]["item"]["peak"] = value
+    track = album(data).tracks[0]
+    assert (track.replay_gain_track, track.peak_track) == (None, None)
+
+
+def test_playback_gains_bit_depth_and_rate_out_of_range_are_dropped() -> None:
+    data = playback_json()
+    data.update(trackReplayGain=math.nan, albumPeakAmplitude=1e308, bitDepth=2**70, sampleRate=-1)
+    plan = plan_from_playback(data, manifest_url=TRACK_URL)
+    assert {"track_replay_gain", "album_peak", "bit_depth", "sample_rate"}.isdisjoint(plan.extra)
+    assert plan.extra["album_replay_gain"] == "-8.25"
+
+
+def test_numbers_of_volumes_over_1000_are_refused_and_0_means_unknown() -> None:
+    data = album_json()
+    data["numberOfVolumes"] = 1001
+    refused(album, data)
+    data["numberOfVolumes"] = 0
+    assert {t.disc_total for t in album(data).tracks} == {2}  # counted from the discs
+
+
+def test_an_album_claiming_more_tracks_than_the_job_limit_is_refused() -> None:
+    data = album_json()
+    data["numberOfTracks"] = 10**9
+    assert "max_job_tracks (5000)" in refused(album, data).message
+    assert "max_job_tracks (4)" in refused(album, album_json(), max_tracks=4).message
+
+
+def test_a_page_longer_than_the_job_limit_is_refused_before_its_items_are_read() -> None:
+    data = album_json()
+    data["items"] = [None] * 6  # not objects: reading them would refuse for another reason
+    assert "a page lists 6 items" in refused(album, data, max_tracks=5).message
+
+
+def test_a_cover_that_is_not_a_uuid_is_not_put_into_the_cover_url() -> None:
+    data = album_json()
+    data["cover"] = "../../../admin"
+    assert album(data).cover_url is None
+
+
+def test_strings_longer_than_their_cap_are_refused() -> None:
+    data = album_json()
+    data["title"] = "x" * 5000
+    assert "longer than 4096" in refused(album, data).message
+
+
+def test_bts_urls_must_all_be_strings_and_valid_utf8() -> None:
+    for urls in (["http://a.test/x", 5], ["http://a.test/\udc80"], []):
+        doc = {**bts_doc(), "urls": urls}
+        refused(plan_from_playback, playback_json(doc), manifest_url=TRACK_URL)
+
+
+def test_info_without_an_album_id_is_refused() -> None:
+    data = info_json()
+    data["album"] = {"title": "x"}
+    assert "album.id is missing" in refused(parse, TrackInfo, data, "/info/").message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["\ud800" * 500, "é" * 500, "'\"\\\n" * 100, 2**300, -(2**64), 1e308, None, [1], {"a": 1}],
+)
+def test_quote_is_ascii_and_short(value: object) -> None:
+    text = quote(value)
+    assert text.isascii()
+    assert len(text) <= QUOTE_CHARS + 3
+
+
+# -- the job limit while paging (a lying upstream, served by a mock transport) --------
+
+
+def paging_upstream(pages: list[list[int]], claims: int) -> httpx.AsyncClient:
+    calls = iter(pages)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        ids = next(calls, [])
+        data = {
+            "id": 7,
+            "title": "Liar",
+            "numberOfTracks": claims,
+            "artist": {"id": 1, "name": "Fibber"},
+            "items": [
+                {"type": "track", "item": {"id": i, "title": f"T{i}", "trackNumber": i}}
+                for i in ids
+            ],
+        }
+        return httpx.Response(200, json={"version": "2.0", "data": data})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+async def test_paging_stops_with_bad_response_once_more_tracks_than_the_limit_are_read() -> None:
+    # Each page is within the limit and so is the claim; the pages together are not.
+    async with paging_upstream([[1, 2], [3, 4]], claims=3) as client:
+        source = Source(["http://up.test"], "http://img.test", 2, 2, "t", client, max_job_tracks=3)
+        with pytest.raises(DlqdError) as caught:
+            await source.album(7)
+    assert caught.value.code == ErrorCode.UPSTREAM_BAD_RESPONSE
+    assert "max_job_tracks (3)" in caught.value.message
+
+
+async def test_an_album_over_the_limit_is_refused_after_one_request() -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        data = {**album_json(), "numberOfTracks": 10**9}
+        return httpx.Response(200, json={"version": "2.0", "data": data})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        source = Source(["http://up.test"], "http://img.test", 2, 2, "t", client)
+        with pytest.raises(DlqdError) as caught:
+            await source.album(TWO_DISC_ALBUM_ID)
+    assert caught.value.code == ErrorCode.UPSTREAM_BAD_RESPONSE
+    assert len(requests) == 1
+
+
+# -- random JSON in every field ---------------------------------------------------------
+
+SURROGATES = st.characters(categories=["Cs"])
+TEXT = st.one_of(
+    st.sampled_from(["\ud800", "a\udfffb", "FULL", "NONE", "track", "MAIN", "2019-05-03"]),
+    st.text(st.one_of(st.characters(), SURROGATES), min_size=1, max_size=8),
+    st.text(max_size=8),
+)
+INTS = st.one_of(
+    st.integers(-3, 3),
+    st.integers(-(2**80), 2**80),
+    st.sampled_from([2**31 - 1, 2**31, 2**63, 2**64, 2**70, -(2**63) - 1, -(2**64), 10**9]),
+)
+FLOATS = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -1e308, 1e-320, -0.0]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+SCALARS = st.one_of(st.none(), st.booleans(), INTS, FLOATS, TEXT)
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+Path = tuple[str | int, ...]
+REMOVE = object()  # an action: the field is absent
+
+
+def paths(value: Any, prefix: Path = ()) -> list[Path]:
+    """Every field of `value` at any depth, the value itself first."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += paths(item, (*prefix, index))
+    return found
+
+
+def at(value: Any, path: Path) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
+def same_type_as(original: Any) -> st.SearchStrategy[Any]:
+    """Values that pass a field's type check and test its content rules."""
+    if isinstance(original, str):
+        return TEXT
+    if isinstance(original, bool):
+        return st.booleans()
+    if isinstance(original, int):
+        return INTS
+    if isinstance(original, float):
+        return st.one_of(FLOATS, INTS)
+    return JSON_VALUES
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: Any) -> Any:
+    """`base` with one to four of its fields, at any depth, replaced by random JSON or removed."""
+    doc = copy.deepcopy(base)
+    for path in draw(st.lists(st.sampled_from(paths(base)), min_size=1, max_size=4)):
+        # Mostly values of the field's own type: they get past the type check.
+        hostile = same_type_as(at(base, path))
+        new = draw(st.one_of(hostile, hostile, hostile, JSON_VALUES, st.just(REMOVE)))
+        if not path:
+            doc = None if new is REMOVE else new
+            continue
+        parent = doc
+        for key in path[:-1]:
+            try:
+                parent = parent[key]
+            except (KeyError, IndexError, TypeError):
+                break  # an earlier change replaced this branch
+        else:
+            if isinstance(parent, dict) and isinstance(path[-1], str):
+                if new is REMOVE:
+                    parent.pop(path[-1], None)
+                else:
+                    parent[path[-1]] = new
+            elif isinstance(parent, list) and isinstance(path[-1], int) and path[-1] < len(parent):
+                parent[path[-1]] = None if new is REMOVE else new
+    return doc
+
+
+def upstream_error_or(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """The call's result, or None after a `DlqdError` with an upstream code (nothing else)."""
+    try:
+        return call(*args, **kwargs)
+    except DlqdError as exc:
+        assert exc.code in UPSTREAM_CODES, exc
+        assert exc.message.isascii(), exc
+        return None
+
+
+FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(mutated(album_json()))
+def test_any_album_page_parses_into_storable_metadata_or_an_upstream_error(data: Any) -> None:
+    meta = upstream_error_or(album, data)
+    if meta is not None:
+        assert_journal_can_hold(meta)
+
+
+@FUZZ
+@given(mutated(info_json()), mutated(album_json()))
+def test_any_info_answer_parses_into_storable_metadata_or_an_upstream_error(
+    info_data: Any, album_data: Any
+) -> None:
+    """As `Source.track_meta` does when the album does not list the track."""
+    info = upstream_error_or(parse, TrackInfo, info_data, "/info/")
+    page = upstream_error_or(parse, AlbumPage, album_data, "/album/")
+    if info is None or page is None:
+        return
+    meta = upstream_error_or(build_album, page, [*page.tracks, info], cover_url=cover_url)
+    if meta is not None:
+        assert_journal_can_hold(meta)
+
+
+@FUZZ
+@given(
+    mutated(playback_json()),
+    st.one_of(mutated(bts_doc()).map(b64_json), st.none(), TEXT),
+    st.booleans(),
+)
+def test_any_playback_info_gives_a_plan_or_an_upstream_error(
+    data: Any, manifest: str | None, replace_manifest: bool
+) -> None:
+    if replace_manifest and isinstance(data, dict):
+        data["manifest"] = manifest
+    plan = upstream_error_or(plan_from_playback, data, manifest_url=TRACK_URL)
+    if plan is None:
+        return
+    assert isinstance(plan, MediaPlan)
+    assert_storable(plan)
+    assert plan.urls and all(url.startswith(("http://", "https://")) for url in plan.urls)
+    track = album(album_json()).tracks[0]
+    assert_journal_can_hold(with_playback_gains(track, plan))
+
+
+def test_fuzzing_reaches_every_field_of_the_shapes() -> None:
+    """Random values land in nested fields too, not only at the top."""
+    fields = {path[-1] for path in paths(album_json()) if path}
+    assert {"trackNumber", "volumeNumber", "name", "type", "replayGain", "numberOfTracks"} <= fields
+    assert ("items", 4, "item", "artists", 0, "id") in paths(album_json())
