@@ -1,8 +1,8 @@
 """Plain metadata records passed from the upstream source to fetch and finalize.
 
-The source module builds these from the upstream's JSON; finalize and tags only
-read them. They hold no behaviour beyond derived display strings, so every
-layer can be tested with hand-made instances.
+The source module builds these from the checked records of `upstream_schema`;
+finalize and tags only read them. They hold no behaviour beyond derived display
+strings, so every layer can be tested with hand-made instances.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ the file names or the tags with a value they cannot hold:
 import dataclasses
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, NamedTuple, Protocol, TypeVar
 
 from dlqd.errors import DlqdError, ErrorCode
 
@@ -351,11 +351,10 @@ class BtsManifest:
 # -- the parser ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    key: str
-    rule: Rule
+class _Column(NamedTuple):
+    name: str  # the record's attribute
+    key: str  # the JSON key
+    read: Callable[[object, str], Any]  # the rule's
     required: bool
 
 
@@ -364,33 +363,33 @@ _TABLES: dict[type[Any], tuple[_Column, ...]] = {}
 
 def _columns(record: type[Any]) -> tuple[_Column, ...]:
     """The field table of `record`, read once from its annotations."""
-    if record in _TABLES:
-        return _TABLES[record]
-    hints = typing.get_type_hints(record, include_extras=True)
-    columns = []
-    for field in dataclasses.fields(record):
-        source = next(m for m in hints[field.name].__metadata__ if isinstance(m, From))
-        required = (
-            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        )
-        columns.append(_Column(field.name, source.key, source.rule, required))
-    _TABLES[record] = tuple(columns)
+    if record not in _TABLES:
+        hints = typing.get_type_hints(record, include_extras=True)
+        columns = []
+        for field in dataclasses.fields(record):
+            source = next(m for m in hints[field.name].__metadata__ if isinstance(m, From))
+            required = (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            )
+            columns.append(_Column(field.name, source.key, source.rule.read, required))
+        _TABLES[record] = tuple(columns)
     return _TABLES[record]
 
 
 def _parse(record: type[_R], data: Mapping[Any, Any], path: str) -> _R:
     values: dict[str, Any] = {}
-    for column in _columns(record):
-        raw = data.get(column.key)
+    for name, key, read, required in _columns(record):
+        raw = data.get(key)
         if raw is not None:
             try:
-                values[column.name] = column.rule.read(raw, _join(path, column.key))
+                values[name] = read(raw, f"{path}.{key}" if path else key)
                 continue
             except _Absent:
                 pass
-        if column.required:
+        if required:
             problem = "is missing" if raw is None else f"is {_describe(raw)}"
-            raise _Refused(f"{_join(path, column.key)} {problem}")
+            raise _Refused(f"{_join(path, key)} {problem}")
     return record(**values)
 
 
