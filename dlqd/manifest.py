@@ -33,6 +33,10 @@ DASH_MIME = "application/dash+xml"
 # An MPD asking for more segments than this is hostile or broken: a 2-hour
 # track in 4-second segments is ~1,800.
 MAX_SEGMENTS = 5000
+# Real manifests are a few KiB (a SegmentTimeline compresses repeats with r=).
+# The XML tree costs ~30x its text in memory, so the decoded manifest is capped
+# well below the metadata body cap: a 12 MB MPD peaked the daemon at +412 MiB.
+MAX_MANIFEST_BYTES = 1024 * 1024
 
 _ISO_DURATION = re.compile(
     r"P(?:(?P<d>\d+(?:\.\d+)?)D)?"
@@ -77,7 +81,11 @@ def plan_from_playback(playback: Mapping[str, Any], *, manifest_url: str) -> Med
 
 def parse_manifest(mime_type: str, manifest_b64: str, *, manifest_url: str) -> MediaPlan:
     """Decode a base64 manifest of either kind into a plan with absolute URLs."""
+    if len(manifest_b64) > MAX_MANIFEST_BYTES * 4 // 3 + 4096:  # before decoding it
+        raise _bad(f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
     raw = decode_base64(manifest_b64)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise _bad(f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
     if mime_type == BTS_MIME:
         return _parse_bts(raw, manifest_url)
     if mime_type == DASH_MIME:

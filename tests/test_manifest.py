@@ -15,6 +15,7 @@ from dlqd.errors import DlqdError, ErrorCode
 from dlqd.manifest import (
     BTS_MIME,
     DASH_MIME,
+    MAX_MANIFEST_BYTES,
     MAX_SEGMENTS,
     decode_base64,
     parse_manifest,
@@ -190,6 +191,19 @@ def test_dash_segment_count_is_capped() -> None:
       <SegmentTimeline><S d="1" r="{MAX_SEGMENTS}"/></SegmentTimeline></SegmentTemplate>"""
     error = expect_code(ErrorCode.UPSTREAM_BAD_RESPONSE, DASH_MIME, b64(mpd(template)))
     assert "segments" in error.message
+
+
+@pytest.mark.parametrize("padding", ["whitespace", "segments"])
+def test_a_manifest_over_its_size_cap_is_refused_before_it_is_parsed(padding: str) -> None:
+    # Under the 16 MiB body cap, yet as an XML tree it would cost ~30x its size.
+    template = """<SegmentTemplate initialization="i" media="$Number$"><SegmentTimeline>
+      FILL</SegmentTimeline></SegmentTemplate>"""
+    entry = " " if padding == "whitespace" else '<S d="1"/>'
+    fill = entry * (MAX_MANIFEST_BYTES // len(entry) + 1)
+    error = expect_code(
+        ErrorCode.UPSTREAM_BAD_RESPONSE, DASH_MIME, b64(mpd(template.replace("FILL", fill)))
+    )
+    assert f"larger than {MAX_MANIFEST_BYTES} bytes" in error.message
 
 
 def test_dash_huge_duration_is_capped() -> None:
