@@ -247,7 +247,8 @@ class ControlServer:
         message = f"uid {peer.uid} is not allowed to control dlqd"
         stream = trio.SocketStream(sock)
         try:
-            await self._send(stream, error_response(None, ErrorCode.PERMISSION_DENIED, message))
+            refusal = error_response(None, ErrorCode.PERMISSION_DENIED, message)
+            await self._send(stream, encode_frame(refusal))
         except (_Dropped, trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass
         finally:
@@ -311,18 +312,23 @@ class ControlServer:
                     return
                 request = parse_request(decode_body(body))
             except ProtocolError as exc:
-                await self._send(stream, error_response(exc.request_id, exc.code, exc.message))
+                answer = error_response(exc.request_id, exc.code, exc.message)
+                await self._send(stream, encode_frame(answer))
                 if exc.fatal:
                     return
                 continue
             if request.cmd == "watch":
                 await self._watch(stream, request)
                 return
-            await self._send(stream, await self._dispatch(request, peer))
+            await self._send(stream, encode_frame(await self._dispatch(request, peer)))
 
-    async def _send(self, stream: trio.SocketStream, message: dict[str, Any]) -> None:
-        """Write one frame, or drop the connection if the client does not take it in time."""
-        frame = encode_frame(message)
+    async def _send(self, stream: trio.SocketStream, frame: bytes) -> None:
+        """Write one frame, or drop the connection if the client does not take it in time.
+
+        It takes the encoded frame: a client that does not read holds only these
+        bytes, not the job objects they were made from (a page of 500 jobs as
+        Python objects is several times its encoded size).
+        """
         with trio.move_on_after(self.send_timeout_s):
             await stream.send_all(frame)
             return
@@ -348,12 +354,12 @@ class ControlServer:
         some); a write the client does not take within send_timeout_s ends it.
         """
         with self.ctx.store.watching() as events:
-            await self._send(stream, ok_response(request.id, {"watching": True}))
+            await self._send(stream, encode_frame(ok_response(request.id, {"watching": True})))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_when_closed, stream, nursery.cancel_scope)
                 try:
                     async for event in events:
-                        await self._send(stream, event)
+                        await self._send(stream, encode_frame(event))
                 except (_Dropped, trio.BrokenResourceError, trio.ClosedResourceError):
                     nursery.cancel_scope.cancel()  # raising here would wrap it in a group
 
