@@ -193,8 +193,7 @@ def run(args: argparse.Namespace, client: Client) -> int:
         verb = "queued" if result["created"] else "already queued as"
         _emit(args, result, f"{verb} job {result['id']}")
     elif command == "ls":
-        request = {"status": args.status} if args.status else {}
-        jobs = client.call("list", request)["jobs"]
+        jobs = client.list_all(args.status)
         _emit(args, jobs, render_jobs(jobs))
     elif command == "show":
         job = client.call("get", {"id": args.job})["job"]

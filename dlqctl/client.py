@@ -43,15 +43,37 @@ class Client:
         request_id = self._next_id
         self._next_id += 1
         frame = {"v": PROTOCOL_VERSION, "id": request_id, "cmd": cmd, "args": args or {}}
+        send_error: OSError | None = None
         try:
             self._sock.sendall(encode_frame(frame))
+        except TimeoutError as exc:
+            raise Unreachable(f"dlqd at {self.path} does not read requests: {exc}") from None
+        except OSError as exc:
+            send_error = exc  # a daemon that refused us at accept has left its answer to read
+        try:
             response = read_frame_blocking(self._sock)
         except (OSError, ConnectionError) as exc:
-            raise Unreachable(f"lost the connection to dlqd at {self.path}: {exc}") from None
+            reason = send_error or exc
+            raise Unreachable(f"lost the connection to dlqd at {self.path}: {reason}") from None
         if not response.get("ok"):
             error = response.get("error") or {}
             raise Refused(str(error.get("code", "UNKNOWN")), str(error.get("message", "")))
         return response.get("result")
+
+    def list_all(self, statuses: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every job (with one of `statuses`, when given), oldest first, following `list` pages.
+
+        Pages arrive newest first, each oldest first inside; a job submitted
+        during the walk is newer than the cursor and so is not in it.
+        """
+        args: dict[str, Any] = {"status": statuses} if statuses else {}
+        pages: list[list[dict[str, Any]]] = []
+        while True:
+            result = self.call("list", args)
+            pages.append(result["jobs"])
+            if "next" not in result:
+                return [job for page in reversed(pages) for job in page]
+            args["before"] = result["next"]
 
     def events(self) -> Iterator[dict[str, Any]]:
         """After `watch`: each event frame until the daemon closes."""

@@ -9,7 +9,8 @@ rate limits belong to `dlqd.control`; in-flight cancellation to the scheduler.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from dlqd.model import (
     Job,
     JobStatus,
 )
+from dlqd.protocol import LIST_DEFAULT_LIMIT
 from dlqd.scheduler import Scheduler
 from dlqd.store import Store
 
@@ -89,9 +91,43 @@ async def submit(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def list_jobs(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
-    wanted = set(args.get("status") or ())
-    jobs = ctx.store.state.jobs.values()
-    return {"jobs": [j.to_wire() for j in jobs if not wanted or j.status in wanted]}
+    """One page: the newest `limit` matching jobs older than `before`, oldest first.
+
+    `next` (present only when older matching jobs remain) is the oldest job of
+    this page: passed back as `before`, it walks on toward the oldest job. Jobs
+    submitted meanwhile are newer than any cursor, so a walk never repeats one.
+    """
+    wanted = frozenset(args.get("status") or ())
+    limit: int = args.get("limit", LIST_DEFAULT_LIMIT)
+    before = args.get("before")
+    page: list[Job] = []
+    more = False
+    for job in _newest_first(ctx.store.state.jobs, None if before is None else int(before)):
+        if wanted and job.status not in wanted:
+            continue
+        if len(page) == limit:
+            more = True
+            break
+        page.append(job)
+    page.reverse()
+    result: dict[str, Any] = {"jobs": [job.to_wire() for job in page]}
+    if more:
+        result["next"] = page[0].id
+    return result
+
+
+def _newest_first(jobs: dict[str, Job], before_seq: int | None) -> Iterator[Job]:
+    """Jobs from the newest down, starting below `before_seq` when given.
+
+    `jobs` is kept oldest first (by `seq`), so the start is found by bisection:
+    a page costs what it returns plus one copy of the id list, never a walk
+    over the jobs it skips.
+    """
+    if before_seq is None:
+        return reversed(jobs.values())
+    ids = list(jobs)
+    end = bisect_left(ids, before_seq, key=lambda job_id: jobs[job_id].seq)
+    return (jobs[ids[index]] for index in range(end - 1, -1, -1))
 
 
 async def get(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -235,6 +235,8 @@ async def _run(
         allowed_uids=frozenset(config.daemon.allowed_uids),
         allowed_gids=frozenset(config.daemon.allowed_gids),
         submit_rate_per_min=config.limits.submit_rate_per_min,
+        first_frame_timeout_s=config.daemon.first_frame_timeout_s,
+        send_timeout_s=config.daemon.send_timeout_s,
     )
     try:
         async with trio.open_nursery() as nursery:

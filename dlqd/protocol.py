@@ -9,6 +9,7 @@ uses, and never looks at queue state.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from collections.abc import Callable
@@ -24,6 +25,9 @@ PROTOCOL_VERSION = 1
 LENGTH_PREFIX = struct.Struct(">I")
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # dlqctl reads responses up to this size
 MAX_TARGET_ID = 2**31 - 1
+LIST_DEFAULT_LIMIT = 500  # jobs per `list` page when `limit` is left out
+LIST_MAX_LIMIT = 5000
+_SEQUENCE_ID = re.compile(r"[1-9][0-9]*")  # job ids are decimal sequence numbers
 
 
 class ProtocolError(Exception):
@@ -109,6 +113,22 @@ def _target_id(value: Any) -> int:
     return value
 
 
+def _list_limit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid(f"limit must be an integer; got {type(value).__name__}")
+    if not 1 <= value <= LIST_MAX_LIMIT:
+        raise _invalid(f"limit must be between 1 and {LIST_MAX_LIMIT}; got {value}")
+    return value
+
+
+def _list_cursor(value: Any) -> str:
+    """A `before` cursor: a job id as dlqd makes them; the job itself may be gone."""
+    job_id = _job_id(value, "before")
+    if not _SEQUENCE_ID.fullmatch(job_id):
+        raise _invalid(f"before must be a job id such as '42'; got {job_id!r}")
+    return job_id
+
+
 def _statuses(value: Any) -> list[str]:
     if not isinstance(value, list):
         raise _invalid("status must be a list of job statuses")
@@ -127,7 +147,7 @@ _SPECS: dict[str, tuple[dict[str, _Validator], dict[str, _Validator]]] = {
         },
         {"priority": lambda v: _choice(v, "priority", PRIORITIES)},
     ),
-    "list": ({}, {"status": _statuses}),
+    "list": ({}, {"status": _statuses, "limit": _list_limit, "before": _list_cursor}),
     "get": ({"id": _job_id}, {}),
     "cancel": ({"id": _job_id}, {}),
     "retry": ({"id": _job_id}, {}),
@@ -159,8 +179,9 @@ def _parse_envelope(message: dict[Any, Any], request_id: int | None) -> Request:
     unknown = set(message) - {"v", "id", "cmd", "args"}
     if unknown:
         raise _invalid(f"unknown request fields: {', '.join(sorted(map(str, unknown)))}")
-    if message.get("v") != PROTOCOL_VERSION:
-        raise _invalid(f"v must be {PROTOCOL_VERSION}; got {message.get('v')!r}")
+    version = message.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
+        raise _invalid(f"v must be the integer {PROTOCOL_VERSION}; got {version!r}")
     if request_id is None:
         raise _invalid("id must be an integer")
     cmd = message.get("cmd")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgpack
+
 from dlqctl.client import Client, Refused, Unreachable
+from dlqd.protocol import read_frame_blocking
 
 T = TypeVar("T")
 FINISHED = ("completed", "partial", "failed", "cancelled")
@@ -167,7 +172,9 @@ class DaemonProcess:
         return self.call("get", id=job_id)["job"]
 
     def jobs(self) -> list[dict[str, Any]]:
-        return self.call("list")["jobs"]
+        """Every job, oldest first (all `list` pages)."""
+        with self.client() as client:
+            return client.list_all()
 
     def wait_job(
         self, job_id: str, statuses: Iterable[str] = FINISHED, timeout: float = 60.0
@@ -205,6 +212,29 @@ class DaemonProcess:
         for entry in self.socket_dir.iterdir():
             entry.unlink()
         self.socket_dir.rmdir()
+
+
+# --- a raw control socket, for bad input a client library would not send ----------------
+
+
+def raw_connection(daemon: DaemonProcess) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(daemon.socket))
+    return sock
+
+
+def send_body(sock: socket.socket, body: bytes) -> dict[str, Any]:
+    sock.sendall(struct.pack(">I", len(body)) + body)
+    return read_frame_blocking(sock)
+
+
+def send_request(sock: socket.socket, message: Any) -> dict[str, Any]:
+    return send_body(sock, msgpack.packb(message, use_bin_type=True))
+
+
+def assert_closed(sock: socket.socket) -> None:
+    assert sock.recv(1) == b""
 
 
 def library_files(library: Path) -> set[str]:

@@ -15,6 +15,7 @@ import pytest
 from dlqd.codes import ErrorCode
 from dlqd.protocol import (
     COMMANDS,
+    LIST_MAX_LIMIT,
     MAX_TARGET_ID,
     ProtocolError,
     Request,
@@ -55,6 +56,9 @@ SUBMIT = {"type": "album", "target_id": 123, "quality": "LOSSLESS"}
         ("list", {}, {}),
         ("list", {"status": ["queued", "failed"]}, {"status": ["queued", "failed"]}),
         ("list", {"status": []}, {"status": []}),
+        ("list", {"limit": 1, "before": "42"}, {"limit": 1, "before": "42"}),
+        ("list", {"limit": LIST_MAX_LIMIT, "status": ["queued"]}, None),
+        ("list", {"before": "99999999999999999999"}, None),  # the job need not exist
         ("get", {"id": "12"}, {"id": "12"}),
         ("cancel", {"id": "12"}, {"id": "12"}),
         ("retry", {"id": "12"}, {"id": "12"}),
@@ -151,6 +155,23 @@ def test_bad_submit_arguments_are_invalid_argument(args: dict, mentions: str) ->
         ("list", {"status": "queued"}),  # a list, not a string
         ("list", {"status": ["queued", "done"]}),
         ("list", {"status": [1]}),
+        ("list", {"limit": 0}),
+        ("list", {"limit": LIST_MAX_LIMIT + 1}),
+        ("list", {"limit": -1}),
+        ("list", {"limit": True}),
+        ("list", {"limit": 10.0}),
+        ("list", {"limit": "10"}),
+        ("list", {"limit": None}),
+        ("list", {"before": 42}),  # job ids are strings
+        ("list", {"before": ""}),
+        ("list", {"before": "abc"}),
+        ("list", {"before": "0"}),  # ids start at 1
+        ("list", {"before": "042"}),
+        ("list", {"before": "-1"}),
+        ("list", {"before": "4.2"}),
+        ("list", {"before": " 42"}),
+        ("list", {"before": "\u0664\u0662"}),  # Arabic-Indic digits are not a job id
+        ("list", {"before": "9" * 65}),
         ("stats", {"x": 1}),
         ("health", {"deep": True}),
         ("metrics", {"format": "json"}),
@@ -166,9 +187,12 @@ def test_bad_arguments_of_other_commands_are_invalid_argument(cmd: str, args: di
 @pytest.mark.parametrize(
     ("message", "mentions"),
     [
-        ({"id": 1, "cmd": "stats"}, "v must be 1"),  # missing v
-        ({"v": 2, "id": 1, "cmd": "stats"}, "v must be 1"),
-        ({"v": "1", "id": 1, "cmd": "stats"}, "v must be 1"),
+        ({"id": 1, "cmd": "stats"}, "v must be the integer 1"),  # missing v
+        ({"v": 2, "id": 1, "cmd": "stats"}, "v must be the integer 1"),
+        ({"v": "1", "id": 1, "cmd": "stats"}, "v must be the integer 1"),
+        ({"v": True, "id": 1, "cmd": "stats"}, "v must be the integer 1"),  # a bool is not 1
+        ({"v": 1.0, "id": 1, "cmd": "stats"}, "v must be the integer 1"),
+        ({"v": None, "id": 1, "cmd": "stats"}, "v must be the integer 1"),
         ({"v": 1, "cmd": "stats"}, "id"),
         ({"v": 1, "id": "1", "cmd": "stats"}, "id"),
         ({"v": 1, "id": True, "cmd": "stats"}, "id"),

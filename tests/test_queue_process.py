@@ -26,7 +26,7 @@ from dlqctl.client import Client, Refused
 from dlqd.journal import SEGMENT_HEADER, iter_records, list_segments, segment_path
 from dlqd.protocol import read_frame_blocking
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess
+from tests.support import DaemonProcess, assert_closed, raw_connection, send_body, send_request
 
 REPO = Path(__file__).resolve().parents[1]
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
@@ -228,26 +228,6 @@ def test_compaction_keeps_the_journal_bounded_and_the_state_intact(
 
 
 # --- bad input on a raw socket -------------------------------------------------------------------
-
-
-def raw_connection(daemon: DaemonProcess) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(str(daemon.socket))
-    return sock
-
-
-def send_body(sock: socket.socket, body: bytes) -> dict[str, Any]:
-    sock.sendall(struct.pack(">I", len(body)) + body)
-    return read_frame_blocking(sock)
-
-
-def send_request(sock: socket.socket, message: Any) -> dict[str, Any]:
-    return send_body(sock, msgpack.packb(message, use_bin_type=True))
-
-
-def assert_closed(sock: socket.socket) -> None:
-    assert sock.recv(1) == b""
 
 
 def test_an_undecodable_body_is_malformed_frame_and_closes_the_connection(
