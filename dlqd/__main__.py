@@ -1,7 +1,8 @@
 """Command line: flags → config → the daemon; `dlqd demo` for the guided local run.
 
 Exit codes: 0 after a clean drain, 1 when start-up is refused (another daemon,
-damaged journal, socket taken, missing library), 2 for bad flags or config.
+damaged journal, socket path taken, missing library, a linked `.dlqd-tmp`), 2 for
+bad flags or config.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The control socket: a Unix stream server speaking the framing of DESIGN §4.
 
-Owns the listening socket (stale-file handling, mode, socket activation),
-peer credentials, per-uid submit rate limits, per-connection framing and the
-limits that keep one local client from locking out the others: a peer that
-is not allowed is refused at accept, a frame must arrive whole within
-`first_frame_timeout_s`, a reply must be taken within `send_timeout_s`, and a
-full connection table makes room by closing the connection idle the longest.
+Owns the listening socket (its mode, socket activation, and replacing a stale
+socket file — never anything else at that path), peer credentials, per-uid
+submit rate limits, per-connection framing and the limits that keep one local
+client from locking out the others: a peer that is not allowed is refused at
+accept, a frame must arrive whole within `first_frame_timeout_s`, a reply must
+be taken within `send_timeout_s`, and a full connection table makes room by
+closing the connection idle the longest.
 Each connection is its own task, so a slow or hostile client stalls only
 itself; every error a client can cause is answered with a code or a close,
 never raised into the daemon. What a command does is `dlqd.commands`' business.
@@ -17,6 +18,7 @@ import errno
 import os
 import resource
 import socket
+import stat
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +43,7 @@ from dlqd.protocol import (
     ok_response,
     parse_request,
 )
+from dlqd.safefs import describe
 
 log = structlog.get_logger("dlqd.control")
 
@@ -62,6 +65,10 @@ def connection_limit() -> int:
 
 class SocketInUse(Exception):
     """Another process answers on the socket path."""
+
+
+class SocketPathTaken(Exception):
+    """Something other than a stale socket is at the socket path; dlqd will not remove it."""
 
 
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
@@ -92,30 +99,80 @@ def peer_credentials(sock: trio.socket.SocketType) -> Peer:
     return Peer(pid, uid, frozenset(groups))
 
 
-def bind_unix_socket(path: Path, mode: int) -> socket.socket:
-    """Bind `path`, replacing a stale socket file only when nobody answers on it."""
+def bind_unix_socket(path: Path, mode: int) -> tuple[socket.socket, SocketFile]:
+    """Bind and listen on `path`, replacing only a stale socket: one nobody answers on.
+
+    Anything else already at `path` — a regular file, a directory, a symbolic
+    link — raises SocketPathTaken and is left as it is: dlqd removes nothing it
+    did not make. The umask set around `bind` gives the new file exactly
+    `mode` (at most 0o777), so no chmod by path follows, which a link swapped
+    in meanwhile would redirect.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
-                raise
-            path.unlink(missing_ok=True)
-        else:
-            raise SocketInUse(f"another daemon answers on {path}")
-        finally:
-            probe.close()
+    _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o777 & ~mode)
     try:
         sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
     finally:
         os.umask(old_umask)
-    os.chmod(path, mode)
+    bound = os.lstat(path)
     sock.listen(128)
-    return sock
+    return sock, SocketFile(path, bound.st_dev, bound.st_ino)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(found.st_mode):
+        raise SocketPathTaken(
+            f"{path} exists and is {describe(found.st_mode)}, not a socket; dlqd removes only "
+            "a stale socket. Move it away, or set daemon.socket (--socket) to another path"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except FileNotFoundError:
+        return  # gone since the lstat
+    except ConnectionRefusedError:
+        pass  # nobody listens: what a crash leaves behind
+    else:
+        raise SocketInUse(f"another daemon answers on {path}")
+    finally:
+        probe.close()
+    again = os.lstat(path)
+    if (again.st_dev, again.st_ino) != (found.st_dev, found.st_ino):
+        raise SocketPathTaken(f"{path} changed while dlqd checked it; try again")
+    path.unlink()
+
+
+@dataclass(frozen=True)
+class SocketFile:
+    """The socket file `bind_unix_socket` made, known by device and inode."""
+
+    path: Path
+    device: int
+    inode: int
+
+    def remove(self) -> None:
+        """Unlink the path at shutdown if it still is this socket; leave anything else there.
+
+        A file put there after ours was removed can get our freed inode number:
+        only a socket with our device and inode counts as ours.
+        """
+        try:
+            now = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(now.st_mode) or (now.st_dev, now.st_ino) != (self.device, self.inode):
+            log.warning("socket path holds something else now; left it", path=str(self.path))
+            return
+        self.path.unlink(missing_ok=True)
 
 
 class RateLimiter:

@@ -3,8 +3,9 @@
 One nursery holds the journal writer, the scheduler, the control server, the
 retention sweeper, the metrics textfile writer and the systemd watchdog.
 Start-up refuses clearly (exit 1) when another daemon holds the state dir,
-when the journal is damaged, or when the socket is taken; SIGTERM/SIGINT
-drain and exit 0.
+when the journal is damaged, when `library/.dlqd-tmp` is a link or not a
+directory, or when the socket path is taken (by a live daemon, or by anything
+that is not a stale socket); SIGTERM/SIGINT drain and exit 0.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import trio
 from dlqd import __version__
 from dlqd.commands import CommandContext, queue_counts
 from dlqd.config import Config
-from dlqd.control import ControlServer, SocketInUse, bind_unix_socket
-from dlqd.finalize import sweep_tmp
+from dlqd.control import ControlServer, SocketFile, SocketInUse, SocketPathTaken, bind_unix_socket
+from dlqd.finalize import TMP_DIRNAME, sweep_tmp
 from dlqd.health import free_space_check, journal_check, scheduler_check, upstream_check
 from dlqd.journal import JournalCorrupt, JournalFiles
 from dlqd.metrics import LiveView, Metrics, run_textfile_writer, speed_sampler
 from dlqd.model import TrackStatus
 from dlqd.retention import run_retention
+from dlqd.safefs import UnsafePathError
 from dlqd.scheduler import Scheduler
 from dlqd.source import Source
 from dlqd.state import QueueState, recover_interrupted
@@ -110,14 +112,32 @@ def resumable_partials(state: QueueState) -> set[str]:
     return names
 
 
-def open_listener(config: Config) -> tuple[socket.socket, bool]:
-    """The control socket: systemd's when socket-activated, else our own (owned=True)."""
+def sweep_leftovers(library: Path, keep: set[str]) -> None:
+    """Empty `library/.dlqd-tmp` of what no queued job can resume; refuse to start if unsafe."""
+    path = library / TMP_DIRNAME
+    try:
+        swept = sweep_tmp(library, keep=keep)
+    except UnsafePathError as exc:
+        raise StartupError(
+            f"{path} is {exc.found}. dlqd keeps its temp files only in a real directory "
+            "there and will not follow a link (a link there could make it delete or write "
+            f"files elsewhere). Remove it — `rm {path}` removes a link, not what it points "
+            "to — or move it away, then start dlqd again: it creates the directory itself."
+        ) from None
+    except OSError as exc:
+        raise StartupError(f"cannot use temp directory {path}: {exc.strerror}") from None
+    if swept:
+        log.info("removed leftover temp files", count=swept)
+
+
+def open_listener(config: Config) -> tuple[socket.socket, SocketFile | None]:
+    """The control socket: systemd's when socket-activated, else our own (with its file)."""
     activated = activation_socket()
     if activated is not None:
-        return activated, False
+        return activated, None
     try:
-        return bind_unix_socket(config.daemon.socket, config.daemon.socket_mode), True
-    except SocketInUse as exc:
+        return bind_unix_socket(config.daemon.socket, config.daemon.socket_mode)
+    except (SocketInUse, SocketPathTaken) as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
         raise StartupError(f"cannot listen on {config.daemon.socket}: {exc.strerror}") from None
@@ -166,17 +186,15 @@ async def serve(config: Config) -> None:
     stop_signals = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
     with stop_signals as signals, state_dir_lock(config.daemon.state_dir):
         files, state = recover_state(config.daemon.state_dir)
-        swept = sweep_tmp(library, keep=resumable_partials(state))
-        if swept:
-            log.info("removed leftover temp files", count=swept)
-        listener, owns_socket = open_listener(config)
+        sweep_leftovers(library, resumable_partials(state))
+        listener, socket_file = open_listener(config)
         try:
             await _run(config, files, state, listener, signals)
         finally:
             listener.close()
             files.close()
-            if owns_socket:
-                config.daemon.socket.unlink(missing_ok=True)
+            if socket_file is not None:
+                socket_file.remove()  # only the socket we bound, not what replaced it
 
 
 async def _run(

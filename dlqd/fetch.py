@@ -3,7 +3,8 @@
 Owns: the HTTP transfer of a `MediaPlan` (URL fallback inside one try, Range
 resume with validators, length checks, the track size cap, the free-space floor
 while writing, stall timeout, bandwidth limit, live progress). Never writes
-outside `dest` and its sidecar, never deletes or fsyncs them (the caller owns
+outside `dest` and its sidecar (opened without following a link at them or at
+their folder: `dlqd.safefs`), never deletes or fsyncs them (the caller owns
 the temp file's lifecycle; finalize fsyncs), and never retries over time
 (backoff belongs to the scheduler).
 
@@ -15,6 +16,7 @@ on this error refetch the manifest once (`Source.media_plan`) and call
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -35,6 +37,7 @@ from dlqd.errors import (
     redact_url,
 )
 from dlqd.meta import MediaPlan
+from dlqd.safefs import open_beneath
 
 # Network reads arrive in httpcore's ≤64 KiB pieces and are copied into one
 # reused 1 MiB buffer written from a worker thread. Measured on loopback
@@ -194,7 +197,7 @@ class _BufferedFile:
         return self
 
     def _open(self) -> BinaryIO:
-        return self._dest.open("ab" if self._append else "wb")
+        return open_beneath(self._dest, "ab" if self._append else "wb")
 
     async def write(self, chunk: bytes) -> None:
         if self._fill + len(chunk) > WRITE_BUFFER_BYTES:
@@ -449,8 +452,10 @@ def _resume_point(dest: Path) -> tuple[int, dict[str, Any] | None]:
     Runs in a worker thread. Anything unreadable means "start from zero".
     """
     try:
-        size = dest.stat().st_size
-        validators = json.loads(sidecar_path(dest).read_text())
+        with open_beneath(dest, "rb") as partial:
+            size = os.fstat(partial.fileno()).st_size
+        with open_beneath(sidecar_path(dest), "rb") as sidecar:
+            validators = json.loads(sidecar.read())
     except (OSError, ValueError):
         return 0, None
     total = validators.get("total") if isinstance(validators, dict) else None
@@ -460,7 +465,11 @@ def _resume_point(dest: Path) -> tuple[int, dict[str, Any] | None]:
 
 
 async def _write_sidecar(dest: Path, validators: dict[str, Any]) -> None:
+    def write() -> None:
+        with open_beneath(sidecar_path(dest), "wb") as sidecar:
+            sidecar.write(json.dumps(validators).encode())
+
     try:
-        await trio.to_thread.run_sync(sidecar_path(dest).write_text, json.dumps(validators))
+        await trio.to_thread.run_sync(write)
     except OSError as exc:
         raise from_oserror(exc, str(sidecar_path(dest))) from exc

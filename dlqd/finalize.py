@@ -5,7 +5,12 @@ it, deciding what to do about an existing file, and moving it into place
 atomically and durably; `cover.jpg` beside it; the temp directory and its
 start-up sweep. Never leaves a half-written file under a final name, never
 writes outside the library, and never leaves the temp file behind, whatever
-happens. Blocking I/O on purpose: the daemon runs it in a worker thread.
+happens. Never follows a symbolic link below the library: `.dlqd-tmp`, every
+folder on the way to a final name and the final name itself are opened
+relative to their parent's fd without following links (`dlqd.safefs`), and
+the move happens relative to those fds, so a link planted there fails the
+track FILESYSTEM_ERROR instead of sending its file elsewhere. Blocking I/O on
+purpose: the daemon runs it in a worker thread.
 """
 
 from __future__ import annotations
@@ -14,21 +19,21 @@ import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import shutil
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import structlog
 
-from dlqd.durable import fsync_dir, fsync_path
 from dlqd.errors import DlqdError, ErrorCode, from_oserror
 from dlqd.meta import TrackMeta
-from dlqd.naming import detect_extension, numbered_name, render_relative_path
+from dlqd.naming import JobNames, detect_extension, numbered_name
+from dlqd.safefs import UnsafePathError, is_link, open_dir, open_file, open_in, unlink_beneath
 from dlqd.tags import write_tags
 
 log = structlog.get_logger("dlqd.finalize")
@@ -39,12 +44,15 @@ COVER_MODES = ("embed", "file", "embed+file", "none")
 MAX_RENAME_NUMBER = 9999
 _HEAD_BYTES = 16
 _CHUNK_BYTES = 1 << 20
+# The configured library is trusted as given (it may itself be a link to a mount).
+_LIBRARY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 Outcome = Literal["written", "overwritten", "renamed", "skipped_identical", "skipped_exists"]
 _MOVING_OUTCOMES = frozenset({"written", "overwritten", "renamed"})
 
 # Worker threads finalize concurrently; deciding on a name and moving the file
-# into it happen under this lock, so two tracks can never claim the same name.
+# into it happen under this lock, so two tracks can never claim the same name
+# (and each job's `JobNames` is only ever used under it).
 _library_lock = threading.Lock()
 
 
@@ -114,38 +122,70 @@ def decide_conflict(
     )
 
 
-def tmp_dir(library: Path) -> Path:
-    """`library/.dlqd-tmp`, created if needed; the library itself must already exist.
+def open_tmp_dir(library: Path) -> int:
+    """An fd on `library/.dlqd-tmp`, created if needed, never reached through a link.
 
-    Not creating the library guards against an unmounted share: files would
-    otherwise silently fill the disk underneath the mount point.
+    Raises UnsafePathError when `.dlqd-tmp` is a symbolic link or not a folder,
+    other OSErrors as they come. The library itself must already exist: not
+    creating it guards against an unmounted share, whose mount point files
+    would otherwise silently fill.
+    """
+    library_fd = os.open(library, _LIBRARY_FLAGS)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(TMP_DIRNAME, dir_fd=library_fd)
+        return open_dir(TMP_DIRNAME, dir_fd=library_fd, shown=library / TMP_DIRNAME)
+    finally:
+        os.close(library_fd)
+
+
+def tmp_dir(library: Path) -> Path:
+    """`library/.dlqd-tmp`, created if needed and checked to be a folder, not a link.
+
+    For code that names temp files by path: it opens them with
+    `dlqd.safefs.open_beneath`, so a link swapped in later is refused as well.
     """
     path = library / TMP_DIRNAME
     try:
-        path.mkdir(exist_ok=True)
+        os.close(open_tmp_dir(library))
+    except UnsafePathError as exc:
+        raise DlqdError(ErrorCode.FILESYSTEM_ERROR, str(exc.strerror)) from exc
     except OSError as exc:
-        raise from_oserror(exc, f"creating {path}") from exc
+        raise from_oserror(exc, f"opening {path}") from exc
     return path
 
 
 def sweep_tmp(library: Path, keep: Collection[str] = frozenset()) -> int:
-    """Remove leftovers from the temp directory at start-up, except the names in `keep`.
+    """Remove leftovers from the temp directory at start-up, except the files named in `keep`.
 
-    `keep` holds partial downloads a queued job can still resume. Returns the count removed.
+    `keep` holds partial downloads a queued job can still resume (kept only
+    if they are regular files). Every other entry is removed as itself,
+    relative to the folder's fd: a file or a link is unlinked (a link's target
+    is never touched); a real subfolder goes through shutil.rmtree's fd-based
+    walk, which never follows a link either. An entry that cannot be removed
+    is logged and left. Raises OSError — UnsafePathError when `.dlqd-tmp` is a
+    link or not a folder — if the folder itself cannot be used. Returns the
+    count removed.
     """
-    directory = tmp_dir(library)
+    directory_fd = open_tmp_dir(library)
     removed = 0
     try:
-        for entry in directory.iterdir():
-            if entry.name in keep:
+        with os.scandir(directory_fd) as scan:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in scan]
+        for name, is_dir in entries:
+            if name in keep and stat.S_ISREG(os.lstat(name, dir_fd=directory_fd).st_mode):
                 continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            try:
+                if is_dir:
+                    shutil.rmtree(name, dir_fd=directory_fd)
+                else:
+                    os.unlink(name, dir_fd=directory_fd)
+            except OSError as exc:
+                log.warning("temp leftover not removed", name=name, error=str(exc))
+                continue
             removed += 1
-    except OSError as exc:
-        raise from_oserror(exc, f"sweeping {directory}") from exc
+    finally:
+        os.close(directory_fd)
     return removed
 
 
@@ -155,15 +195,20 @@ def finalize_track(
     cover: bytes | None,
     library: Path,
     files: FilesSettings,
+    names: JobNames | None = None,
 ) -> FinalizeResult:
     """Name, tag and move one downloaded track into the library.
 
-    `cover` is the album's JPEG, if any. Raises DlqdError (UNSUPPORTED_FORMAT,
-    TAGGING_FAILED, DISK_FULL, FILESYSTEM_ERROR); the temp file is gone
-    afterwards on every path out.
+    `cover` is the album's JPEG, if any. `names` is the track's job's
+    `JobNames`, shared by its tracks so no two of them take the same name
+    (None: a job of this one track). Raises DlqdError (UNSUPPORTED_FORMAT,
+    TAGGING_FAILED, DISK_FULL, FILESYSTEM_ERROR — the latter also for a
+    symbolic link on the way); the temp file is gone afterwards on every
+    path out.
     """
     try:
-        return _finalize(temp_path, meta, cover, library, files)
+        job_names = JobNames() if names is None else names
+        return _finalize(temp_path, meta, cover, library, files, job_names)
     except OSError as exc:
         raise from_oserror(exc, f"finalizing track {meta.track_id}") from exc
     finally:
@@ -171,130 +216,239 @@ def finalize_track(
 
 
 def _finalize(
-    temp_path: Path, meta: TrackMeta, cover: bytes | None, library: Path, files: FilesSettings
+    temp_path: Path,
+    meta: TrackMeta,
+    cover: bytes | None,
+    library: Path,
+    files: FilesSettings,
+    names: JobNames,
 ) -> FinalizeResult:
-    with temp_path.open("rb") as temp_file:
-        ext = detect_extension(temp_file.read(_HEAD_BYTES))
-    relative = render_relative_path(files.naming, meta, ext)
-    write_tags(temp_path, ext, meta, cover if "embed" in files.cover.split("+") else None)
-    with _library_lock:
-        decision = decide_conflict(
-            files.conflict,
-            relative,
-            exists=lambda path: os.path.lexists(library / path),
-            identical=lambda path: _same_content(library / path, temp_path),
-        )
-        destination = library / decision.path
-        if decision.moves:
-            fsync_path(temp_path)
-            created = _make_parents(library, decision.path.parent)
-            try:
-                _move_into_place(temp_path, destination)
-            except BaseException:
-                _remove_empty_dirs(created)
-                raise
-        if cover is not None and "file" in files.cover.split("+"):
-            try:
-                _write_cover_once(destination, cover, tmp_dir(library))
-            except (OSError, DlqdError) as exc:
-                # The track is already in place: a missing cover.jpg must not report it
-                # failed. The album's next finished track tries again (only if absent).
-                log.warning("cover.jpg not written", folder=str(destination.parent), error=str(exc))
+    cover_modes = files.cover.split("+")
+    with contextlib.ExitStack() as fds:
+        temp_dir_fd = _closing(fds, open_dir(temp_path.parent))
+        temp = fds.enter_context(open_in(temp_dir_fd, temp_path.name, "r+b", shown=temp_path))
+        ext = detect_extension(temp.read(_HEAD_BYTES))
+        temp.seek(0)
+        write_tags(temp, ext, meta, cover if "embed" in cover_modes else None)
+        temp.flush()
+        library_fd = _closing(fds, os.open(library, _LIBRARY_FLAGS))
+        with _library_lock:
+            relative = names.name_for(files.naming, meta, ext)
+            folder = _AlbumFolder(library, library_fd, relative.parent, fds)
+            folder.refuse_link_at(relative.name)
+            decision = decide_conflict(
+                files.conflict,
+                relative,
+                exists=lambda path: names.holds(path) or folder.has(path.name),
+                identical=lambda path: folder.same_content(path.name, temp),
+            )
+            if decision.moves:
+                os.fsync(temp.fileno())
+                album_fd = folder.create()
+                try:
+                    _move_into_place(
+                        temp_dir_fd, temp_path.name, temp, album_fd, decision.path.name
+                    )
+                except BaseException:
+                    folder.remove_created()
+                    raise
+            names.hold(decision.path)
+            if cover is not None and "file" in cover_modes:
+                try:
+                    _write_cover_once(folder.create(), decision.path.name, cover, library)
+                except (OSError, DlqdError) as exc:
+                    # The track is already in place: a missing cover.jpg must not report it
+                    # failed. The album's next finished track tries again (only if absent).
+                    log.warning("cover.jpg not written", folder=str(folder.path), error=str(exc))
     return FinalizeResult(decision.path.as_posix(), decision.outcome)
 
 
-def _same_content(existing: Path, new: Path) -> bool:
-    """Same size, then the same sha256 over the whole file (not just its first MiB)."""
-    if existing.stat().st_size != new.stat().st_size:
-        return False
-    return _sha256(existing) == _sha256(new)
+class _AlbumFolder:
+    """The folder a track goes into, reached from the library one component at a time.
+
+    Each component is opened relative to the one before without following a
+    link, so a symbolic link anywhere on the way is refused (UnsafePathError),
+    and the fd kept is the very folder that was checked: the conflict check,
+    the move and cover.jpg all act relative to it. Missing components are made
+    only by `create` (just before the move), and `remove_created` takes them
+    away again when the move fails, so a failure leaves no empty album folder.
+    """
+
+    def __init__(
+        self, library: Path, library_fd: int, relative: PurePosixPath, fds: contextlib.ExitStack
+    ) -> None:
+        self.path = library.joinpath(*relative.parts)
+        self._library = library
+        self._parts = relative.parts
+        self._fds = fds
+        self._chain = [library_fd]  # the library, then each component opened so far
+        self._created: list[tuple[int, str]] = []  # (parent fd, name), outermost first
+        self._open(create=False)
+
+    @property
+    def fd(self) -> int | None:
+        """The folder's fd; None while it does not exist."""
+        return self._chain[-1] if len(self._chain) == len(self._parts) + 1 else None
+
+    def create(self) -> int:
+        """Make the missing components (each new entry made durable); return the folder's fd."""
+        self._open(create=True)
+        assert self.fd is not None
+        return self.fd
+
+    def _open(self, *, create: bool) -> None:
+        while len(self._chain) <= len(self._parts):
+            parent_fd, name = self._chain[-1], self._parts[len(self._chain) - 1]
+            if create:
+                try:
+                    os.mkdir(name, dir_fd=parent_fd)
+                except FileExistsError:
+                    pass
+                else:
+                    self._created.append((parent_fd, name))
+                    os.fsync(parent_fd)
+            shown = self._library.joinpath(*self._parts[: len(self._chain)])
+            try:
+                fd = open_dir(name, dir_fd=parent_fd, shown=shown)
+            except FileNotFoundError:
+                if create:
+                    raise
+                return
+            self._chain.append(_closing(self._fds, fd))
+
+    def remove_created(self) -> None:
+        """Undo `create` after a failed move (best effort: the move's error matters more)."""
+        for parent_fd, name in reversed(self._created):
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=parent_fd)
+
+    def has(self, name: str) -> bool:
+        """Whether the folder holds an entry `name` (of any kind: a link too)."""
+        if self.fd is None:
+            return False
+        try:
+            os.lstat(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def refuse_link_at(self, name: str) -> None:
+        """A link at the final name is neither followed nor replaced, in any conflict mode."""
+        if self.fd is not None and is_link(name, dir_fd=self.fd):
+            raise UnsafePathError(self.path / name, "a symbolic link")
+
+    def same_content(self, name: str, new: BinaryIO) -> bool:
+        """Same size, then the same sha256 over the whole file (not just its first MiB)."""
+        assert self.fd is not None
+        with open_in(self.fd, name, "rb", shown=self.path / name) as existing:
+            if os.fstat(existing.fileno()).st_size != os.fstat(new.fileno()).st_size:
+                return False
+            return _sha256(existing) == _sha256(new)
 
 
-def _sha256(path: Path) -> bytes:
+def _closing(fds: contextlib.ExitStack, fd: int) -> int:
+    """Register `fd` to be closed with `fds`; return it."""
+    fds.callback(os.close, fd)
+    return fd
+
+
+def _sha256(stream: BinaryIO) -> bytes:
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK_BYTES):
-            digest.update(chunk)
+    stream.seek(0)
+    while chunk := stream.read(_CHUNK_BYTES):
+        digest.update(chunk)
     return digest.digest()
 
 
-def _make_parents(library: Path, relative_dir: PurePosixPath) -> list[Path]:
-    """Create the folders below the library, fsyncing each new entry's parent.
+def _move_into_place(
+    source_dir_fd: int, source_name: str, source: BinaryIO, dest_dir_fd: int, dest_name: str
+) -> None:
+    """Atomically put the file `source_name` at `dest_name` (replacing it) and make that durable.
 
-    Returns the folders it created, outermost first.
-    """
-    created: list[Path] = []
-    current = library
-    for part in relative_dir.parts:
-        current = current / part
-        try:
-            current.mkdir()
-        except FileExistsError:
-            continue
-        created.append(current)
-        fsync_dir(current.parent)
-    return created
-
-
-def _remove_empty_dirs(created: list[Path]) -> None:
-    """Undo `_make_parents` after a failed move, so a failure leaves no empty album folder."""
-    for directory in reversed(created):
-        with contextlib.suppress(OSError):
-            directory.rmdir()
-
-
-def _move_into_place(source: Path, destination: Path) -> None:
-    """Atomically put `source` at `destination` (replacing it) and make that durable.
-
-    Across filesystems a rename is impossible, so copy into a hidden temp name
-    beside the destination, fsync it, rename that, then drop the source.
+    Both names are relative to folder fds that were opened without following
+    links. Across filesystems a rename is impossible, so copy `source` (the
+    same file, open) into a hidden staging name beside the destination, fsync
+    it, rename that, then drop the source.
     """
     try:
-        os.replace(source, destination)
+        os.replace(source_name, dest_name, src_dir_fd=source_dir_fd, dst_dir_fd=dest_dir_fd)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        _copy_then_replace(source, destination)
-        source.unlink()
-    fsync_dir(destination.parent)
+        _copy_then_replace(source, dest_dir_fd, dest_name)
+        os.unlink(source_name, dir_fd=source_dir_fd)
+    os.fsync(dest_dir_fd)
 
 
-def _copy_then_replace(source: Path, destination: Path) -> None:
-    fd, staging_name = tempfile.mkstemp(
-        dir=destination.parent, prefix=f"{TMP_DIRNAME}-", suffix=".part"
-    )
-    staging = Path(staging_name)
+def _copy_then_replace(source: BinaryIO, dest_dir_fd: int, dest_name: str) -> None:
+    staging_name, staging = _create_staging(dest_dir_fd, f"{TMP_DIRNAME}-", ".part")
     try:
-        with os.fdopen(fd, "wb") as staging_file, source.open("rb") as source_file:
-            shutil.copyfileobj(source_file, staging_file, _CHUNK_BYTES)
-            staging_file.flush()
-            os.fsync(staging_file.fileno())
-        os.replace(staging, destination)
+        with staging:
+            # The copy gets the source's permissions, as a rename would have kept them.
+            os.fchmod(staging.fileno(), stat.S_IMODE(os.fstat(source.fileno()).st_mode))
+            source.seek(0)
+            shutil.copyfileobj(source, staging, _CHUNK_BYTES)
+            staging.flush()
+            os.fsync(staging.fileno())
+        os.replace(staging_name, dest_name, src_dir_fd=dest_dir_fd, dst_dir_fd=dest_dir_fd)
     except BaseException:
-        _unlink_quietly(staging)
+        with contextlib.suppress(OSError):
+            os.unlink(staging_name, dir_fd=dest_dir_fd)
         raise
 
 
-def _write_cover_once(track: Path, cover: bytes, scratch: Path) -> None:
-    """Put `cover.jpg` beside `track` (the album folder) unless one is already there."""
-    destination = track.parent / COVER_FILENAME
-    if os.path.lexists(destination):
+def _create_staging(dir_fd: int, prefix: str, suffix: str) -> tuple[str, BinaryIO]:
+    """A new, private file with a random name in the folder `dir_fd` (mkstemp, by fd)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+    for _ in range(100):
+        name = f"{prefix}{secrets.token_hex(8)}{suffix}"
+        try:
+            fd = open_file(name, flags, dir_fd=dir_fd, shown=Path(name), mode=0o600)
+        except FileExistsError:
+            continue
+        return name, os.fdopen(fd, "w+b")
+    raise FileExistsError(errno.EEXIST, "no free staging name")
+
+
+def _write_cover_once(album_fd: int, track_name: str, cover: bytes, library: Path) -> None:
+    """Put `cover.jpg` in the album folder unless something is already there.
+
+    Anything at that name — the user's own cover, or a link — is left alone.
+    Staged in the library's temp folder, then moved like a track.
+    """
+    if _lexists(COVER_FILENAME, album_fd):
         return
-    fd, staging_name = tempfile.mkstemp(dir=scratch, prefix="cover-", suffix=".jpg")
-    staging = Path(staging_name)
+    scratch_fd = open_tmp_dir(library)
     try:
-        with os.fdopen(fd, "wb") as staging_file:
-            staging_file.write(cover)
-            staging_file.flush()
-            os.fsync(staging_file.fileno())
-        # mkstemp makes it 0600; give it the same permissions as the track.
-        os.chmod(staging, stat.S_IMODE(track.stat().st_mode))
-        _move_into_place(staging, destination)
+        staging_name, staging = _create_staging(scratch_fd, "cover-", ".jpg")
+        try:
+            with staging:
+                staging.write(cover)
+                staging.flush()
+                os.fsync(staging.fileno())
+                # Private while staged; then the same permissions as the track.
+                track_mode = os.stat(track_name, dir_fd=album_fd, follow_symlinks=False).st_mode
+                os.fchmod(staging.fileno(), stat.S_IMODE(track_mode))
+                _move_into_place(scratch_fd, staging_name, staging, album_fd, COVER_FILENAME)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(staging_name, dir_fd=scratch_fd)
     finally:
-        _unlink_quietly(staging)
+        os.close(scratch_fd)
+
+
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _unlink_quietly(path: Path) -> None:
-    """Best-effort cleanup on the way out: the original error matters more."""
+    """Best-effort cleanup on the way out: the original error matters more.
+
+    Never through a link: with `.dlqd-tmp` swapped for one, nothing is removed.
+    """
     with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
+        unlink_beneath(path)

@@ -2,7 +2,8 @@
 extension sniffed from the audio bytes.
 
 Owns: turning a `TrackMeta` into a safe `PurePosixPath` relative to the library
-(DESIGN §7) and deciding the extension from magic bytes. Never touches the
+(DESIGN §7), keeping the names of one job's tracks distinct (`JobNames`), and
+deciding the extension from magic bytes. Never touches the
 filesystem, and never lets a component be empty, `.`, `..` or contain `/`, so
 whatever upstream sends, the path stays inside the library.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import string
 import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
 
 from dlqd.errors import DlqdError, ErrorCode
@@ -166,6 +168,56 @@ def render_relative_path(template: str, meta: TrackMeta, ext: str) -> PurePosixP
     elif has_ext:
         suffix = ""  # {ext} sits elsewhere; the last component is plain text
     return PurePosixPath(*(sanitize_component(d) for d in dirs), sanitize_component(last, suffix))
+
+
+class JobNames:
+    """The library names one job's tracks hold, so that two of them never share one.
+
+    Two tracks of a job can render to the same path (a template without
+    `{track}`). The first of them in album order keeps it, the k-th gets
+    ` (k)`: a rule of the album alone, not of which download finished first,
+    so a re-run gives each track the same name again (and
+    `overwrite_if_different` recognises its file). A name that another track
+    of the job already holds is passed over for the next number. Not
+    thread-safe: finalize uses it under its library lock.
+    """
+
+    def __init__(self, tracks: Sequence[TrackMeta] = (), held: Iterable[str] = ()) -> None:
+        self._tracks = tracks
+        self._held = set(held)
+        # (template, ext) -> rendered path -> ids of the tracks rendering to it, album order
+        self._namesakes: dict[tuple[str, str], dict[PurePosixPath, list[int]]] = {}
+
+    def name_for(self, template: str, meta: TrackMeta, ext: str) -> PurePosixPath:
+        """The path `meta` is to take within its job (not yet held: see `hold`)."""
+        wanted = render_relative_path(template, meta, ext)
+        namesakes = self._rendered(template, ext).get(wanted, [])
+        number = namesakes.index(meta.track_id) + 1 if meta.track_id in namesakes else 1
+        while True:
+            name = numbered_name(wanted.name, number) if number > 1 else wanted.name
+            candidate = wanted.with_name(name)
+            if candidate.as_posix() not in self._held:
+                return candidate
+            number += 1
+
+    def holds(self, path: PurePosixPath) -> bool:
+        return path.as_posix() in self._held
+
+    def hold(self, path: PurePosixPath) -> None:
+        """Record that a track of this job now has `path` (written there, or kept what was)."""
+        self._held.add(path.as_posix())
+
+    def _rendered(self, template: str, ext: str) -> dict[PurePosixPath, list[int]]:
+        """Every track's path for `ext`, rendered once per job: an album can hold thousands."""
+        key = (template, ext)
+        if key not in self._namesakes:
+            by_path: dict[PurePosixPath, list[int]] = {}
+            for track in self._tracks:
+                by_path.setdefault(render_relative_path(template, track, ext), []).append(
+                    track.track_id
+                )
+            self._namesakes[key] = by_path
+        return self._namesakes[key]
 
 
 def detect_extension(head: bytes) -> str:

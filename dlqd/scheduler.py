@@ -23,6 +23,7 @@ import trio
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.meta import TrackMeta
 from dlqd.model import PRIORITIES, Job, JobStatus, Track, TrackStatus
+from dlqd.naming import JobNames
 from dlqd.state import job_outcome
 from dlqd.store import RecordRefused, Store
 
@@ -54,6 +55,7 @@ class TrackRun:
     meta: TrackMeta
     quality: str
     on_progress: Callable[[TrackRun], None]
+    names: JobNames = field(default_factory=JobNames)  # shared by the job's tracks
 
     def attempt_started(self) -> None:
         self.track.attempts += 1
@@ -186,6 +188,9 @@ class Scheduler:
                 return
         metas = {m.track_id: m for m in resolved.tracks}
         job = store.state.jobs[job_id]
+        # Completed tracks (of an earlier run of this job) keep their names.
+        done = (t.path for t in job.tracks if t.status == TrackStatus.COMPLETED and t.path)
+        names = JobNames(resolved.tracks, held=done)
         async with trio.open_nursery() as tracks:
             for track in job.tracks:
                 if track.status != TrackStatus.PENDING:
@@ -194,7 +199,8 @@ class Scheduler:
                 if self.draining:
                     self.limiter.release_on_behalf_of(slot)
                     break
-                tracks.start_soon(self._run_track, job, track, metas[track.track_id], slot, log_)
+                meta = metas[track.track_id]
+                tracks.start_soon(self._run_track, job, track, meta, names, slot, log_)
             running.handing_out = False
             self.store.notify_changed()
         if self.draining:
@@ -219,12 +225,13 @@ class Scheduler:
         job: Job,
         track: Track,
         meta: TrackMeta,
+        names: JobNames,
         slot: tuple[str, int],
         log_: structlog.BoundLogger,
     ) -> None:
         log_ = log_.bind(track_id=track.track_id)
         structlog.contextvars.bind_contextvars(track_id=track.track_id)
-        run = TrackRun(job.id, track, meta, job.quality, self._publish_progress)
+        run = TrackRun(job.id, track, meta, job.quality, self._publish_progress, names)
         started = trio.current_time()
         try:
             track.status = TrackStatus.DOWNLOADING

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import BinaryIO
 
 from mutagen.flac import FLAC, Picture, VCFLACDict
 from mutagen.id3 import APIC, ID3, TXXX, Encoding, Frames, ID3NoHeaderError, PictureType
@@ -25,6 +26,8 @@ from dlqd.meta import TrackMeta
 # Room for a later tag edit without rewriting the audio; fixed so output is stable.
 PADDING_BYTES = 4096
 _ITUNES = "----:com.apple.iTunes:"
+# A path, or the file itself open "r+b" (mutagen takes either).
+Target = Path | BinaryIO
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,15 @@ def _fixed_padding(_info: object) -> int:
     return PADDING_BYTES
 
 
-def _write_flac(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
-    audio = FLAC(path)
+def _at_start(target: Target) -> Target:
+    """mutagen reads a file object from where it stands: rewind it for each load and save."""
+    if not isinstance(target, Path):
+        target.seek(0)
+    return target
+
+
+def _write_flac(target: Target, meta: TrackMeta, cover: bytes | None) -> None:
+    audio = FLAC(_at_start(target))
     if audio.tags is None:
         audio.add_tags()
     tags = audio.tags
@@ -159,11 +169,11 @@ def _write_flac(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
         picture.mime = "image/jpeg"
         picture.data = cover
         audio.add_picture(picture)
-    audio.save(deleteid3=True, padding=_fixed_padding)
+    audio.save(_at_start(target), deleteid3=True, padding=_fixed_padding)
 
 
-def _write_mp4(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
-    audio = MP4(path)
+def _write_mp4(target: Target, meta: TrackMeta, cover: bytes | None) -> None:
+    audio = MP4(_at_start(target))
     if audio.tags is None:
         audio.add_tags()
     assert audio.tags is not None
@@ -180,12 +190,12 @@ def _write_mp4(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
             audio.tags[spec.mp4] = _texts(value)
     if cover is not None:
         audio.tags["covr"] = [MP4Cover(cover, imageformat=MP4Cover.FORMAT_JPEG)]
-    audio.save(padding=_fixed_padding)
+    audio.save(_at_start(target), padding=_fixed_padding)
 
 
-def _write_mp3(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
+def _write_mp3(target: Target, meta: TrackMeta, cover: bytes | None) -> None:
     try:
-        tags = ID3(path)
+        tags = ID3(_at_start(target))
     except ID3NoHeaderError:
         tags = ID3()
     tags.clear()
@@ -212,10 +222,10 @@ def _write_mp3(path: Path, meta: TrackMeta, cover: bytes | None) -> None:
             )
         )
     # v1=0 removes any ID3v1 tail; one tag, in one place, in ID3v2.4.
-    tags.save(path, v1=0, v2_version=4, padding=_fixed_padding)
+    tags.save(_at_start(target), v1=0, v2_version=4, padding=_fixed_padding)
 
 
-_WRITERS: dict[str, Callable[[Path, TrackMeta, bytes | None], None]] = {
+_WRITERS: dict[str, Callable[[Target, TrackMeta, bytes | None], None]] = {
     "flac": _write_flac,
     "m4a": _write_mp4,
     "mp3": _write_mp3,
@@ -232,23 +242,26 @@ def _oserror_in(exc: BaseException) -> OSError | None:
     return None
 
 
-def write_tags(path: Path, ext: str, meta: TrackMeta, cover: bytes | None) -> None:
-    """Replace every tag in the file at `path` with those of `meta` (+ the cover).
+def write_tags(target: Target, ext: str, meta: TrackMeta, cover: bytes | None) -> None:
+    """Replace every tag in the file `target` with those of `meta` (+ the cover).
 
+    `target` is a path, or the file itself open for reading and writing (how
+    finalize hands over a temp file it opened without following links).
     `ext` is what `naming.detect_extension` said. Running out of disk is
     DISK_FULL like anywhere else; any other failure is TAGGING_FAILED.
     """
+    name = PurePath(str(target.name)).name
     writer = _WRITERS.get(ext)
     if writer is None:
         raise DlqdError(ErrorCode.UNSUPPORTED_FORMAT, f"cannot tag .{ext} files")
     try:
-        writer(path, meta, cover)
+        writer(target, meta, cover)
     # mutagen parses untrusted bytes and does not promise to raise only
     # MutagenError on a malformed file, so anything it raises is a tagging failure.
     except Exception as exc:
         oserror = _oserror_in(exc)
         if oserror is not None and oserror.errno is not None:
-            raise from_oserror(oserror, f"tagging {path.name}") from exc
+            raise from_oserror(oserror, f"tagging {name}") from exc
         raise DlqdError(
-            ErrorCode.TAGGING_FAILED, f"tagging {path.name}: {type(exc).__name__}: {exc}"
+            ErrorCode.TAGGING_FAILED, f"tagging {name}: {type(exc).__name__}: {exc}"
         ) from exc

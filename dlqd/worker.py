@@ -35,6 +35,7 @@ from dlqd.finalize import finalize_track, tmp_dir
 from dlqd.integrity import check_media_integrity
 from dlqd.meta import MediaPlan, TrackMeta
 from dlqd.model import Job
+from dlqd.safefs import UnsafePathError, unlink_beneath
 from dlqd.scheduler import ResolvedJob, TrackResult, TrackRun
 from dlqd.source import Source, with_playback_gains
 
@@ -171,7 +172,7 @@ class DownloadWork:
         meta = with_playback_gains(run.meta, plan)
         cover = await self._cover(meta)
         final = await trio.to_thread.run_sync(
-            finalize_track, temp, meta, cover, self.library, self.files
+            finalize_track, temp, meta, cover, self.library, self.files, run.names
         )
         return TrackResult(path=final.path, outcome=final.outcome, bytes=fetched)
 
@@ -213,5 +214,6 @@ class DownloadWork:
 
 
 def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    """Drop a temp file; never through a link (a `.dlqd-tmp` swapped for one keeps its target)."""
+    with contextlib.suppress(FileNotFoundError, UnsafePathError):
+        unlink_beneath(path)

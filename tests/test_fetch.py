@@ -259,9 +259,14 @@ async def test_expired_dash_segment_raises_media_not_found(
 
 
 async def test_disk_full_is_raised_without_trying_the_other_url(
-    source: Source, server: CatalogServer, dest: Path
+    source: Source, server: CatalogServer, dest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dest.symlink_to("/dev/full")
+    # /dev/full answers every write with ENOSPC. (A link to it at `dest` would now be
+    # refused: temp files are opened without following links.)
+    monkeypatch.setattr(
+        "dlqd.fetch.open_beneath",
+        lambda _path, mode: open("/dev/full", mode),  # noqa: SIM115
+    )
     plan = await source.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
     with pytest.raises(DlqdError) as caught:
         await fetch(source, plan, dest, resume=False)

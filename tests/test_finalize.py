@@ -278,10 +278,10 @@ def test_cross_device_move_copies_then_renames(
 ) -> None:
     real_replace = os.replace
 
-    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        if Path(src).parent.name == TMP_DIRNAME:
+    def replace(src: str, dst: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+        if src_dir_fd != dst_dir_fd:  # out of the temp folder; staging renames stay in one
             raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real_replace(src, dst)
+        real_replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     monkeypatch.setattr(finalize.os, "replace", replace)
     temp = download(library)
@@ -293,7 +293,7 @@ def test_cross_device_move_copies_then_renames(
 
 
 def test_disk_full_during_cross_device_copy(library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def replace(_src: object, _dst: object) -> None:
+    def replace(_src: object, _dst: object, **_dir_fds: int) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     def copy(_src: object, _dst: object, _length: int = 0) -> None:
