@@ -171,9 +171,12 @@ def sweep_tmp(library: Path, keep: Collection[str] = frozenset()) -> int:
     removed = 0
     try:
         with os.scandir(directory_fd) as scan:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in scan]
-        for name, is_dir in entries:
-            if name in keep and stat.S_ISREG(os.lstat(name, dir_fd=directory_fd).st_mode):
+            entries = [
+                (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False))
+                for e in scan
+            ]
+        for name, is_dir, is_file in entries:
+            if name in keep and is_file:
                 continue
             try:
                 if is_dir:
