@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dlqd.errors import DlqdError, ErrorCode, from_oserror
+from dlqd.safefs import open_beneath
 
 # The largest legal frame is 65535 samples x 8 channels x 32 bits (2 MiB) plus headers.
 MAX_TAIL_BYTES = 4 * 1024 * 1024
@@ -174,7 +175,7 @@ class FrameHeader:
 def check_media_integrity(path: Path) -> None:
     """Raise INTEGRITY_ERROR when `path` is a FLAC stream cut short (see the module doc)."""
     try:
-        with path.open("rb") as file:
+        with open_beneath(path, "rb") as file:  # a link swapped in is refused, not read
             size = file.seek(0, 2)
             _check_flac(file, size)
     except OSError as exc:
