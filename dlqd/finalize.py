@@ -184,7 +184,8 @@ def sweep_tmp(library: Path, keep: Collection[str] = frozenset()) -> int:
                 else:
                     os.unlink(name, dir_fd=directory_fd)
             except OSError as exc:
-                log.warning("temp leftover not removed", name=name, error=str(exc))
+                # repr: a file name is any bytes, and a log line must stay printable
+                log.warning("temp leftover not removed", name=repr(name), error=str(exc))
                 continue
             removed += 1
     finally:
@@ -231,7 +232,6 @@ def _finalize(
         temp_dir_fd = _closing(fds, open_dir(temp_path.parent))
         temp = fds.enter_context(open_in(temp_dir_fd, temp_path.name, "r+b", shown=temp_path))
         ext = detect_extension(temp.read(_HEAD_BYTES))
-        temp.seek(0)
         write_tags(temp, ext, meta, cover if "embed" in cover_modes else None)
         temp.flush()
         library_fd = _closing(fds, os.open(library, _LIBRARY_FLAGS))
