@@ -216,15 +216,20 @@ async def _run(
         upstream.read_timeout_s,
         upstream.user_agent,
         max_job_tracks=config.limits.max_job_tracks,
+        max_metadata_bytes=config.limits.max_metadata_mb * 1024 * 1024,
     )
     work = DownloadWork(
         source,
         library=config.daemon.library,
         files=config.files,
         retry=RetryPolicy(
-            config.worker.max_retries, config.worker.backoff_s, on_retry=metrics.count_retry
+            config.worker.max_retries,
+            config.worker.backoff_s,
+            max_retry_after_s=upstream.max_retry_after_s,
+            on_retry=metrics.count_retry,
         ),
         read_timeout_s=upstream.read_timeout_s,
+        resolve_timeout_s=upstream.resolve_timeout_s,
         bandwidth_limit_kbps=config.worker.bandwidth_limit_kbps,
         min_free_mb=config.limits.min_free_mb,
         max_track_mb=config.limits.max_track_mb,

@@ -10,8 +10,12 @@ the upstream. Nothing in this module does I/O.
 from __future__ import annotations
 
 import errno
+import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,8 +30,13 @@ __all__ = [
     "from_http_status",
     "from_oserror",
     "map_httpx_errors",
+    "parse_retry_after",
     "redact_url",
 ]
+
+# Decimal seconds, as RFC 9110 writes them (digits), leniently with a fraction
+# or an exponent; never a sign, "inf" or "nan".
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?")
 
 
 # Messages go into journal records, logs and client answers: bounded, and
@@ -85,40 +94,68 @@ def from_oserror(exc: OSError, what: str) -> DlqdError:
     return DlqdError(ErrorCode.FILESYSTEM_ERROR, f"{what}: {exc.strerror or exc}")
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (the HTTP-date form is rare upstream and ignored)."""
-    if not value:
-        return None
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After in seconds: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+
+    A date in the past is 0. Anything else — negative, non-finite, garbage —
+    is None: ignored, as if the header were absent. Not capped here: the retry
+    policy caps every delay it honours (`upstream.max_retry_after_s`).
+    """
+    text = (value or "").strip()
+    if _DELTA_SECONDS.fullmatch(text):
+        seconds = float(text)
+        return seconds if math.isfinite(seconds) else None
     try:
-        seconds = float(value.strip())
-    except ValueError:
+        when = parsedate_to_datetime(text)
+    except (ValueError, TypeError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return max(0.0, seconds)
 
 
 def from_http_status(status: int, url: str, retry_after: str | None = None) -> DlqdError:
-    """Map a non-2xx upstream status to its job error code."""
+    """Map a non-2xx upstream status to its job error code; the message names `url` redacted."""
+    where = redact_url(url)
     if status == 404:
-        return DlqdError(ErrorCode.UPSTREAM_NOT_FOUND, f"{url}: not found (404)")
+        return DlqdError(ErrorCode.UPSTREAM_NOT_FOUND, f"{where}: not found (404)")
     if status == 429:
         return DlqdError(
             ErrorCode.UPSTREAM_RATE_LIMITED,
-            f"{url}: rate limited (429)",
+            f"{where}: rate limited (429)",
             retry_after=parse_retry_after(retry_after),
         )
     if status >= 500:
-        return DlqdError(ErrorCode.UPSTREAM_UNAVAILABLE, f"{url}: server error ({status})")
-    return DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{url}: unexpected status {status}")
+        return DlqdError(ErrorCode.UPSTREAM_UNAVAILABLE, f"{where}: server error ({status})")
+    return DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{where}: unexpected status {status}")
 
 
 @contextmanager
 def map_httpx_errors(url: str) -> Iterator[None]:
-    """Translate httpx's transport exceptions into job errors, most specific first."""
+    """Translate httpx's exceptions into job errors, most specific first.
+
+    Transport failures are worth retrying; every other request error (too
+    many redirects, a URL httpx cannot use, a body it cannot decode) is the
+    upstream answering something unusable. httpx's own text may quote the
+    upstream (a Location header), so it is shown escaped and truncated.
+    """
+    where = redact_url(url)
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise DlqdError(ErrorCode.TIMEOUT, f"{url}: {type(exc).__name__}") from exc
+        raise DlqdError(ErrorCode.TIMEOUT, f"{where}: {type(exc).__name__}") from exc
+    except httpx.UnsupportedProtocol as exc:
+        raise DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{where}: {_describe(exc)}") from exc
     except httpx.RemoteProtocolError as exc:
-        raise DlqdError(ErrorCode.NETWORK_ERROR, f"{url}: connection broken: {exc}") from exc
+        raise DlqdError(
+            ErrorCode.NETWORK_ERROR, f"{where}: connection broken: {_describe(exc)}"
+        ) from exc
     except httpx.TransportError as exc:
-        raise DlqdError(ErrorCode.NETWORK_ERROR, f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise DlqdError(ErrorCode.NETWORK_ERROR, f"{where}: {_describe(exc)}") from exc
+    except (httpx.RequestError, httpx.InvalidURL) as exc:
+        raise DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{where}: {_describe(exc)}") from exc
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:120]!r}"

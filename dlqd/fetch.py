@@ -71,7 +71,7 @@ class MediaNotFoundError(DlqdError):
     """A media URL answered 404: the manifest's signed URLs have probably expired."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(ErrorCode.UPSTREAM_NOT_FOUND, f"{url}: media not found (404)")
+        super().__init__(ErrorCode.UPSTREAM_NOT_FOUND, f"{redact_url(url)}: media not found (404)")
 
 
 def _disk_free_bytes(path: Path) -> int:
@@ -394,7 +394,7 @@ class _Transfer:
         if expected is not None and received < expected:
             raise DlqdError(
                 ErrorCode.INTEGRITY_ERROR,
-                f"{url}: body cut short: {received} of {expected} bytes",
+                f"{redact_url(url)}: body cut short: {received} of {expected} bytes",
             )
 
     def _refuse_oversize(self, media_bytes: int | None, url: str) -> None:
@@ -422,7 +422,7 @@ def _check_response(
         raise from_http_status(status, url, response.headers.get("Retry-After"))
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
     if not start or known is None:
-        raise DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{url}: 206 to a plain GET")
+        raise DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{redact_url(url)}: 206 to a plain GET")
     if (
         match is None
         or int(match.group(1)) != start

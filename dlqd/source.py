@@ -2,15 +2,19 @@
 
 Owns the daemon's one `httpx.AsyncClient`, the order in which upstream bases
 are tried, and turning the upstream's answers into `TrackMeta` / `AlbumMeta` /
-`MediaPlan`. Every JSON body is checked into a typed record by
-`upstream_schema` before anything here looks at it. Never writes files and
-never retries a failed request over time: backoff belongs to the scheduler,
-which asks the raised `DlqdError`.
+`MediaPlan`. Bodies are read within `max_metadata_bytes` (dlqd.bodies) and
+decoded in a worker thread, as manifests are parsed, so no upstream answer can
+fill memory or hold the event loop; every JSON body is then checked into a
+typed record by `upstream_schema` before anything here looks at it. Never
+writes files, never puts a URL's query string in a message, and never retries
+a failed request over time: backoff belongs to the scheduler, which asks the
+raised `DlqdError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -19,7 +23,8 @@ import httpcore
 import httpx
 import trio
 
-from dlqd.errors import DlqdError, ErrorCode, from_http_status, map_httpx_errors
+from dlqd.bodies import ACCEPT_ENCODING, read_capped
+from dlqd.errors import DlqdError, ErrorCode, from_http_status, map_httpx_errors, redact_url
 from dlqd.manifest import plan_from_playback
 from dlqd.meta import AlbumMeta, MediaPlan, TrackMeta
 from dlqd.upstream_schema import (
@@ -43,6 +48,18 @@ FAILURES_BEFORE_SKIP = 3
 SKIP_FOR_S = 60.0
 MAX_COVER_BYTES = 16 * 1024 * 1024
 MAX_JOB_TRACKS = 5000  # limits.max_job_tracks
+MAX_METADATA_BYTES = 16 * 1024 * 1024  # limits.max_metadata_mb
+# json.loads spends up to ~85 bytes of memory per value, so a 16 MiB body of
+# `{},{},…` becomes 450 MiB of dicts. A 100-track album page holds ~10k
+# values; refusing bodies that may hold more than this keeps the parse of any
+# capped body within ~40 MiB.
+MAX_JSON_VALUES = 500_000
+MAX_REDIRECTS = 10  # more is a loop: TooManyRedirects, UPSTREAM_BAD_RESPONSE
+# A base that answers this way has failed (failover, and it counts towards
+# skipping it); any other error is an answer, raised as it is.
+_BASE_FAILURES = frozenset(
+    {ErrorCode.NETWORK_ERROR, ErrorCode.TIMEOUT, ErrorCode.UPSTREAM_UNAVAILABLE}
+)
 
 JSON = Mapping[str, Any]
 
@@ -91,6 +108,7 @@ class Source:
         *,
         clock: Callable[[], float] = trio.current_time,
         max_job_tracks: int = MAX_JOB_TRACKS,
+        max_metadata_bytes: int = MAX_METADATA_BYTES,
     ) -> None:
         if not base_urls:
             raise ValueError("at least one upstream base URL is required")
@@ -100,6 +118,7 @@ class Source:
         self._cover_base_url = cover_base_url.rstrip("/")
         self._clock = clock
         self._max_job_tracks = max_job_tracks
+        self._max_metadata_bytes = max_metadata_bytes
         self._owns_client = client is None
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -108,8 +127,9 @@ class Source:
                 write=read_timeout_s,
                 pool=connect_timeout_s,
             ),
-            headers={"User-Agent": user_agent},
+            headers={"User-Agent": user_agent, "Accept-Encoding": ACCEPT_ENCODING},
             follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
         )
 
     async def aclose(self) -> None:
@@ -144,7 +164,8 @@ class Source:
     async def media_plan(self, track_id: int, quality: str) -> MediaPlan:
         """Playback info → plan; `plan.extra` carries the stream's gains (see manifest.py)."""
         data, url = await self._get_data("/track/", {"id": track_id, "quality": quality})
-        return plan_from_playback(data, manifest_url=url)
+        # Base64 and MPD parsing: off the event loop.
+        return await trio.to_thread.run_sync(lambda: plan_from_playback(data, manifest_url=url))
 
     def cover_url(self, cover_uuid: str) -> str:
         return f"{self._cover_base_url}/{cover_uuid.replace('-', '/')}/1280x1280.jpg"
@@ -163,12 +184,7 @@ class Source:
                     raise from_http_status(
                         response.status_code, url, response.headers.get("Retry-After")
                     )
-                image = bytearray()
-                async for chunk in response.aiter_bytes():
-                    image += chunk
-                    if len(image) > MAX_COVER_BYTES:
-                        raise _bad(f"{url}: cover larger than {MAX_COVER_BYTES} bytes")
-                return bytes(image)
+                return bytes(await read_capped(response, url, MAX_COVER_BYTES, "cover"))
 
     # -- requests with failover ------------------------------------------------
 
@@ -199,27 +215,39 @@ class Source:
         if health.failures >= FAILURES_BEFORE_SKIP:
             health.skip_until = self._clock() + SKIP_FOR_S
 
+    def _record_success(self, base: str) -> None:
+        self._health[base] = _BaseHealth()
+        self._reports[base].last_success = time.time()
+
     async def _get_data(self, path: str, params: Mapping[str, int | str]) -> tuple[JSON, str]:
         """GET `path` from the first base that answers; the envelope's `data` and the URL."""
         last_error: DlqdError | None = None
         for base in self._bases_in_order():
-            url = f"{base}{path}"
             try:
-                with map_httpx_errors(url):
-                    response = await self.client.get(url, params=params)
+                body, url = await self._get_body(f"{base}{path}", params)
             except DlqdError as exc:
+                if exc.code not in _BASE_FAILURES:
+                    self._record_success(base)
+                    raise
                 self._record_failure(base, exc)
                 last_error = exc
                 continue
-            if response.status_code >= 500:
-                last_error = from_http_status(response.status_code, url)
-                self._record_failure(base, last_error)
-                continue
-            self._health[base] = _BaseHealth()
-            self._reports[base].last_success = time.time()
-            return _envelope_data(response), str(response.url)
+            self._record_success(base)
+            return await trio.to_thread.run_sync(_envelope_data, body, url), url
         assert last_error is not None  # there is at least one base
         raise last_error
+
+    async def _get_body(self, url: str, params: Mapping[str, int | str]) -> tuple[bytearray, str]:
+        """The 200 body of one GET within the metadata cap, and the URL that answered it."""
+        with map_httpx_errors(url):
+            async with self.client.stream("GET", url, params=params) as response:
+                answered = str(response.url)
+                if response.status_code != 200:
+                    raise from_http_status(
+                        response.status_code, answered, response.headers.get("Retry-After")
+                    )
+                body = await read_capped(response, answered, self._max_metadata_bytes, "body")
+        return body, answered
 
     async def _album_pages(self, album_id: int) -> tuple[AlbumPage, list[UpstreamTrack]]:
         """The first page (the album's header) and every track, paging until numberOfTracks.
@@ -269,19 +297,28 @@ def with_playback_gains(meta: TrackMeta, plan: MediaPlan) -> TrackMeta:
     )
 
 
-def _envelope_data(response: httpx.Response) -> JSON:
-    """`data` of `{"version", "data"}`, mapping non-2xx statuses to their codes."""
-    url = str(response.url)
-    if response.status_code != 200:
-        raise from_http_status(response.status_code, url, response.headers.get("Retry-After"))
+def _envelope_data(body: bytearray, url: str) -> JSON:
+    """`data` of `{"version", "data"}`. Runs in a worker thread: bodies may be large."""
+    if _json_values_bound(body) > MAX_JSON_VALUES:
+        raise _bad(f"{redact_url(url)}: body may hold more than {MAX_JSON_VALUES} JSON values")
     try:
-        body = response.json()
-    except ValueError:
-        raise _bad(f"{url}: body is not JSON") from None
-    data = body.get("data") if isinstance(body, dict) else None
+        envelope = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _bad(f"{redact_url(url)}: body is not JSON") from None
+    data = envelope.get("data") if isinstance(envelope, dict) else None
     if not isinstance(data, dict):
-        raise _bad(f"{url}: no data object in the response")
+        raise _bad(f"{redact_url(url)}: no data object in the response")
     return data
+
+
+def _json_values_bound(body: bytes | bytearray) -> int:
+    """At least the number of values json.loads would build from `body`, counted without parsing.
+
+    Each container is counted by its opening bracket, each key and its value
+    by their `:`, each list element after the first by its `,` and the first
+    by its list's `[` once more. Separators inside strings only raise the count.
+    """
+    return body.count(b",") + 2 * body.count(b":") + 2 * body.count(b"[") + body.count(b"{") + 1
 
 
 # -- records → metadata ----------------------------------------------------------

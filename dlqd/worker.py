@@ -1,7 +1,8 @@
 """The work of one job: resolve its metadata, then fetch and finalize each track.
 
 Owns the retry policy (jittered backoff from `backoff_s`, `Retry-After` when
-longer, `max_retries` per track), the disk-space preflight, the integrity check
+longer but never past `max_retry_after_s`, `max_retries` per track), the
+deadline on resolving a job's metadata, the disk-space preflight, the integrity check
 of each finished download, the temp-file lifecycle in `library/.dlqd-tmp/` and
 the per-album cover cache. It never writes into the library itself —
 `finalize_track` does — and never journals: it reports to the scheduler
@@ -11,6 +12,7 @@ through `TrackRun` and its return values.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +24,7 @@ import structlog
 import trio
 
 from dlqd.config import FilesConfig
-from dlqd.errors import DlqdError, ErrorCode
+from dlqd.errors import DlqdError, ErrorCode, redact_url
 from dlqd.fetch import (
     MIB,
     FreeSpaceFloor,
@@ -49,16 +51,19 @@ def backoff_delay(
     schedule: Sequence[float],
     retry_after: float | None,
     rng: Callable[[], float] = random.random,
+    *,
+    max_retry_after_s: float = math.inf,
 ) -> float:
     """Seconds to wait before retry `retry_number` (0-based).
 
     The schedule's entry (its last one once retries outrun it), jittered to
     between 50% and 150% so many failing tracks do not retry in lockstep; the
-    upstream's Retry-After wins when it asks for longer.
+    upstream's Retry-After wins when it asks for longer, up to
+    `max_retry_after_s` (the one place every honoured Retry-After is capped).
     """
     base = schedule[min(retry_number, len(schedule) - 1)]
     delay = base * (0.5 + rng())
-    return max(delay, retry_after or 0.0)
+    return max(delay, min(retry_after or 0.0, max_retry_after_s))
 
 
 def temp_name(job_id: str, track_id: int) -> str:
@@ -70,6 +75,7 @@ def temp_name(job_id: str, track_id: int) -> str:
 class RetryPolicy:
     max_retries: int
     backoff_s: tuple[float, ...]
+    max_retry_after_s: float = math.inf  # the daemon passes upstream.max_retry_after_s
     sleep: Callable[[float], Awaitable[None]] = trio.sleep
     rng: Callable[[], float] = random.random
     on_retry: Callable[[str], None] = lambda error_code: None  # metrics: retries by code
@@ -89,7 +95,13 @@ class RetryPolicy:
             except DlqdError as exc:
                 if not exc.transient or retry_number == self.max_retries:
                     raise
-                delay = backoff_delay(retry_number, self.backoff_s, exc.retry_after, self.rng)
+                delay = backoff_delay(
+                    retry_number,
+                    self.backoff_s,
+                    exc.retry_after,
+                    self.rng,
+                    max_retry_after_s=self.max_retry_after_s,
+                )
                 log.info("retrying", what=what, error_code=str(exc.code), delay_s=round(delay, 3))
                 self.on_retry(str(exc.code))
                 await self.sleep(delay)
@@ -107,6 +119,7 @@ class DownloadWork:
         files: FilesConfig,
         retry: RetryPolicy,
         read_timeout_s: float,
+        resolve_timeout_s: float = math.inf,
         bandwidth_limit_kbps: int = 0,
         min_free_mb: int = 0,
         max_track_mb: int = 4096,
@@ -116,6 +129,7 @@ class DownloadWork:
         self.files = files
         self.retry = retry
         self.read_timeout_s = read_timeout_s
+        self.resolve_timeout_s = resolve_timeout_s
         self.bandwidth_limit_kbps = bandwidth_limit_kbps
         self._bandwidth: TokenBucket | None = None  # one for all transfers, made in trio
         self.free_space = FreeSpaceFloor(min_free_mb)
@@ -124,6 +138,20 @@ class DownloadWork:
         self._covers: OrderedDict[str, bytes | None] = OrderedDict()
 
     async def resolve(self, job: Job) -> ResolvedJob:
+        """The job's metadata, every page and retry within `resolve_timeout_s`, else TIMEOUT.
+
+        The scheduler calls this before the job takes any track slot, so a
+        slow or hanging upstream holds up only this job's start.
+        """
+        with trio.move_on_after(self.resolve_timeout_s):
+            return await self._resolve(job)
+        raise DlqdError(
+            ErrorCode.TIMEOUT,
+            f"{job.type} {job.target_id}: metadata not resolved within "
+            f"upstream.resolve_timeout_s = {self.resolve_timeout_s:g} s",
+        )
+
+    async def _resolve(self, job: Job) -> ResolvedJob:
         if job.type == "album":
             album = await self.retry.run(
                 lambda: self.source.album(job.target_id), what=f"album {job.target_id}"
@@ -205,7 +233,9 @@ class DownloadWork:
         try:
             cover = await self.source.cover(meta.cover_url)
         except DlqdError as exc:
-            log.warning("cover unavailable", url=meta.cover_url, error_code=str(exc.code))
+            log.warning(
+                "cover unavailable", url=redact_url(meta.cover_url), error_code=str(exc.code)
+            )
             return None
         self._covers[meta.cover_url] = cover
         if len(self._covers) > COVER_CACHE_SIZE:

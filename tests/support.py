@@ -8,6 +8,7 @@ sleeping a guessed amount.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,11 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import msgpack
 
 from dlqctl.client import Client, Refused, Unreachable
@@ -28,6 +30,20 @@ from dlqd.protocol import read_frame_blocking
 
 T = TypeVar("T")
 FINISHED = ("completed", "partial", "failed", "cancelled")
+
+
+def unread_json_response(payload: Any) -> httpx.Response:
+    """A 200 JSON answer for `httpx.MockTransport` whose body is still unread, as from a socket.
+
+    `httpx.Response(json=...)` is read when built, and Source reads bodies raw
+    (`aiter_raw`, to bound them), which httpx refuses on a body already read.
+    """
+    body = json.dumps(payload).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    return httpx.Response(200, content=chunks())
 
 
 def wait_until(

@@ -29,6 +29,7 @@ from dlqd.catalog import (
 )
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.source import SKIP_FOR_S, Source, with_playback_gains
+from tests.support import unread_json_response
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +285,7 @@ def lying_album(items_per_page: list[list[dict[str, Any]]]) -> httpx.AsyncClient
             "artist": {"id": 1, "name": "Fibber"},
             "items": page,
         }
-        return httpx.Response(200, json={"version": "2.0", "data": data})
+        return unread_json_response({"version": "2.0", "data": data})
 
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 

@@ -38,6 +38,7 @@ from dlqd.upstream_schema import (
     parse_album_page,
     quote,
 )
+from tests.support import unread_json_response
 
 UPSTREAM_CODES = {ErrorCode.UPSTREAM_BAD_RESPONSE, ErrorCode.UNSUPPORTED_FORMAT}
 TRACK_URL = "http://api.test/track/?id=1&quality=LOSSLESS"
@@ -284,7 +285,7 @@ def paging_upstream(pages: list[list[int]], claims: int) -> httpx.AsyncClient:
                 for i in ids
             ],
         }
-        return httpx.Response(200, json={"version": "2.0", "data": data})
+        return unread_json_response({"version": "2.0", "data": data})
 
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
@@ -305,7 +306,7 @@ async def test_an_album_over_the_limit_is_refused_after_one_request() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         requests.append(request)
         data = {**album_json(), "numberOfTracks": 10**9}
-        return httpx.Response(200, json={"version": "2.0", "data": data})
+        return unread_json_response({"version": "2.0", "data": data})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         source = Source(["http://up.test"], "http://img.test", 2, 2, "t", client)
