@@ -14,6 +14,7 @@ raised `DlqdError`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -263,7 +264,12 @@ class Source:
             data, _ = await self._get_data(
                 "/album/", {"id": album_id, "limit": PAGE_SIZE, "offset": offset}
             )
-            page = parse_album_page(data, album_id=album_id, max_tracks=self._max_job_tracks)
+            # A page may hold up to max_job_tracks entries: checked off the event loop.
+            page = await trio.to_thread.run_sync(
+                functools.partial(
+                    parse_album_page, data, album_id=album_id, max_tracks=self._max_job_tracks
+                )
+            )
             first = first or page
             new_tracks = 0
             for track in page.tracks:
