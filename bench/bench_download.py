@@ -1,19 +1,35 @@
-"""Download benchmark (issue 3), run by hand: `.venv/bin/python bench/bench_download.py`.
+"""Download benchmark (issue 11), run by hand: `.venv/bin/python bench/bench_download.py`.
 
-Wall time to download one album (default 20 tracks x 30 MiB of FLAC) from the
-local catalog upstream on 127.0.0.1, by:
-  - dlqd: a real daemon process (started before the clock), `submit` album,
-    clock stops when `get` says `completed`. Includes what aria2c does not do:
-    /album/ + 20 /track/ manifests + the cover, tagging each file (mutagen
-    rewrites the FLAC header into a new file when the padding is short), an
-    fsync per file, the atomic rename and a directory fsync.
-  - aria2c -j4 (4 files at once, like dlqd's default max_concurrent = 4) on the
-    same media URLs, read from /track/ manifests before the clock starts;
-    `--file-allocation=none`, no fsync.
-Rounds alternate which tool goes first; `sync` runs (unclocked) before each
-run so neither pays for the other's dirty pages. The catalog's audio is
-generated and cached before the first round, so generation is never timed.
-Target: dlqd <= 1.1 x aria2c (median over rounds).
+Wall time and CPU to download one album (default 20 tracks x 30 MiB of FLAC)
+whose media a real web server serves, by dlqd and by `aria2c -j4`, per protocol:
+  https    nginx on 127.0.0.1 over TLS 1.3, with a CA and server certificate this
+           script generates (openssl CLI); dlqd trusts the CA via SSL_CERT_FILE in
+           its environment, aria2c via --ca-certificate.
+  http     the same nginx, plain HTTP.
+  catalog  the media served by the Python test catalog (`CatalogServer`), as the
+           issue 3 benchmark did. Server-bound: the catalog, not the client, is
+           the limit for both tools; kept as a reference line only.
+/info/, /album/ and the cover always come from the catalog (they are small). For
+https and http the catalog's /track/ answer is its own JSON with the BTS
+manifest's `urls` rewritten to the nginx URL of the same bytes
+(`CatalogServer.script`), so dlqd runs its real code path end to end.
+
+  - dlqd: a real daemon process (started before the clock, max_concurrent 4),
+    `submit` album, clock stops when `get` says `completed`. Includes what
+    aria2c does not do: /album/ + 20 /track/ manifests + the cover, tagging each
+    file (mutagen rewrites the FLAC header into a new file when the padding is
+    short), an fsync per file, the atomic rename and a directory fsync.
+    CPU: utime + stime of the daemon process (all threads) from /proc/<pid>/stat.
+  - aria2c -j4 -x1 (4 files at once, like dlqd's max_concurrent) on the same
+    media URLs, known before the clock starts; `--file-allocation=none`, no
+    fsync. CPU: getrusage(RUSAGE_CHILDREN) delta around the run.
+Rounds are paired and alternate which tool goes first; `sync` runs (unclocked)
+before each run so neither pays for the other's dirty pages. The media bytes are
+generated and written to nginx's directory before the first round.
+Target (issue 11): dlqd <= 1.0 x aria2c wall time over https and over http,
+dlqd <= 1.5 CPU-s per GiB over https.
+
+nginx and aria2c are installed from Debian packages (apt-get) when missing.
 """
 
 from __future__ import annotations
@@ -25,44 +41,81 @@ import json
 import os
 import platform
 import resource
+import secrets
+import shlex
 import shutil
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlqctl.client import Client
-from dlqd.catalog import Catalog, CatalogServer
+from dlqd.catalog import Catalog, CatalogServer, RequestRecord, Responder, Scripted
 from tests.support import DaemonProcess
 
+PROTOCOLS = ("https", "http", "catalog")
+LABELS = {
+    "https": "HTTPS (nginx, TLS 1.3)",
+    "http": "HTTP (nginx)",
+    "catalog": "server-bound (Python catalog)",
+}
+TOOLS = ("dlqd", "aria2c")
+QUALITY = "LOSSLESS"
+MIB = 1 << 20
+GIB = 1 << 30
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
-def ensure_aria2c() -> str:
-    found = shutil.which("aria2c")
-    if found:
-        return found
-    print("aria2c missing: apt-get install -y aria2", file=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "aria2"], check=True)
-    found = shutil.which("aria2c")
-    if not found:
-        raise SystemExit("aria2c still not found after installing aria2")
-    return found
+
+# -- tools and the machine -------------------------------------------------------
 
 
-def media_urls(server: CatalogServer, track_ids: tuple[int, ...]) -> list[tuple[int, str]]:
-    """(track id, first BTS url) per track, from the upstream's /track/ manifests."""
-    urls = []
-    with httpx.Client(base_url=server.base_url) as client:
-        for track_id in track_ids:
-            data = client.get("/track/", params={"id": track_id, "quality": "LOSSLESS"}).json()
-            manifest = json.loads(base64.b64decode(data["data"]["manifest"]))
-            urls.append((track_id, manifest["urls"][0]))
-    return urls
+def ensure_tools() -> tuple[str, str]:
+    """Paths of nginx and aria2c, installing their Debian packages when missing."""
+    wanted = {"nginx": "nginx", "aria2c": "aria2"}  # binary -> package
+    missing = [pkg for binary, pkg in wanted.items() if not shutil.which(binary, path=SBIN_PATH)]
+    if missing:
+        print(f"installing {' '.join(missing)} (apt-get) ...", file=sys.stderr, flush=True)
+        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run([*apt, "update"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*apt, "install", "-y", "--no-install-recommends", *missing],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    paths = [shutil.which(binary, path=SBIN_PATH) for binary in wanted]
+    if None in paths:
+        raise SystemExit(f"still missing after apt-get install: {wanted}")
+    nginx, aria2c = paths
+    assert nginx is not None and aria2c is not None
+    return nginx, aria2c
+
+
+def first_line(command: Sequence[str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True)
+    return (done.stdout or done.stderr).splitlines()[0].strip()
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def cpu_seconds(pid: int) -> float:
@@ -76,16 +129,184 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the certificate and nginx ---------------------------------------------------
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key) for 127.0.0.1, via the openssl CLI.
+
+    The extensions are the ones strict verifiers want (CA basicConstraints and
+    keyUsage critical, SAN, serverAuth, key identifiers), so the same files work
+    for stdlib `ssl`, httpx and GnuTLS (aria2c).
+    """
+    directory.mkdir(parents=True)
+    (directory / "server.ext").write_text(
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature\n"
+        "extendedKeyUsage = serverAuth\n"
+        "subjectKeyIdentifier = hash\n"
+        "authorityKeyIdentifier = keyid\n"
+    )
+    new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    for command in (
+        f"req -x509 {new_key} -days 2 -subj '/CN=dlqd bench CA'"
+        " -addext basicConstraints=critical,CA:TRUE"
+        " -addext keyUsage=critical,keyCertSign,cRLSign -keyout ca.key -out ca.pem",
+        f"req {new_key} -subj /CN=127.0.0.1 -keyout server.key -out server.csr",
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -days 2 -extfile server.ext"
+        f" -set_serial 0x{secrets.token_hex(8)} -out server.pem",
+    ):
+        openssl = ["openssl", *shlex.split(command)]
+        subprocess.run(openssl, cwd=directory, check=True, capture_output=True)
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+NGINX_CONF = """\
+worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    types {{ audio/flac flac; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{http_port};
+        listen 127.0.0.1:{https_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        root {root};
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx in the foreground on two loopback ports, serving `root`, until `stop`."""
+
+    def __init__(self, binary: str, prefix: Path, root: Path, cert: Path, key: Path) -> None:
+        self.http_port, self.https_port = free_port(), free_port()
+        (prefix / "tmp").mkdir(parents=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(
+            NGINX_CONF.format(
+                prefix=prefix,
+                http_port=self.http_port,
+                https_port=self.https_port,
+                cert=cert,
+                key=key,
+                root=root,
+            )
+        )
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise SystemExit("nginx did not start") from None
+                time.sleep(0.05)
+
+    def base_url(self, protocol: str) -> str:
+        port = self.https_port if protocol == "https" else self.http_port
+        return f"{protocol}://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+# -- the album's media URLs ------------------------------------------------------
+
+
+def nginx_path(track_id: int) -> str:
+    return f"/media/{track_id}.flac"
+
+
+def write_media(catalog: Catalog, track_ids: tuple[int, ...], root: Path) -> int:
+    """Write each track's served bytes where nginx serves them; returns the total size."""
+    (root / "media").mkdir(parents=True)
+    total = 0
+    for track_id in track_ids:
+        data = catalog.audio_for(track_id, QUALITY)
+        (root / nginx_path(track_id).lstrip("/")).write_bytes(data)
+        total += len(data)
+    return total
+
+
+def manifests_pointing_at(media_base: str) -> Responder:
+    """A /track/ responder: the catalog's own answer, its BTS `urls` moved to `media_base`."""
+
+    def answer(_request: RequestRecord, data: dict[str, Any] | None) -> Scripted:
+        if data is None:
+            return Scripted(404, {"Content-Type": "application/json"}, b'{"detail": "Not found"}')
+        bts = json.loads(base64.b64decode(data["manifest"]))
+        bts["urls"] = [media_base + nginx_path(data["trackId"])]
+        data["manifest"] = base64.b64encode(json.dumps(bts).encode()).decode()
+        body = json.dumps({"version": "2.0", "data": data}).encode()
+        return Scripted(200, {"Content-Type": "application/json"}, body)
+
+    return answer
+
+
+def catalog_media_urls(server: CatalogServer, track_ids: tuple[int, ...]) -> list[str]:
+    """The first BTS url per track, from the catalog's own /track/ manifests."""
+    urls = []
+    with httpx.Client(base_url=server.base_url) as client:
+        for track_id in track_ids:
+            data = client.get("/track/", params={"id": track_id, "quality": QUALITY}).json()
+            manifest = json.loads(base64.b64decode(data["data"]["manifest"]))
+            urls.append(manifest["urls"][0])
+    return urls
+
+
+# -- one run of each tool --------------------------------------------------------
+
+
 def run_dlqd(
-    root: Path, server: CatalogServer, album_id: int, max_concurrent: int
+    root: Path,
+    server: CatalogServer,
+    album_id: int,
+    media_base: str | None,
+    max_concurrent: int,
+    ca_cert: Path,
 ) -> tuple[float, float]:
-    """(wall seconds, daemon CPU seconds) from submit to `completed`."""
+    """(wall seconds, daemon CPU seconds) from submit to `completed`.
+
+    `media_base`: where /track/ manifests send dlqd for media (None: the catalog).
+    """
+    server.clear_faults()
+    server.clear_requests()
+    if media_base is not None:
+        server.script("track", manifests_pointing_at(media_base))
     daemon = DaemonProcess(
         root,
         settings={
             "upstream": {"base_url": [server.base_url], "cover_base_url": server.cover_base_url},
             "worker": {"max_concurrent": max_concurrent},
         },
+        env={"SSL_CERT_FILE": str(ca_cert)},
     )
     daemon.start()
     try:
@@ -95,7 +316,7 @@ def run_dlqd(
         started = time.perf_counter()
         # One connection polled every 20 ms: cheap for the daemon, fine-grained enough.
         with Client(str(daemon.socket)) as client:
-            submit = {"type": "album", "target_id": album_id, "quality": "LOSSLESS"}
+            submit = {"type": "album", "target_id": album_id, "quality": QUALITY}
             job_id = client.call("submit", submit)["id"]
             while True:
                 job = client.call("get", {"id": job_id})["job"]
@@ -106,6 +327,8 @@ def run_dlqd(
         cpu = cpu_seconds(daemon.proc.pid) - cpu_before
         if job["status"] != "completed":
             raise SystemExit(f"dlqd job ended {job['status']}: {job['error']}\n{daemon.logs()}")
+        if media_base is not None and server.requests_for("media"):
+            raise SystemExit(f"dlqd fetched media from the catalog, not from {media_base}")
         return elapsed, cpu
     finally:
         daemon.stop()
@@ -114,12 +337,12 @@ def run_dlqd(
 
 
 def run_aria2c(
-    aria2c: str, root: Path, urls: list[tuple[int, str]], jobs: int
+    aria2c: str, root: Path, urls: list[str], jobs: int, ca_cert: Path
 ) -> tuple[float, float]:
     """(wall seconds, aria2c CPU seconds)."""
     root.mkdir(parents=True)
     listing = root / "urls.txt"
-    listing.write_text("".join(f"{url}\n  out={track_id}.flac\n" for track_id, url in urls))
+    listing.write_text("".join(f"{url}\n  out={i}.flac\n" for i, url in enumerate(urls)))
     command = [
         aria2c,
         f"-j{jobs}",
@@ -130,6 +353,7 @@ def run_aria2c(
         "--console-log-level=warn",
         "--summary-interval=0",
         "--download-result=hide",
+        f"--ca-certificate={ca_cert}",
         "-d",
         str(root / "out"),
         "-i",
@@ -146,69 +370,125 @@ def run_aria2c(
         shutil.rmtree(root, ignore_errors=True)
 
 
+# -- the report ------------------------------------------------------------------
+
+
+def report(
+    protocols: list[str],
+    times: dict[tuple[str, str], list[float]],
+    cpus: dict[tuple[str, str], list[float]],
+    total_bytes: int,
+) -> None:
+    gib = total_bytes / GIB
+    print(
+        "| protocol | dlqd wall (s) | aria2c -j4 wall (s) | ratio dlqd/aria2c | "
+        "dlqd MiB/s | aria2c MiB/s | dlqd CPU s/GiB | aria2c CPU s/GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for protocol in protocols:
+        wall = {tool: statistics.median(times[protocol, tool]) for tool in TOOLS}
+        cpu = {tool: statistics.median(cpus[protocol, tool]) / gib for tool in TOOLS}
+        rate = {tool: total_bytes / MIB / wall[tool] for tool in TOOLS}
+        print(
+            f"| {LABELS[protocol]} | {wall['dlqd']:.2f} | {wall['aria2c']:.2f} | "
+            f"**{wall['dlqd'] / wall['aria2c']:.2f}x** | {rate['dlqd']:.0f} | "
+            f"{rate['aria2c']:.0f} | {cpu['dlqd']:.2f} | {cpu['aria2c']:.2f} |"
+        )
+    print()
+    print("Walls per round (dlqd / aria2c, s) and the paired ratio of each round:")
+    for protocol in protocols:
+        pairs = zip(times[protocol, "dlqd"], times[protocol, "aria2c"], strict=True)
+        rounds = ", ".join(f"{d:.2f}/{a:.2f} ({d / a:.2f}x)" for d, a in pairs)
+        print(f"  {protocol}: {rounds}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tracks", type=int, default=20)
-    parser.add_argument("--bytes-per-track", type=int, default=30 * 1024 * 1024)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tracks", type=int, default=20)
+    parser.add_argument("--track-mib", type=float, default=30.0, help="size of each track")
+    parser.add_argument(
+        "--protocol",
+        action="append",
+        choices=PROTOCOLS,
+        help="repeatable; default: https, http and catalog",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="dlqd max_concurrent = aria2 -j")
     parser.add_argument("--dir", type=Path, default=None, help="scratch dir (default: a temp dir)")
     args = parser.parse_args()
+    protocols: list[str] = args.protocol or list(PROTOCOLS)
+    command = shlex.join(["python", *sys.argv])
 
-    aria2c = ensure_aria2c()
-    version = subprocess.run([aria2c, "--version"], capture_output=True, text=True).stdout
+    nginx_binary, aria2c = ensure_tools()
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="dlqd-bench-"))
-    catalog = Catalog(cache_bytes=args.tracks * args.bytes_per_track * 2)
-    album_id = catalog.add_album(args.tracks, args.bytes_per_track)
+    scratch.chmod(0o755)  # nginx's workers run as nobody and read www/ below it
+    track_bytes = int(args.track_mib * MIB)
+    # The catalog keeps every track in memory only when it serves the media itself.
+    total_estimate = args.tracks * track_bytes
+    catalog = Catalog(cache_bytes=2 * total_estimate if "catalog" in protocols else track_bytes)
+    album_id = catalog.add_album(args.tracks, track_bytes)
     track_ids = catalog.album(album_id).track_ids
-    print(f"generating {args.tracks} x {args.bytes_per_track} B of FLAC ...", flush=True)
-    total_bytes = sum(len(catalog.audio_for(t, "LOSSLESS")) for t in track_ids)
+    print(f"generating {args.tracks} x {args.track_mib:g} MiB of FLAC ...", flush=True)
+    www = scratch / "www"
+    total_bytes = write_media(catalog, track_ids, www)
+    ca_cert, cert, key = make_certificates(scratch / "tls")
+    machine = (
+        f"nproc {os.cpu_count()}; {cpu_model()}; Linux {platform.release()}; "
+        f"Python {platform.python_version()}; {ssl.OPENSSL_VERSION}; "
+        f"{first_line([nginx_binary, '-v'])}; {first_line([aria2c, '--version'])}"
+    )
 
-    times: dict[str, list[float]] = {"dlqd": [], "aria2c": []}
-    cpus: dict[str, list[float]] = {"dlqd": [], "aria2c": []}
-    with CatalogServer(catalog) as server:
-        urls = media_urls(server, track_ids)
-        for round_number in range(args.rounds):
-            order = ["dlqd", "aria2c"] if round_number % 2 == 0 else ["aria2c", "dlqd"]
-            for tool in order:
-                root = scratch / f"{tool}-{round_number}"
-                if tool == "dlqd":
-                    elapsed, cpu = run_dlqd(root, server, album_id, args.concurrency)
-                else:
-                    elapsed, cpu = run_aria2c(aria2c, root, urls, args.concurrency)
-                times[tool].append(elapsed)
-                cpus[tool].append(cpu)
-                rate = total_bytes / elapsed / 1e6
-                print(
-                    f"round {round_number + 1} {tool:7s} {elapsed:7.3f} s  {rate:7.1f} MB/s"
-                    f"  cpu {cpu:6.2f} s",
-                    flush=True,
+    times: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in TOOLS}
+    cpus: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in TOOLS}
+    nginx = Nginx(nginx_binary, scratch / "nginx", www, cert, key)
+    load_before = load_average()
+    try:
+        with CatalogServer(catalog) as server:
+            urls = {
+                p: (
+                    catalog_media_urls(server, track_ids)
+                    if p == "catalog"
+                    else [nginx.base_url(p) + nginx_path(t) for t in track_ids]
                 )
+                for p in protocols
+            }
+            for round_number in range(args.rounds):
+                order = TOOLS if round_number % 2 == 0 else TOOLS[::-1]
+                for protocol in protocols:
+                    for tool in order:
+                        root = scratch / f"{protocol}-{tool}-{round_number}"
+                        if tool == "dlqd":
+                            media_base = None if protocol == "catalog" else nginx.base_url(protocol)
+                            elapsed, cpu = run_dlqd(
+                                root, server, album_id, media_base, args.concurrency, ca_cert
+                            )
+                        else:
+                            elapsed, cpu = run_aria2c(
+                                aria2c, root, urls[protocol], args.concurrency, ca_cert
+                            )
+                        times[protocol, tool].append(elapsed)
+                        cpus[protocol, tool].append(cpu)
+                        print(
+                            f"round {round_number + 1} {protocol:7s} {tool:6s} {elapsed:7.3f} s"
+                            f"  {total_bytes / MIB / elapsed:6.0f} MiB/s  cpu {cpu:6.2f} s",
+                            flush=True,
+                        )
+    finally:
+        nginx.stop()
+    load_after = load_average()
     shutil.rmtree(scratch, ignore_errors=True)
 
-    dlqd_median = statistics.median(times["dlqd"])
-    aria_median = statistics.median(times["aria2c"])
     print()
+    print(f"command: {command}")
+    print(f"date: {datetime.datetime.now().isoformat(timespec='minutes')}; {machine}")
+    print(f"load average (1/5/15 min): before {load_before}; after {load_after}")
     print(
-        f"date: {datetime.date.today().isoformat()}; nproc {os.cpu_count()}; "
-        f"Python {platform.python_version()}; {version.splitlines()[0]}"
-    )
-    print(
-        f"album: {args.tracks} tracks, {total_bytes} bytes; concurrency {args.concurrency}; "
-        f"{args.rounds} rounds, alternating"
+        f"album: {args.tracks} tracks, {total_bytes} bytes ({total_bytes / MIB:.0f} MiB); "
+        f"concurrency {args.concurrency}; {args.rounds} paired rounds, alternating order; "
+        "medians"
     )
     print()
-    print("| tool | wall per run (s) | median wall (s) | MB/s (median) | median CPU (s) |")
-    print("|---|---|---|---|---|")
-    for tool, median in (("dlqd", dlqd_median), ("aria2c -j4", aria_median)):
-        key = tool.split()[0]
-        runs = ", ".join(f"{t:.2f}" for t in times[key])
-        cpu = statistics.median(cpus[key])
-        print(f"| {tool} | {runs} | {median:.3f} | {total_bytes / median / 1e6:.1f} | {cpu:.2f} |")
-    print()
-    ratio = dlqd_median / aria_median
-    verdict = "meets" if ratio <= 1.1 else "misses"
-    print(f"ratio dlqd / aria2c = {ratio:.3f} ({verdict} the <= 1.1 target)")
+    report(protocols, times, cpus, total_bytes)
 
 
 if __name__ == "__main__":
