@@ -7,8 +7,8 @@ whose media a real web server serves, by dlqd and by `aria2c -j4`, per protocol:
            its environment, aria2c via --ca-certificate.
   http     the same nginx, plain HTTP.
   catalog  the media served by the Python test catalog (`CatalogServer`), as the
-           issue 3 benchmark did. Server-bound: the catalog, not the client, is
-           the limit for both tools; kept as a reference line only.
+           issue 3 benchmark did: a threaded Python server in this process, which
+           can be the limit for both tools; a reference line only.
 /info/, /album/ and the cover always come from the catalog (they are small). For
 https and http the catalog's /track/ answer is its own JSON with the BTS
 manifest's `urls` rewritten to the nginx URL of the same bytes
