@@ -3,21 +3,24 @@
 Tests drive the daemon exactly as users do — a subprocess started from the
 command line with a TOML config, spoken to over its Unix socket with the
 dlqctl client — and wait for outcomes by polling with a deadline, never by
-sleeping a guessed amount.
+sleeping a guessed amount. The hostile-input tests share one check that the
+daemon was not hurt (`outside_snapshot`, `assert_unharmed`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +29,7 @@ import httpx
 import msgpack
 
 from dlqctl.client import Client, Refused, Unreachable
+from dlqd.finalize import TMP_DIRNAME
 from dlqd.protocol import read_frame_blocking
 
 T = TypeVar("T")
@@ -230,6 +234,16 @@ class DaemonProcess:
         self.socket_dir.rmdir()
 
 
+def held_daemon(
+    make_daemon: Callable[..., DaemonProcess], name: str = "d", **sections: Any
+) -> DaemonProcess:
+    """A started daemon (its upstream unreachable) whose scheduler is held: jobs stay queued."""
+    daemon = make_daemon(name, settings=sections)
+    daemon.start()
+    daemon.call("pause")
+    return daemon
+
+
 # --- a raw control socket, for bad input a client library would not send ----------------
 
 
@@ -258,7 +272,7 @@ def library_files(library: Path) -> set[str]:
     return {
         str(p.relative_to(library))
         for p in library.rglob("*")
-        if p.is_file() and ".dlqd-tmp" not in p.parts
+        if p.is_file() and TMP_DIRNAME not in p.parts
     }
 
 
@@ -286,3 +300,115 @@ def flac_audio(data: bytes) -> bytes:
     """STREAMINFO plus every audio frame, as one comparable value."""
     streaminfo, frames = flac_parts(data)
     return streaminfo + frames
+
+
+# --- "the daemon was not hurt": the check every hostile-input test ends with -------------
+
+
+def tree(root: Path, *, contents_left_out: Collection[Path] = ()) -> dict[str, str]:
+    """Every entry below `root`, links not followed, as a comparable description.
+
+    A file is its size and SHA-256, a link its target, a folder "dir". The
+    folders in `contents_left_out` appear, but nothing below them does.
+    """
+    found: dict[str, str] = {}
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        if here in contents_left_out:
+            dirs.clear()
+            continue
+        for name in (*dirs, *files):
+            path = here / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                entry = "-> " + os.readlink(path)
+            elif stat.S_ISDIR(mode):
+                entry = "dir"
+            elif stat.S_ISREG(mode):
+                entry = f"{path.stat().st_size} bytes, sha256 {file_digest(path)}"
+            else:
+                entry = "socket" if stat.S_ISSOCK(mode) else f"mode {mode:o}"
+            found[path.relative_to(root).as_posix()] = entry
+    return found
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def outside_snapshot(daemon: DaemonProcess) -> dict[str, str]:
+    """What the daemon may neither create, delete nor change, to compare before and after.
+
+    The test's folder (the daemon root's parent: `tmp_path` under `make_daemon`)
+    and the socket dir, with their contents; the library and the state dir
+    only as folders; the log only as present (it grows); the names in the
+    current directory, the daemon's cwd.
+    """
+    inside = (daemon.library, daemon.state_dir)
+    test_root = daemon.root.parent
+    found = {
+        f"test root/{name}": entry
+        for name, entry in tree(test_root, contents_left_out=inside).items()
+    }
+    log = f"test root/{daemon.log_path.relative_to(test_root).as_posix()}"
+    if log in found:
+        found[log] = "the log"
+    found.update({f"socket dir/{name}": entry for name, entry in tree(daemon.socket_dir).items()})
+    found.update({f"cwd/{name}": "present" for name in os.listdir(Path.cwd())})
+    return found
+
+
+def job_outcome(job: dict[str, Any]) -> tuple[Any, ...]:
+    """What a restart must keep of a finished job: its status, error, and each track's."""
+    tracks = tuple((t["status"], t["outcome"], t["path"], t["error"]) for t in job["tracks"])
+    return job["status"], job["error"], tracks
+
+
+def assert_answers_health(daemon: DaemonProcess) -> None:
+    health = daemon.call("health")
+    assert health["version"] and health["ok"] is True, health
+
+
+def assert_unharmed(
+    daemon: DaemonProcess,
+    innocent_job: str,
+    before: dict[str, str],
+    *,
+    hostile_job: str | None = None,
+) -> None:
+    """The daemon was not hurt by the hostile input it met (issue 8's "Done when").
+
+    The innocent job queued alongside completes; the daemon answers `health`,
+    stops cleanly and, restarted on the same state dir, answers again with the
+    innocent (and the hostile) job's outcome and the library's files as they
+    were; nothing outside the library and the state dir differs from `before`
+    (an `outside_snapshot` taken once the daemon was up).
+    """
+    assert daemon.wait_job(innocent_job)["status"] == "completed", daemon.job(innocent_job)
+    assert_answers_health(daemon)
+    kept = [job_id for job_id in (innocent_job, hostile_job) if job_id is not None]
+    outcomes = [job_outcome(daemon.job(job_id)) for job_id in kept]
+    landed = library_files(daemon.library)
+
+    assert daemon.stop() == 0
+    daemon.start()
+
+    assert_answers_health(daemon)
+    assert [job_outcome(daemon.job(job_id)) for job_id in kept] == outcomes
+    assert library_files(daemon.library) == landed
+    assert outside_snapshot(daemon) == before
+
+
+def assert_library_holds_only_completed(daemon: DaemonProcess, *job_ids: str) -> None:
+    """The library holds files only in the folders of these jobs' completed tracks
+    (the tracks and their covers), each such folder holds some, and no temp file remains."""
+    jobs = [daemon.job(job_id) for job_id in job_ids]
+    folders = {
+        Path(track["path"]).parent
+        for job in jobs
+        for track in job["tracks"]
+        if track["status"] == "completed"
+    }
+    assert {Path(name).parent for name in library_files(daemon.library)} == folders
+    assert os.listdir(daemon.library / TMP_DIRNAME) == []

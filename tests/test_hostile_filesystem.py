@@ -38,7 +38,14 @@ from dlqd.naming import JobNames
 from dlqd.safefs import UnsafePathError, open_beneath, unlink_beneath
 from dlqd.worker import temp_name
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, library_files, wait_until
+from tests.support import (
+    DaemonProcess,
+    assert_unharmed,
+    library_files,
+    outside_snapshot,
+    tree,
+    wait_until,
+)
 from tests.test_finalize import FIXTURES, META, Files, download
 from tests.test_naming import make_meta
 
@@ -48,20 +55,6 @@ SINGLE_TRACK_NAME = "01 - Lone Signal.flac"
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def tree(root: Path) -> dict[str, bytes | str]:
-    """Every entry below `root`: a file's bytes, a link's target, "dir" for a folder."""
-    found: dict[str, bytes | str] = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            found[rel] = "-> " + os.readlink(path)
-        elif path.is_dir():
-            found[rel] = "dir"
-        else:
-            found[rel] = path.read_bytes()
-    return found
 
 
 @pytest.fixture
@@ -83,14 +76,6 @@ def track_errors(job: dict[str, Any]) -> list[str]:
     return [(t["error"] or {}).get("code", "") for t in job["tracks"]]
 
 
-def assert_up_and_restartable(daemon: DaemonProcess) -> None:
-    """Answers health now, stops cleanly, and answers again after a restart on its state dir."""
-    assert daemon.call("health")["ok"] is True
-    assert daemon.stop() == 0
-    daemon.start()
-    assert daemon.call("health")["ok"] is True
-
-
 def exit_code(daemon: DaemonProcess) -> int:
     assert daemon.proc is not None
     return daemon.proc.wait(timeout=20)
@@ -105,7 +90,9 @@ def test_a_tmp_dir_linked_to_the_journal_refuses_start_and_the_journal_survives(
     daemon = make_daemon(upstream=upstream)
     daemon.start()
     daemon.call("pause")  # acknowledged jobs stay queued, in the journal
-    acknowledged = {daemon.submit("track", SINGLE_TRACK_ID), daemon.submit("album", innocent_album)}
+    track_job = daemon.submit("track", SINGLE_TRACK_ID)
+    innocent = daemon.submit("album", innocent_album)
+    acknowledged = {track_job, innocent}
     daemon.kill()  # no drain: the records live in journal segments, as after a crash
     journal = daemon.state_dir / "journal"
     journal_before = tree(journal)
@@ -123,6 +110,7 @@ def test_a_tmp_dir_linked_to_the_journal_refuses_start_and_the_journal_survives(
 
     (daemon.library / TMP_DIRNAME).unlink()
     daemon.start()
+    snapshot = outside_snapshot(daemon)
     assert {job["id"] for job in daemon.jobs()} == acknowledged
     daemon.call("resume")
     for job_id in acknowledged:
@@ -130,7 +118,7 @@ def test_a_tmp_dir_linked_to_the_journal_refuses_start_and_the_journal_survives(
     assert (daemon.library / TMP_DIRNAME).is_dir() and not (
         daemon.library / TMP_DIRNAME
     ).is_symlink()
-    assert_up_and_restartable(daemon)
+    assert_unharmed(daemon, innocent, snapshot, hostile_job=track_job)
 
 
 @pytest.mark.parametrize("kind", ["a regular file", "a symbolic link to a regular file"])
@@ -184,6 +172,7 @@ def test_a_tmp_dir_swapped_for_a_link_mid_download_fails_the_track_and_writes_no
     )
     daemon = make_daemon(upstream=upstream)
     daemon.start()
+    snapshot = outside_snapshot(daemon)
     scratch = daemon.library / TMP_DIRNAME
     job_id = daemon.submit("track", SINGLE_TRACK_ID)
     wait_until(
@@ -211,7 +200,7 @@ def test_a_tmp_dir_swapped_for_a_link_mid_download_fails_the_track_and_writes_no
     daemon.call("retry", id=second["id"])
     assert daemon.wait_job(second["id"])["status"] == "completed"
     assert tree(outside) == before
-    assert_up_and_restartable(daemon)
+    assert_unharmed(daemon, second["id"], snapshot, hostile_job=job_id)
 
 
 # --- album folders and final names ----------------------------------------------------------
@@ -234,6 +223,7 @@ def test_a_linked_artist_or_album_folder_fails_the_track_and_writes_nothing_outs
         (artist / SINGLE_ALBUM_DIR[1]).symlink_to(outside)
     before = tree(outside)
     daemon.start()
+    snapshot = outside_snapshot(daemon)
 
     hostile = daemon.submit("album", SINGLE_ALBUM_ID)
     innocent = daemon.submit("album", innocent_album)
@@ -245,8 +235,7 @@ def test_a_linked_artist_or_album_folder_fails_the_track_and_writes_nothing_outs
     assert daemon.wait_job(innocent)["status"] == "completed"
     assert tree(outside) == before
     assert not any(p.startswith(SINGLE_ALBUM_DIR[0]) for p in library_files(daemon.library))
-    assert_up_and_restartable(daemon)
-    assert tree(outside) == before
+    assert_unharmed(daemon, innocent, snapshot, hostile_job=hostile)
 
 
 @pytest.mark.parametrize("conflict", ["overwrite_if_different", "overwrite", "rename", "skip"])
@@ -263,6 +252,7 @@ def test_a_link_at_the_final_name_is_refused_and_its_target_untouched(
     (album / SINGLE_TRACK_NAME).symlink_to(outside / "precious.txt")
     before = tree(outside), tree(daemon.library)
     daemon.start()
+    snapshot = outside_snapshot(daemon)
 
     hostile = daemon.submit("album", SINGLE_ALBUM_ID)
     innocent = daemon.submit("album", innocent_album)
@@ -273,7 +263,7 @@ def test_a_link_at_the_final_name_is_refused_and_its_target_untouched(
     assert daemon.wait_job(innocent)["status"] == "completed"
     assert tree(outside) == before[0]
     assert {k: v for k, v in tree(daemon.library).items() if k.startswith("The")} == before[1]
-    assert_up_and_restartable(daemon)
+    assert_unharmed(daemon, innocent, snapshot, hostile_job=hostile)
 
 
 # --- two tracks of one job, one rendered name -------------------------------------------------

@@ -39,7 +39,13 @@ from dlqd.errors import DlqdError, ErrorCode
 from dlqd.fetch import MIB, FreeSpaceFloor, fetch_to_file, sidecar_path
 from dlqd.integrity import MAX_CRC16_CHECKS, check_media_integrity, crc8, crc16
 from dlqd.source import Source
-from tests.support import DaemonProcess, library_files, wait_until
+from tests.support import (
+    DaemonProcess,
+    assert_library_holds_only_completed,
+    assert_unharmed,
+    outside_snapshot,
+    wait_until,
+)
 
 CHUNK = b"\0" * 65536
 HEAD_BYTES = 8 + 34  # "fLaC", the STREAMINFO block header and body
@@ -406,51 +412,36 @@ class HostileMedia:
         wait_until(lambda: all(b.done.is_set() for b in self.bodies), what="bodies dropped")
 
 
-def outside_paths(daemon: DaemonProcess) -> set[Path]:
-    """Everything under the daemon's root and socket dir but outside its library and state dir."""
-    inside = (daemon.library, daemon.state_dir)
-    return {
-        path
-        for base in (daemon.root, daemon.socket_dir)
-        for path in base.rglob("*")
-        if not any(path == d or d in path.parents for d in inside)
-    }
+def start_with_jobs(
+    daemon: DaemonProcess, catalog: Catalog, hostile_track: int
+) -> tuple[str, str, dict[str, str]]:
+    """Start `daemon`, submit the hostile track and an innocent one-track album alongside.
+
+    Returns both job ids and the `outside_snapshot` taken once the daemon was up.
+    """
+    innocent_album = catalog.add_album(1, 200_000)
+    daemon.start()
+    before = outside_snapshot(daemon)
+    hostile = daemon.submit("track", hostile_track)
+    innocent = daemon.submit("album", innocent_album)
+    return hostile, innocent, before
 
 
-def tmp_entries(daemon: DaemonProcess) -> list[str]:
-    return sorted(p.name for p in (daemon.library / ".dlqd-tmp").iterdir())
-
-
-def the_track(job: dict[str, Any]) -> dict[str, Any]:
+def failed_track(daemon: DaemonProcess, hostile_job: str, code: str) -> dict[str, Any]:
+    """The hostile job's one track, once the job has failed with `code` on that track."""
+    job = daemon.wait_job(hostile_job)
+    assert job["status"] == "failed", job
     (track,) = job["tracks"]
+    assert track["error"]["code"] == code, track
     return track
 
 
-def assert_unhurt(daemon: DaemonProcess, innocent_job: str, outside: set[Path]) -> None:
-    """The innocent job completed and is all the library holds; the daemon answers,
-    restarts and stays up; nothing outside the library and the state dir moved."""
-    innocent = daemon.wait_job(innocent_job, timeout=30)
-    assert innocent["status"] == "completed", innocent
-    album_dir = Path(the_track(innocent)["path"]).parent
-    assert {Path(p).parent for p in library_files(daemon.library)} == {album_dir}
-    assert daemon.call("health")["ok"]
-    assert daemon.stop() == 0
-    daemon.start()
-    assert daemon.call("health")["ok"]
-    assert daemon.job(innocent_job)["status"] == "completed"
-    assert outside_paths(daemon) == outside
-
-
-def start_with_jobs(
-    daemon: DaemonProcess, catalog: Catalog, hostile_track: int
-) -> tuple[str, str, set[Path]]:
-    """Start `daemon`, submit the hostile track and an innocent one-track album alongside."""
-    innocent_album = catalog.add_album(1, 200_000)
-    daemon.start()
-    outside = outside_paths(daemon)
-    hostile = daemon.submit("track", hostile_track)
-    innocent = daemon.submit("album", innocent_album)
-    return hostile, innocent, outside
+def assert_unhurt(
+    daemon: DaemonProcess, hostile: str, innocent: str, before: dict[str, str]
+) -> None:
+    """The shared check (`assert_unharmed`), and the innocent album alone in the library."""
+    assert_unharmed(daemon, innocent, before, hostile_job=hostile)
+    assert_library_holds_only_completed(daemon, innocent)
 
 
 MAX_TRACK_MB = 2
@@ -464,20 +455,16 @@ def test_an_endless_media_body_fails_upstream_bad_response_at_max_track_mb(
     hostile_media = HostileMedia(headers={})
     upstream.script("media", hostile_media, track_id=SINGLE_TRACK_ID)
     daemon = make_daemon(upstream=upstream, settings={"limits": {"max_track_mb": MAX_TRACK_MB}})
-    hostile, innocent, outside = start_with_jobs(daemon, catalog, SINGLE_TRACK_ID)
+    hostile, innocent, before = start_with_jobs(daemon, catalog, SINGLE_TRACK_ID)
 
-    job = daemon.wait_job(hostile, timeout=30)
-    assert job["status"] == "failed", job
-    track = the_track(job)
-    assert track["error"]["code"] == "UPSTREAM_BAD_RESPONSE", track
+    track = failed_track(daemon, hostile, "UPSTREAM_BAD_RESPONSE")
     assert "limits.max_track_mb" in track["error"]["message"]
     assert track["attempts"] == 1  # permanent: not retried
     hostile_media.wait_dropped()
     assert 1 <= len(hostile_media.bodies) <= 2  # each mirror of the manifest, once
     for body in hostile_media.bodies:
         assert MAX_TRACK_MB * MIB <= body.sent <= MAX_TRACK_MB * MIB + SOCKET_SLACK
-    assert_unhurt(daemon, innocent, outside)
-    assert tmp_entries(daemon) == []
+    assert_unhurt(daemon, hostile, innocent, before)
 
 
 def test_a_content_length_above_max_track_mb_is_refused_before_the_body(
@@ -487,18 +474,14 @@ def test_a_content_length_above_max_track_mb_is_refused_before_the_body(
     hostile_media = HostileMedia(headers={"Content-Length": str(announced)}, total=announced)
     upstream.script("media", hostile_media, track_id=SINGLE_TRACK_ID)
     daemon = make_daemon(upstream=upstream, settings={"limits": {"max_track_mb": MAX_TRACK_MB}})
-    hostile, innocent, outside = start_with_jobs(daemon, catalog, SINGLE_TRACK_ID)
+    hostile, innocent, before = start_with_jobs(daemon, catalog, SINGLE_TRACK_ID)
 
-    job = daemon.wait_job(hostile, timeout=30)
-    assert job["status"] == "failed", job
-    track = the_track(job)
-    assert track["error"]["code"] == "UPSTREAM_BAD_RESPONSE", track
+    track = failed_track(daemon, hostile, "UPSTREAM_BAD_RESPONSE")
     assert "limits.max_track_mb" in track["error"]["message"]
     hostile_media.wait_dropped()
     for body in hostile_media.bodies:
         assert body.sent < SOCKET_SLACK < announced  # only what the socket buffers swallowed
-    assert_unhurt(daemon, innocent, outside)
-    assert tmp_entries(daemon) == []
+    assert_unhurt(daemon, hostile, innocent, before)
 
 
 @pytest.mark.parametrize("cut", ["inside a frame", "at a frame boundary"])
@@ -517,17 +500,13 @@ def test_a_flac_cut_short_by_a_lying_content_length_fails_integrity_error_after_
     upstream.script("media", lying, track_id=SINGLE_TRACK_ID)
     settings = {"worker": {"max_retries": 1, "backoff_s": [0.05]}}
     daemon = make_daemon(upstream=upstream, settings=settings)
-    hostile, innocent, outside = start_with_jobs(daemon, catalog, SINGLE_TRACK_ID)
+    hostile, innocent, before = start_with_jobs(daemon, catalog, SINGLE_TRACK_ID)
 
-    job = daemon.wait_job(hostile, timeout=30)
-    assert job["status"] == "failed", job
-    track = the_track(job)
-    assert track["error"]["code"] == "INTEGRITY_ERROR", track
+    track = failed_track(daemon, hostile, "INTEGRITY_ERROR")
     assert "FLAC stream cut short" in track["error"]["message"]
     assert track["attempts"] == 2  # transient: retried max_retries times
     assert track["path"] is None
-    assert_unhurt(daemon, innocent, outside)
-    assert tmp_entries(daemon) == []
+    assert_unhurt(daemon, hostile, innocent, before)
 
 
 def test_free_space_floor_is_checked_during_the_transfer_on_a_small_filesystem(
@@ -544,14 +523,10 @@ def test_free_space_floor_is_checked_during_the_transfer_on_a_small_filesystem(
     small_fs(daemon.library, "40m")
     try:
         hostile_track = catalog.album(big_album).track_ids[0]
-        hostile, innocent, outside = start_with_jobs(daemon, catalog, hostile_track)
-        job = daemon.wait_job(hostile, timeout=60)
-        assert job["status"] == "failed", job
-        track = the_track(job)
-        assert track["error"]["code"] == "DISK_FULL", track
+        hostile, innocent, before = start_with_jobs(daemon, catalog, hostile_track)
+        track = failed_track(daemon, hostile, "DISK_FULL")
         assert "below limits.min_free_mb = 30" in track["error"]["message"]
         assert upstream.requests_for("media", track_id=hostile_track)  # past the preflight
-        assert_unhurt(daemon, innocent, outside)
-        assert tmp_entries(daemon) == []
+        assert_unhurt(daemon, hostile, innocent, before)
     finally:
         daemon.kill()

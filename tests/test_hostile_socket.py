@@ -46,7 +46,7 @@ from dlqd.protocol import (
     read_frame_blocking,
 )
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, raw_connection, send_request, wait_until
+from tests.support import DaemonProcess, held_daemon, raw_connection, send_request, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -59,14 +59,6 @@ CLIENT_ERRORS = {
     "INVALID_STATE",
     "QUEUE_FULL",
 }
-
-
-def held_daemon(make_daemon: DaemonFactory, name: str = "d", **sections: Any) -> DaemonProcess:
-    """A started daemon (upstream unreachable) whose scheduler is held: jobs stay queued."""
-    daemon = make_daemon(name, settings=sections)
-    daemon.start()
-    daemon.call("pause")
-    return daemon
 
 
 def answers_health(daemon: DaemonProcess) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import struct
 import threading
 import tracemalloc
@@ -44,7 +43,13 @@ from dlqd.errors import DlqdError, ErrorCode, map_httpx_errors, parse_retry_afte
 from dlqd.source import MAX_REDIRECTS, _json_values_bound
 from dlqd.worker import RetryPolicy, backoff_delay
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, library_files, wait_until
+from tests.support import (
+    DaemonProcess,
+    assert_library_holds_only_completed,
+    assert_unharmed,
+    outside_snapshot,
+    wait_until,
+)
 
 MIB = 1024 * 1024
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -63,18 +68,7 @@ class Scene:
     daemon: DaemonProcess
     upstream: CatalogServer
     catalog: Catalog
-    outside: set[str]
-
-
-def outside_paths(daemon: DaemonProcess) -> set[str]:
-    """What the daemon may not create or delete: its root beside library/state, and the cwd."""
-    kept = (daemon.library, daemon.state_dir)
-    root = {
-        f"root/{p.relative_to(daemon.root)}"
-        for p in daemon.root.rglob("*")
-        if not any(p == k or k in p.parents for k in kept)
-    }
-    return root | {f"cwd/{name}" for name in os.listdir(Path.cwd())}
+    outside: dict[str, str]
 
 
 @pytest.fixture
@@ -90,7 +84,7 @@ def scene(
         settings.setdefault(section, {}).update(values)
     daemon = make_daemon(settings=settings, upstream=upstream)
     daemon.start()
-    return Scene(daemon, upstream, catalog, outside_paths(daemon))
+    return Scene(daemon, upstream, catalog, outside_snapshot(daemon))
 
 
 def submit_with_innocent(scene: Scene, type_: str, target: int, quality: str) -> tuple[str, str]:
@@ -102,32 +96,11 @@ def submit_with_innocent(scene: Scene, type_: str, target: int, quality: str) ->
 
 
 def assert_daemon_unharmed(scene: Scene, hostile: str, innocent: str) -> None:
-    """The innocent job completes, a restart stays up, nothing outside library/state changed."""
-    daemon = scene.daemon
+    """Upstream faults cleared, the shared check (`assert_unharmed`), and only completed
+    tracks of the two jobs in the library."""
     scene.upstream.clear_faults()
-    assert daemon.wait_job(innocent)["status"] == "completed"
-    assert "version" in daemon.call("health")
-    hostile_before = daemon.job(hostile)
-    assert daemon.stop() == 0
-    daemon.start()
-    assert "version" in daemon.call("health")
-    hostile_after = daemon.job(hostile)
-    assert (hostile_after["status"], hostile_after["error"]) == (
-        hostile_before["status"],
-        hostile_before["error"],
-    )
-    innocent_job = daemon.job(innocent)
-    assert innocent_job["status"] == "completed"
-    # Only completed tracks (and their covers) are in the library; no temp files remain.
-    folders = {
-        Path(track["path"]).parent
-        for job in (hostile_after, innocent_job)
-        for track in job["tracks"]
-        if track["status"] == "completed"
-    }
-    assert {Path(name).parent for name in library_files(daemon.library)} == folders
-    assert not any((daemon.library / ".dlqd-tmp").iterdir())
-    assert outside_paths(daemon) == scene.outside
+    assert_unharmed(scene.daemon, innocent, scene.outside, hostile_job=hostile)
+    assert_library_holds_only_completed(scene.daemon, hostile, innocent)
 
 
 def failed_with(daemon: DaemonProcess, job_id: str, code: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from dlqd.catalog import (
@@ -25,7 +24,12 @@ from dlqd.catalog import (
     Scripted,
 )
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, library_files
+from tests.support import (
+    assert_library_holds_only_completed,
+    assert_unharmed,
+    library_files,
+    outside_snapshot,
+)
 
 HOSTILE_ALBUM_ID = TWO_DISC_ALBUM_ID
 INNOCENT_ALBUM_ID = SINGLE_ALBUM_ID
@@ -49,25 +53,9 @@ def serve_altered(alter: Alter) -> Callable[[RequestRecord, dict[str, Any] | Non
     return respond
 
 
-def outside_library_and_state(daemon: DaemonProcess, root: Path) -> dict[str, int | None]:
-    """Every path under `root` and in the socket dir, except the library's and the state dir's.
-
-    Files map to their size (the log may grow; the rest may not change), dirs to None.
-    """
-    found: dict[str, int | None] = {}
-    for base in (root, daemon.socket_dir):
-        for path in base.rglob("*"):
-            if daemon.library in path.parents or daemon.state_dir in path.parents:
-                continue
-            found[str(path)] = path.stat().st_size if path.is_file() else None
-    found.pop(str(daemon.log_path), None)
-    return found
-
-
 def assert_hostile_job_fails_and_harms_nothing(
     make_daemon: DaemonFactory,
     upstream: CatalogServer,
-    tmp_path: Path,
     *,
     hostile: tuple[str, int] = ("album", HOSTILE_ALBUM_ID),
     innocent_album: int = INNOCENT_ALBUM_ID,
@@ -79,7 +67,7 @@ def assert_hostile_job_fails_and_harms_nothing(
     """
     daemon = make_daemon(upstream=upstream, settings=settings)
     daemon.start()
-    before = outside_library_and_state(daemon, tmp_path)
+    before = outside_snapshot(daemon)
 
     hostile_job = daemon.submit(*hostile)
     innocent_job = daemon.submit("album", innocent_album)
@@ -87,34 +75,29 @@ def assert_hostile_job_fails_and_harms_nothing(
     assert failed["status"] == "failed", failed
     assert failed["error"]["code"] == "UPSTREAM_BAD_RESPONSE", failed["error"]
     assert failed["error"]["message"].isascii(), failed["error"]
-    assert daemon.wait_job(innocent_job)["status"] == "completed"
-    assert daemon.call("health")["version"]
-    landed = library_files(daemon.library)
+    assert_unharmed(daemon, innocent_job, before, hostile_job=hostile_job)
+    assert_library_holds_only_completed(daemon, innocent_job)
     expected = upstream.catalog.album(innocent_album).title
-    assert landed and all(expected in name for name in landed), landed
-
-    daemon.stop()
-    daemon.start()
-    assert daemon.call("health")["version"]
-    again = daemon.job(hostile_job)
-    assert (again["status"], again["error"]["code"]) == ("failed", "UPSTREAM_BAD_RESPONSE")
-    assert library_files(daemon.library) == landed
-    assert outside_library_and_state(daemon, tmp_path) == before
+    assert all(expected in name for name in library_files(daemon.library))
     return failed
 
 
 def hostile_album(
     make_daemon: DaemonFactory,
     upstream: CatalogServer,
-    tmp_path: Path,
     alter: Alter,
     *,
     settings: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The album job whose `/album/` answers are altered by `alter`; its failed job."""
     upstream.script("album", serve_altered(alter), album_id=HOSTILE_ALBUM_ID)
+    return assert_hostile_job_fails_and_harms_nothing(make_daemon, upstream, settings=settings)
+
+
+def hostile_track(make_daemon: DaemonFactory, upstream: CatalogServer) -> dict[str, Any]:
+    """The single track's job (its answers already scripted) beside the two-disc album."""
     return assert_hostile_job_fails_and_harms_nothing(
-        make_daemon, upstream, tmp_path, settings=settings
+        make_daemon, upstream, hostile=("track", SINGLE_TRACK_ID), innocent_album=TWO_DISC_ALBUM_ID
     )
 
 
@@ -124,72 +107,68 @@ def first_item(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_album_title_with_a_lone_surrogate_fails_the_job_not_the_daemon(
-    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+    make_daemon: DaemonFactory, upstream: CatalogServer
 ) -> None:
     def alter(data: dict[str, Any]) -> None:
         data["title"] = "Night \ud800 Lines"
 
-    failed = hostile_album(make_daemon, upstream, tmp_path, alter)
+    failed = hostile_album(make_daemon, upstream, alter)
     assert "title" in failed["error"]["message"]
 
 
 def test_track_title_with_a_lone_surrogate_fails_the_album_not_the_daemon(
-    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+    make_daemon: DaemonFactory, upstream: CatalogServer
 ) -> None:
     def alter(data: dict[str, Any]) -> None:
         first_item(data)["title"] = "\udcff"
 
-    failed = hostile_album(make_daemon, upstream, tmp_path, alter)
+    failed = hostile_album(make_daemon, upstream, alter)
     assert "items[0].item.title" in failed["error"]["message"]
 
 
 def test_track_number_2_pow_70_fails_the_album_not_the_daemon(
-    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+    make_daemon: DaemonFactory, upstream: CatalogServer
 ) -> None:
     def alter(data: dict[str, Any]) -> None:
         first_item(data)["trackNumber"] = 2**70
 
-    failed = hostile_album(make_daemon, upstream, tmp_path, alter)
+    failed = hostile_album(make_daemon, upstream, alter)
     assert "trackNumber" in failed["error"]["message"]
 
 
 def test_negative_track_id_in_the_listing_fails_the_album_not_the_daemon(
-    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+    make_daemon: DaemonFactory, upstream: CatalogServer
 ) -> None:
     def alter(data: dict[str, Any]) -> None:
         first_item(data)["id"] = -(2**64)
 
-    failed = hostile_album(make_daemon, upstream, tmp_path, alter)
+    failed = hostile_album(make_daemon, upstream, alter)
     assert "items[0].item.id" in failed["error"]["message"]
 
 
 def test_album_claiming_a_billion_tracks_fails_at_its_first_page(
-    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+    make_daemon: DaemonFactory, upstream: CatalogServer
 ) -> None:
     def alter(data: dict[str, Any]) -> None:
         data["numberOfTracks"] = 10**9
 
-    failed = hostile_album(make_daemon, upstream, tmp_path, alter)
+    failed = hostile_album(make_daemon, upstream, alter)
     assert "max_job_tracks" in failed["error"]["message"]
     assert len(upstream.requests_for("album", album_id=HOSTILE_ALBUM_ID)) == 1  # no paging
 
 
 def test_limits_max_job_tracks_from_the_config_refuses_a_longer_album(
-    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+    make_daemon: DaemonFactory, upstream: CatalogServer
 ) -> None:
     # Honest JSON; the two-disc album's 5 tracks are simply more than the limit.
     failed = hostile_album(
-        make_daemon,
-        upstream,
-        tmp_path,
-        lambda data: None,
-        settings={"limits": {"max_job_tracks": 4}},
+        make_daemon, upstream, lambda data: None, settings={"limits": {"max_job_tracks": 4}}
     )
     assert "max_job_tracks (4)" in failed["error"]["message"]
 
 
 def test_track_job_with_a_lone_surrogate_in_info_and_missing_from_its_album_fails(
-    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+    make_daemon: DaemonFactory, upstream: CatalogServer
 ) -> None:
     # The album does not list the track, so /info/ itself names it (region mismatch).
     def no_items(data: dict[str, Any]) -> None:
@@ -200,29 +179,17 @@ def test_track_job_with_a_lone_surrogate_in_info_and_missing_from_its_album_fail
 
     upstream.script("album", serve_altered(no_items), album_id=SINGLE_ALBUM_ID)
     upstream.script("info", serve_altered(surrogate_title), track_id=SINGLE_TRACK_ID)
-    failed = assert_hostile_job_fails_and_harms_nothing(
-        make_daemon,
-        upstream,
-        tmp_path,
-        hostile=("track", SINGLE_TRACK_ID),
-        innocent_album=TWO_DISC_ALBUM_ID,
-    )
+    failed = hostile_track(make_daemon, upstream)
     assert "/info/" in failed["error"]["message"]
 
 
 def test_media_url_with_a_lone_surrogate_fails_the_track_not_the_daemon(
-    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+    make_daemon: DaemonFactory, upstream: CatalogServer
 ) -> None:
     def surrogate_url(data: dict[str, Any]) -> None:
         bts = {"mimeType": "audio/flac", "encryptionType": "NONE", "urls": ["http://x/\ud800"]}
         data["manifest"] = base64.b64encode(json.dumps(bts).encode()).decode()
 
     upstream.script("track", serve_altered(surrogate_url), track_id=SINGLE_TRACK_ID)
-    failed = assert_hostile_job_fails_and_harms_nothing(
-        make_daemon,
-        upstream,
-        tmp_path,
-        hostile=("track", SINGLE_TRACK_ID),
-        innocent_album=TWO_DISC_ALBUM_ID,
-    )
+    failed = hostile_track(make_daemon, upstream)
     assert "urls[0]" in failed["error"]["message"]

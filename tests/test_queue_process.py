@@ -26,7 +26,14 @@ from dlqctl.client import Client, Refused
 from dlqd.journal import SEGMENT_HEADER, iter_records, list_segments, segment_path
 from dlqd.protocol import read_frame_blocking
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, assert_closed, raw_connection, send_body, send_request
+from tests.support import (
+    DaemonProcess,
+    assert_closed,
+    held_daemon,
+    raw_connection,
+    send_body,
+    send_request,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
@@ -62,14 +69,6 @@ TRACK_KEYS = {
     "outcome",
     "error",
 }
-
-
-def held_daemon(make_daemon: DaemonFactory, name: str = "d", **sections: Any) -> DaemonProcess:
-    """A started daemon whose scheduler is held: submitted jobs stay queued."""
-    daemon = make_daemon(name, settings=sections)
-    daemon.start()
-    daemon.call("pause")
-    return daemon
 
 
 def newest_segment(daemon: DaemonProcess) -> Path:
