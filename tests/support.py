@@ -33,6 +33,7 @@ from dlqd.finalize import TMP_DIRNAME
 from dlqd.protocol import read_frame_blocking
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
 FINISHED = ("completed", "partial", "failed", "cancelled")
 
 
@@ -244,6 +245,20 @@ def held_daemon(
     return daemon
 
 
+def dlqctl(socket_path: Path, *args: str) -> tuple[int, str, str]:
+    """Run the dlqctl command line against `socket_path`: (exit code, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DLQD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "dlqctl", "--socket", str(socket_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
 # --- a raw control socket, for bad input a client library would not send ----------------
 
 
@@ -265,6 +280,30 @@ def send_request(sock: socket.socket, message: Any) -> dict[str, Any]:
 
 def assert_closed(sock: socket.socket) -> None:
     assert sock.recv(1) == b""
+
+
+NOBODY = 65534  # uid and gid
+
+
+def as_nobody(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `action` in a forked child as uid/gid 65534; its JSON-able result."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, act, report, exit without cleanup
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            outcome = action()
+        except BaseException as exc:
+            outcome = {"child_error": repr(exc)}
+        os.write(write_end, json.dumps(outcome).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        data = reader.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
 
 
 def library_files(library: Path) -> set[str]:
@@ -376,14 +415,18 @@ def assert_unharmed(
     before: dict[str, str],
     *,
     hostile_job: str | None = None,
+    planted: Collection[str] = (),
 ) -> None:
     """The daemon was not hurt by the hostile input it met (issue 8's "Done when").
 
     The innocent job queued alongside completes; the daemon answers `health`,
     stops cleanly and, restarted on the same state dir, answers again with the
     innocent (and the hostile) job's outcome and the library's files as they
-    were; nothing outside the library and the state dir differs from `before`
-    (an `outside_snapshot` taken once the daemon was up).
+    were. The library holds the completed tracks of those jobs (in their
+    folders, beside their covers), the files the test `planted` there itself
+    (relative paths) and no temp file. Nothing outside the library and the
+    state dir differs from `before`, an `outside_snapshot` taken once the
+    daemon was up.
     """
     assert daemon.wait_job(innocent_job)["status"] == "completed", daemon.job(innocent_job)
     assert_answers_health(daemon)
@@ -395,20 +438,15 @@ def assert_unharmed(
     daemon.start()
 
     assert_answers_health(daemon)
-    assert [job_outcome(daemon.job(job_id)) for job_id in kept] == outcomes
+    jobs = [daemon.job(job_id) for job_id in kept]
+    assert [job_outcome(job) for job in jobs] == outcomes
     assert library_files(daemon.library) == landed
-    assert outside_snapshot(daemon) == before
-
-
-def assert_library_holds_only_completed(daemon: DaemonProcess, *job_ids: str) -> None:
-    """The library holds files only in the folders of these jobs' completed tracks
-    (the tracks and their covers), each such folder holds some, and no temp file remains."""
-    jobs = [daemon.job(job_id) for job_id in job_ids]
-    folders = {
+    completed_folders = {
         Path(track["path"]).parent
         for job in jobs
         for track in job["tracks"]
         if track["status"] == "completed"
     }
-    assert {Path(name).parent for name in library_files(daemon.library)} == folders
+    assert {Path(name).parent for name in landed - set(planted)} == completed_folders
     assert os.listdir(daemon.library / TMP_DIRNAME) == []
+    assert outside_snapshot(daemon) == before

@@ -23,6 +23,7 @@ from dlqd.fetch import (
     BURST_S,
     PROGRESS_EVERY_BYTES,
     FetchResult,
+    FreeSpaceFloor,
     MediaNotFoundError,
     TokenBucket,
     fetch_to_file,
@@ -82,7 +83,10 @@ async def fetch(
     read_timeout_s: float = 2.0,
     bandwidth_limit_kbps: int = 0,
     resume: bool = True,
+    max_bytes: int | None = None,
+    floor: FreeSpaceFloor | None = None,
 ) -> FetchResult:
+    """`fetch_to_file` with the source's client, a 2 s read timeout unless told otherwise."""
     return await fetch_to_file(
         source.client,
         plan,
@@ -91,6 +95,8 @@ async def fetch(
         read_timeout_s=read_timeout_s,
         bandwidth=TokenBucket.for_kbps(bandwidth_limit_kbps),
         resume=resume,
+        max_bytes=max_bytes,
+        floor=floor,
     )
 
 

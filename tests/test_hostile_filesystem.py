@@ -200,7 +200,9 @@ def test_a_tmp_dir_swapped_for_a_link_mid_download_fails_the_track_and_writes_no
     daemon.call("retry", id=second["id"])
     assert daemon.wait_job(second["id"])["status"] == "completed"
     assert tree(outside) == before
-    assert_unharmed(daemon, second["id"], snapshot, hostile_job=job_id)
+    assert_unharmed(
+        daemon, second["id"], snapshot, hostile_job=job_id, planted={partial, partial + ".meta"}
+    )
 
 
 # --- album folders and final names ----------------------------------------------------------
@@ -263,7 +265,8 @@ def test_a_link_at_the_final_name_is_refused_and_its_target_untouched(
     assert daemon.wait_job(innocent)["status"] == "completed"
     assert tree(outside) == before[0]
     assert {k: v for k, v in tree(daemon.library).items() if k.startswith("The")} == before[1]
-    assert_unharmed(daemon, innocent, snapshot, hostile_job=hostile)
+    link = "/".join((*SINGLE_ALBUM_DIR, SINGLE_TRACK_NAME))
+    assert_unharmed(daemon, innocent, snapshot, hostile_job=hostile, planted={link})
 
 
 # --- two tracks of one job, one rendered name -------------------------------------------------

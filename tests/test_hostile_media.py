@@ -36,16 +36,11 @@ from dlqd.catalog import (
     Scripted,
 )
 from dlqd.errors import DlqdError, ErrorCode
-from dlqd.fetch import MIB, FreeSpaceFloor, fetch_to_file, sidecar_path
+from dlqd.fetch import MIB, FreeSpaceFloor, sidecar_path
 from dlqd.integrity import MAX_CRC16_CHECKS, check_media_integrity, crc8, crc16
 from dlqd.source import Source
-from tests.support import (
-    DaemonProcess,
-    assert_library_holds_only_completed,
-    assert_unharmed,
-    outside_snapshot,
-    wait_until,
-)
+from tests.support import DaemonProcess, assert_unharmed, outside_snapshot, wait_until
+from tests.test_fetch import fetch
 
 CHUNK = b"\0" * 65536
 HEAD_BYTES = 8 + 34  # "fLaC", the STREAMINFO block header and body
@@ -279,9 +274,7 @@ async def test_free_space_floor_is_checked_while_writing_and_stops_the_transfer(
     floor = FreeSpaceFloor(min_free_mb=100, check_every_bytes=MIB, free_bytes=disk)
     plan = await source.media_plan(big_track, "LOSSLESS")
     with pytest.raises(DlqdError) as caught:
-        await fetch_to_file(
-            source.client, plan, dest, progress=lambda *_: None, read_timeout_s=2.0, floor=floor
-        )
+        await fetch(source, plan, dest, floor=floor)
     assert caught.value.code == ErrorCode.DISK_FULL
     assert "below limits.min_free_mb = 100" in caught.value.message
     assert disk.probed_at[-1] >= 2 * MIB  # it stopped at the first probe past the drop...
@@ -296,9 +289,7 @@ async def test_free_space_is_probed_once_per_interval_not_per_read(
     disk = ShrinkingDisk(dest, full_after=10**12)
     floor = FreeSpaceFloor(min_free_mb=100, check_every_bytes=interval, free_bytes=disk)
     plan = await source.media_plan(big_track, "LOSSLESS")
-    result = await fetch_to_file(
-        source.client, plan, dest, progress=lambda *_: None, read_timeout_s=2.0, floor=floor
-    )
+    result = await fetch(source, plan, dest, floor=floor)
     assert dest.read_bytes() == catalog.audio_for(big_track, "LOSSLESS")
     gaps = [b - a for a, b in itertools.pairwise([0, *disk.probed_at])]
     assert all(gap >= interval for gap in gaps)
@@ -310,25 +301,10 @@ async def test_a_body_of_exactly_the_cap_completes_and_one_byte_less_is_refused(
 ) -> None:
     expected = catalog.audio_for(SINGLE_TRACK_ID, "LOSSLESS")
     plan = await source.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
-    await fetch_to_file(
-        source.client,
-        plan,
-        dest,
-        progress=lambda *_: None,
-        read_timeout_s=2.0,
-        max_bytes=len(expected),
-    )
+    await fetch(source, plan, dest, max_bytes=len(expected))
     assert dest.read_bytes() == expected
     with pytest.raises(DlqdError) as caught:
-        await fetch_to_file(
-            source.client,
-            plan,
-            dest,
-            progress=lambda *_: None,
-            read_timeout_s=2.0,
-            max_bytes=len(expected) - 1,
-            resume=False,
-        )
+        await fetch(source, plan, dest, max_bytes=len(expected) - 1, resume=False)
     assert caught.value.code == ErrorCode.UPSTREAM_BAD_RESPONSE
     assert "limits.max_track_mb" in caught.value.message
 
@@ -341,9 +317,7 @@ async def test_dash_segments_count_together_against_the_cap(
     assert all(len(p) <= cap for p in parts)
     plan = await source.media_plan(DASH_TIMELINE_TRACK_ID, "HI_RES_LOSSLESS")
     with pytest.raises(DlqdError) as caught:
-        await fetch_to_file(
-            source.client, plan, dest, progress=lambda *_: None, read_timeout_s=2.0, max_bytes=cap
-        )
+        await fetch(source, plan, dest, max_bytes=cap)
     assert caught.value.code == ErrorCode.UPSTREAM_BAD_RESPONSE
     # The last segment announced a length past the cap: none of it was written.
     assert dest.read_bytes() == b"".join(parts[:-1])
@@ -357,14 +331,8 @@ async def test_a_resumed_transfer_whose_total_is_above_the_cap_is_refused(
     sidecar_path(dest).write_text(json.dumps({"etag": None, "total": len(expected)}))
     plan = await source.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
     with pytest.raises(DlqdError) as caught:
-        await fetch_to_file(
-            source.client,
-            plan,
-            dest,
-            progress=lambda *_: None,
-            read_timeout_s=2.0,
-            max_bytes=len(expected) - 1,  # e.g. limits.max_track_mb lowered before a restart
-        )
+        # As if limits.max_track_mb was lowered before a restart.
+        await fetch(source, plan, dest, max_bytes=len(expected) - 1)
     assert caught.value.code == ErrorCode.UPSTREAM_BAD_RESPONSE
     ranges = [r.headers.get("range") for r in upstream.requests_for("media")]
     assert ranges == ["bytes=5000-", "bytes=5000-"]  # both mirrors answered 206 with that total
@@ -436,14 +404,6 @@ def failed_track(daemon: DaemonProcess, hostile_job: str, code: str) -> dict[str
     return track
 
 
-def assert_unhurt(
-    daemon: DaemonProcess, hostile: str, innocent: str, before: dict[str, str]
-) -> None:
-    """The shared check (`assert_unharmed`), and the innocent album alone in the library."""
-    assert_unharmed(daemon, innocent, before, hostile_job=hostile)
-    assert_library_holds_only_completed(daemon, innocent)
-
-
 MAX_TRACK_MB = 2
 # What the loopback socket buffers may hold past the cap when the daemon hangs up.
 SOCKET_SLACK = 16 * MIB
@@ -464,7 +424,7 @@ def test_an_endless_media_body_fails_upstream_bad_response_at_max_track_mb(
     assert 1 <= len(hostile_media.bodies) <= 2  # each mirror of the manifest, once
     for body in hostile_media.bodies:
         assert MAX_TRACK_MB * MIB <= body.sent <= MAX_TRACK_MB * MIB + SOCKET_SLACK
-    assert_unhurt(daemon, hostile, innocent, before)
+    assert_unharmed(daemon, innocent, before, hostile_job=hostile)
 
 
 def test_a_content_length_above_max_track_mb_is_refused_before_the_body(
@@ -481,7 +441,7 @@ def test_a_content_length_above_max_track_mb_is_refused_before_the_body(
     hostile_media.wait_dropped()
     for body in hostile_media.bodies:
         assert body.sent < SOCKET_SLACK < announced  # only what the socket buffers swallowed
-    assert_unhurt(daemon, hostile, innocent, before)
+    assert_unharmed(daemon, innocent, before, hostile_job=hostile)
 
 
 @pytest.mark.parametrize("cut", ["inside a frame", "at a frame boundary"])
@@ -506,7 +466,7 @@ def test_a_flac_cut_short_by_a_lying_content_length_fails_integrity_error_after_
     assert "FLAC stream cut short" in track["error"]["message"]
     assert track["attempts"] == 2  # transient: retried max_retries times
     assert track["path"] is None
-    assert_unhurt(daemon, hostile, innocent, before)
+    assert_unharmed(daemon, innocent, before, hostile_job=hostile)
 
 
 def test_free_space_floor_is_checked_during_the_transfer_on_a_small_filesystem(
@@ -527,6 +487,6 @@ def test_free_space_floor_is_checked_during_the_transfer_on_a_small_filesystem(
         track = failed_track(daemon, hostile, "DISK_FULL")
         assert "below limits.min_free_mb = 30" in track["error"]["message"]
         assert upstream.requests_for("media", track_id=hostile_track)  # past the preflight
-        assert_unhurt(daemon, hostile, innocent, before)
+        assert_unharmed(daemon, innocent, before, hostile_job=hostile)
     finally:
         daemon.kill()

@@ -14,7 +14,6 @@ import os
 import select
 import socket
 import struct
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -46,10 +45,17 @@ from dlqd.protocol import (
     read_frame_blocking,
 )
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, held_daemon, raw_connection, send_request, wait_until
+from tests.support import (
+    NOBODY,
+    DaemonProcess,
+    as_nobody,
+    dlqctl,
+    held_daemon,
+    raw_connection,
+    send_request,
+    wait_until,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-NOBODY = 65534
 CLIENT_ERRORS = {
     "INVALID_ARGUMENT",
     "UNKNOWN_COMMAND",
@@ -135,19 +141,6 @@ def rss_kib(pid: int) -> int:
 
 def log_lines(daemon: DaemonProcess) -> list[dict[str, Any]]:
     return [json.loads(line) for line in daemon.logs().splitlines() if line.startswith("{")]
-
-
-def dlqctl(daemon: DaemonProcess, *args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DLQD_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "dlqctl", "--socket", str(daemon.socket), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=env,
-    )
-    return done.returncode, done.stdout, done.stderr
 
 
 # --- connections that never send a frame ---------------------------------------------------
@@ -260,27 +253,6 @@ def test_the_log_throttle_says_how_many_lines_it_held_back() -> None:
 
 
 # --- a peer that is not allowed ---------------------------------------------------------------
-
-
-def as_nobody(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run `action` in a forked child as uid/gid 65534; its JSON-able result."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to nobody, act, report, exit without cleanup
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            outcome = action()
-        except BaseException as exc:
-            outcome = {"child_error": repr(exc)}
-        os.write(write_end, json.dumps(outcome).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
@@ -424,14 +396,14 @@ def test_list_pages_return_every_job_exactly_once_and_dlqctl_ls_follows_them(
         assert "next" not in client.call("list", {"before": by_age[0]})
         assert client.call("list", {"before": by_age[0]})["jobs"] == []
 
-    code, out, _ = dlqctl(daemon, "--json", "ls")
+    code, out, _ = dlqctl(daemon.socket, "--json", "ls")
     listed = json.loads(out)
     assert code == 0
     assert [job["id"] for job in listed] == [job_id for job_id in by_age if job_id != gone]
-    code, out, _ = dlqctl(daemon, "ls")
+    code, out, _ = dlqctl(daemon.socket, "ls")
     assert code == 0
     assert len(out.splitlines()) == 1 + 1199  # the header, then every job
-    code, out, _ = dlqctl(daemon, "--json", "ls", "--status", "cancelled")
+    code, out, _ = dlqctl(daemon.socket, "--json", "ls", "--status", "cancelled")
     assert len(json.loads(out)) == len(cancelled)
 
 

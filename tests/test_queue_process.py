@@ -14,7 +14,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,15 @@ from dlqd.protocol import read_frame_blocking
 from tests.conftest import DaemonFactory
 from tests.support import (
     DaemonProcess,
+    as_nobody,
     assert_closed,
+    dlqctl,
     held_daemon,
     raw_connection,
     send_body,
     send_request,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
 JOB_KEYS = {
     "id",
@@ -349,31 +349,17 @@ def test_a_live_socket_of_another_daemon_is_not_taken(make_daemon: DaemonFactory
 # --- dlqctl --json -------------------------------------------------------------------------------
 
 
-def dlqctl(daemon: DaemonProcess | None, *args: str, socket_path: str = "") -> tuple[int, str, str]:
-    path = socket_path or str(daemon.socket)  # type: ignore[union-attr]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DLQD_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "dlqctl", "--socket", path, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-        env=env,
-    )
-    return done.returncode, done.stdout, done.stderr
-
-
 def test_dlqctl_json_documents_and_exit_codes(make_daemon: DaemonFactory, tmp_path: Path) -> None:
     daemon = held_daemon(make_daemon)
-    code, out, _ = dlqctl(daemon, "--json", "add", "album", "4242", "--priority", "high")
+    code, out, _ = dlqctl(daemon.socket, "--json", "add", "album", "4242", "--priority", "high")
     assert code == 0
     added = json.loads(out)
     assert added == {"id": added["id"], "created": True}
-    code, out, _ = dlqctl(daemon, "--json", "add", "album", "4242", "--priority", "high")
+    code, out, _ = dlqctl(daemon.socket, "--json", "add", "album", "4242", "--priority", "high")
     assert (code, json.loads(out)) == (0, {"id": added["id"], "created": False})
-    dlqctl(daemon, "--json", "add", "track", "7", "--quality", "HI_RES_LOSSLESS")
+    dlqctl(daemon.socket, "--json", "add", "track", "7", "--quality", "HI_RES_LOSSLESS")
 
-    code, out, _ = dlqctl(daemon, "--json", "ls")
+    code, out, _ = dlqctl(daemon.socket, "--json", "ls")
     jobs = json.loads(out)
     assert code == 0
     assert [(j["type"], j["target_id"]) for j in jobs] == [("album", 4242), ("track", 7)]
@@ -387,16 +373,16 @@ def test_dlqctl_json_documents_and_exit_codes(make_daemon: DaemonFactory, tmp_pa
     assert track_job["created_at"].endswith("Z")
     assert set(track_job["tracks"][0]) == TRACK_KEYS
 
-    code, out, _ = dlqctl(daemon, "--json", "ls", "--status", "cancelled")
+    code, out, _ = dlqctl(daemon.socket, "--json", "ls", "--status", "cancelled")
     assert (code, json.loads(out)) == (0, [])
 
-    code, out, _ = dlqctl(daemon, "--json", "show", added["id"])
+    code, out, _ = dlqctl(daemon.socket, "--json", "show", added["id"])
     shown = json.loads(out)
     assert code == 0
     assert set(shown) == JOB_KEYS
     assert (shown["id"], shown["priority"], shown["tracks"]) == (added["id"], "high", [])
 
-    code, out, _ = dlqctl(daemon, "--json", "stats")
+    code, out, _ = dlqctl(daemon.socket, "--json", "stats")
     stats = json.loads(out)
     assert code == 0
     assert set(stats) >= {"queue", "worker", "metrics", "journal"}
@@ -414,18 +400,18 @@ def test_dlqctl_json_documents_and_exit_codes(make_daemon: DaemonFactory, tmp_pa
     assert set(stats["worker"]) >= {"running", "active_tracks", "max_concurrent"}
     assert stats["worker"]["running"] is False
 
-    code, out, err = dlqctl(daemon, "--json", "show", "999")
+    code, out, err = dlqctl(daemon.socket, "--json", "show", "999")
     assert (code, out) == (1, "")
     assert err.startswith("error: NOT_FOUND: ")
 
-    code, _, err = dlqctl(daemon, "add", "track", "not-a-number")
+    code, _, err = dlqctl(daemon.socket, "add", "track", "not-a-number")
     assert code == 2
-    code, _, _ = dlqctl(daemon, "add", "track", "5", "--quality", "lossless")
+    code, _, _ = dlqctl(daemon.socket, "add", "track", "5", "--quality", "lossless")
     assert code == 2
-    code, _, _ = dlqctl(daemon, "frobnicate")
+    code, _, _ = dlqctl(daemon.socket, "frobnicate")
     assert code == 2
 
-    code, out, err = dlqctl(None, "--json", "stats", socket_path=str(tmp_path / "none.sock"))
+    code, out, err = dlqctl(tmp_path / "none.sock", "--json", "stats")
     assert (code, out) == (3, "")
     assert "cannot reach dlqd" in err
     assert [job["id"] for job in daemon.jobs()] == [added["id"], jobs[1]["id"]]
@@ -513,28 +499,18 @@ def test_commands_refuse_jobs_in_the_wrong_state(make_daemon: DaemonFactory) -> 
 
 
 def call_as_nobody(socket_path: Path) -> dict[str, Any]:
-    """Run one `stats` call from a forked child running as uid/gid 65534."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to nobody, call, report, exit without cleanup
-        outcome: dict[str, Any]
+    """One `stats` call from a forked child running as uid/gid 65534."""
+
+    def call_stats() -> dict[str, Any]:
         try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
             with Client(str(socket_path), timeout_s=10) as client:
-                outcome = {"ok": True, "result": client.call("stats")}
+                return {"ok": True, "result": client.call("stats")}
         except Refused as exc:
-            outcome = {"ok": False, "code": exc.code, "message": exc.message}
-        except BaseException as exc:
-            outcome = {"ok": False, "code": "CHILD", "message": repr(exc)}
-        os.write(write_end, json.dumps(outcome).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+            return {"ok": False, "code": exc.code, "message": exc.message}
+
+    outcome = as_nobody(call_stats)
+    assert "child_error" not in outcome, outcome
+    return outcome
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
