@@ -118,6 +118,7 @@ def test_a_tmp_dir_linked_to_the_journal_refuses_start_and_the_journal_survives(
     assert (daemon.library / TMP_DIRNAME).is_dir() and not (
         daemon.library / TMP_DIRNAME
     ).is_symlink()
+    # Both jobs sat in the journal the link pointed at; both must keep their outcome.
     assert_unharmed(daemon, innocent, snapshot, hostile_job=track_job)
 
 
