@@ -52,3 +52,9 @@ TRANSIENT_CODES = frozenset(
         ErrorCode.INTEGRITY_ERROR,
     }
 )
+
+# Transient failures a later pass can cure (the upstream or the network comes
+# back): a track out of retries on one of these is deferred, not failed
+# (worker.requeue_after_s, worker.max_passes). A body that keeps arriving
+# broken is not one: INTEGRITY_ERROR after its retries is permanent.
+DEFERRABLE_CODES = TRANSIENT_CODES - {ErrorCode.INTEGRITY_ERROR}

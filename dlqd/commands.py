@@ -138,11 +138,11 @@ async def cancel(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     job = _get_job(ctx, args["id"])
     if job.status not in ACTIVE_STATUSES:
         raise _refuse_state(job, "cancel")
-    await ctx.scheduler.stop_job(job.id)  # returns once temp files are gone
-    job = _get_job(ctx, args["id"])
-    if job.status not in ACTIVE_STATUSES:  # it finished while being stopped
-        raise _refuse_state(job, "cancel")
-    await ctx.store.commit({"e": "cancel", "id": job.id, "at": ctx.clock()})
+    async with ctx.scheduler.stopped(job.id):  # entered once temp files are gone
+        job = _get_job(ctx, args["id"])
+        if job.status not in ACTIVE_STATUSES:  # it finished while being stopped
+            raise _refuse_state(job, "cancel")
+        await ctx.store.commit({"e": "cancel", "id": job.id, "at": ctx.clock()})
     return {"job": job.to_wire()}
 
 
@@ -179,10 +179,10 @@ async def pause(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
         return {}
     if job.status not in (JobStatus.QUEUED, JobStatus.PROCESSING):
         raise _refuse_state(job, "pause")
-    await ctx.scheduler.stop_job(job.id)
-    if job.status not in (JobStatus.QUEUED, JobStatus.PROCESSING):
-        raise _refuse_state(job, "pause")
-    await ctx.store.commit({"e": "pause", "id": job.id})
+    async with ctx.scheduler.stopped(job.id):
+        if job.status not in (JobStatus.QUEUED, JobStatus.PROCESSING):
+            raise _refuse_state(job, "pause")
+        await ctx.store.commit({"e": "pause", "id": job.id})
     return {}
 
 
@@ -209,10 +209,11 @@ async def stats(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     return {
         "queue": queue_counts(ctx),
         "worker": {
-            "running": not ctx.store.state.held and not scheduler.draining,
+            "running": scheduler.running,
             "active_tracks": scheduler.active_tracks,
             "max_concurrent": int(scheduler.limiter.total_tokens),
         },
+        "holds": [hold.to_wire() for hold in scheduler.holds.active()],
         "metrics": ctx.metrics_summary(),
         "journal": ctx.store.journal_stats(),
     }

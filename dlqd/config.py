@@ -283,6 +283,8 @@ class UpstreamConfig:
     read_timeout_s: float = field(default=30.0, metadata=_checked_as(_DURATION))
     user_agent: str = field(default=f"dlqd/{__version__}", metadata=_checked_as(_HeaderText()))
     resolve_timeout_s: float = field(default=120.0, metadata=_checked_as(_DURATION))
+    failure_threshold: int = field(default=5, metadata=_checked_as(_POSITIVE))
+    max_cooldown_s: float = field(default=600.0, metadata=_checked_as(_DURATION))
     max_retry_after_s: float = field(default=600.0, metadata=_checked_as(_DELAY))
 
 
@@ -299,6 +301,8 @@ class WorkerConfig:
     )
     bandwidth_limit_kbps: int = field(default=0, metadata=_checked_as(_COUNT))
     drain_grace_s: float = field(default=30.0, metadata=_checked_as(_DELAY))
+    requeue_after_s: float = field(default=900.0, metadata=_checked_as(_DELAY))
+    max_passes: int = field(default=3, metadata=_checked_as(_POSITIVE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +320,7 @@ class FilesConfig:
     cover: str = field(
         default="embed+file", metadata=_checked_as(_Choice(("embed", "file", "embed+file", "none")))
     )
+    recheck_s: float = field(default=30.0, metadata=_checked_as(_DURATION))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,14 @@ from dlqd.commands import CommandContext, queue_counts
 from dlqd.config import Config
 from dlqd.control import ControlServer, SocketFile, SocketInUse, SocketPathTaken, bind_unix_socket
 from dlqd.finalize import TMP_DIRNAME, sweep_tmp
-from dlqd.health import free_space_check, journal_check, scheduler_check, upstream_check
+from dlqd.health import (
+    free_space_check,
+    holds_check,
+    journal_check,
+    scheduler_check,
+    upstream_check,
+)
+from dlqd.holds import Holds
 from dlqd.journal import JournalCorrupt, JournalFiles
 from dlqd.metrics import LiveView, Metrics, run_textfile_writer, speed_sampler
 from dlqd.model import TrackStatus
@@ -146,7 +153,8 @@ def open_listener(config: Config) -> tuple[socket.socket, SocketFile | None]:
 def status_line(ctx: CommandContext, bytes_per_s: float = 0.0) -> str:
     """The one line `systemctl status` shows (sent as STATUS=)."""
     counts = queue_counts(ctx)
-    state = "draining: " if ctx.shutting_down else "held: " if ctx.store.state.held else ""
+    holds = ", ".join(str(hold.reason) for hold in ctx.scheduler.holds.active())
+    state = "draining: " if ctx.shutting_down else f"held ({holds}): " if holds else ""
     return (
         f"{state}{counts['queued']} queued, {counts['processing']} processing, "
         f"{ctx.scheduler.active_tracks} tracks downloading at {_rate(bytes_per_s)}; "
@@ -234,11 +242,15 @@ async def _run(
         min_free_mb=config.limits.min_free_mb,
         max_track_mb=config.limits.max_track_mb,
     )
+    holds = Holds(user_held=lambda: store.state.held, on_change=store.notify_changed)
     scheduler = Scheduler(
         store,
         work,
         max_concurrent=config.worker.max_concurrent,
         track_timeout_s=config.worker.track_timeout_s,
+        holds=holds,
+        requeue_after_s=config.worker.requeue_after_s,
+        max_passes=config.worker.max_passes,
         observe_track_seconds=metrics.observe_track_seconds,
     )
     ctx = CommandContext(store=store, scheduler=scheduler, max_queue=config.limits.max_queue)
@@ -318,4 +330,5 @@ def health_checks(ctx: CommandContext, config: Config, source: Source) -> dict[s
         "state_dir_space": free_space_check(state_dir, min_free_mb),
         "library_space": free_space_check(config.daemon.library, min_free_mb),
         "upstream": upstream_check(source.base_reports()),
+        "holds": holds_check(ctx.scheduler.holds.faults()),
     }

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dlqd.holds import Hold
 from dlqd.source import BaseReport
 
 # The scheduler wakes at least every 5 s even when idle; six missed wake-ups is a stuck loop.
@@ -52,6 +53,14 @@ def free_space_check(path: Path, min_free_mb: int) -> dict[str, Any]:
         "free_mb": free_mb,
         "min_free_mb": min_free_mb,
     }
+
+
+def holds_check(faults: list[Hold]) -> dict[str, Any]:
+    """Bad while a fault holds the queue (the upstream, the library or the disk).
+
+    A `user` pause is the operator's choice, not a problem: it is not passed here.
+    """
+    return {"ok": not faults, "holds": [hold.to_wire() for hold in faults]}
 
 
 def upstream_check(reports: dict[str, BaseReport], now: float | None = None) -> dict[str, Any]:

@@ -56,6 +56,8 @@ class Track:
     attempts: int = 0
     outcome: str | None = None
     error: dict[str, str] | None = None
+    passes: int = 0  # passes that ended in a transient failure (worker.max_passes)
+    next_pass_at: float | None = None  # a deferred track waits until then
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -70,6 +72,8 @@ class Track:
             "attempts": self.attempts,
             "outcome": self.outcome,
             "error": self.error,
+            "passes": self.passes,
+            "next_pass_at": rfc3339(self.next_pass_at),
         }
 
 

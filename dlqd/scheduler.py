@@ -1,33 +1,53 @@
-"""Which work runs when: job order, the track slot limiter, and in-flight cancellation.
+"""Which work runs when: per-track slots, resolving ahead, holds, later passes, cancellation.
 
-Jobs start in priority order, then oldest first. `max_concurrent` bounds
-running *tracks* across all jobs through one `trio.CapacityLimiter`; a job's
-tracks take slots in order, and the next job starts only when a slot is free
-and no running job still has a track waiting for one. Every running job owns a
-`CancelScope` in `self.running`, so cancel and pause stop it in flight; every
-track runs under its own deadline scope, so nothing stays `processing`
-forever. The scheduler journals each transition through the store and never
-touches files or the network itself — `JobWork` does.
+`max_concurrent` bounds running *tracks* through one `trio.CapacityLimiter`.
+Whenever a slot frees, `picking.next_track` names the next track: the first
+pending one of the highest-priority runnable job, so no job hands out its
+tracks ahead of others. Jobs are resolved (their upstream metadata read)
+soon after they are submitted, by a small pool of their own that never takes
+a track slot. While `Holds` says the queue is held nothing new starts and
+nothing is resolved; a fault hold also stops the running tracks and keeps
+their partial files, and the tries it interrupted do not count. A track out of retries on a
+transient error comes back for a later pass after `requeue_after_s`, up to
+`max_passes` passes, before its job may finish. Every running track owns a
+`CancelScope`, so cancel and pause stop it in flight, and runs under its own
+deadline, so nothing stays `processing` forever. The scheduler journals each
+transition through the store and never touches files or the network itself
+— `JobWork` does.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 import trio
 
+from dlqd.codes import DEFERRABLE_CODES
 from dlqd.errors import DlqdError, ErrorCode
+from dlqd.holds import FAULT_REASONS, Holds, QueueHeld
 from dlqd.meta import TrackMeta
-from dlqd.model import PRIORITIES, Job, JobStatus, Track, TrackStatus
+from dlqd.model import ACTIVE_STATUSES, Job, JobStatus, Track, TrackStatus
 from dlqd.naming import JobNames
+from dlqd.picking import (
+    RUNNABLE_STATUSES,
+    TrackKey,
+    is_finished,
+    next_pass_due,
+    next_track,
+    resolve_order,
+)
 from dlqd.state import job_outcome
 from dlqd.store import RecordRefused, Store
 
 log = structlog.get_logger("dlqd.scheduler")
+
+IDLE_WAKE_S = 5.0  # the loop's heartbeat when nothing happens (health reads it)
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,7 @@ class TrackRun:
     quality: str
     on_progress: Callable[[TrackRun], None]
     names: JobNames = field(default_factory=JobNames)  # shared by the job's tracks
+    keep_partial: bool = False  # set when a fault hold stops the track: resume it later
 
     def attempt_started(self) -> None:
         self.track.attempts += 1
@@ -77,10 +98,12 @@ class JobWork(Protocol):
 
 
 @dataclass
-class _RunningJob:
-    scope: trio.CancelScope
+class _Task:
+    """A running track or resolve: the scope that stops it and the event that says it has."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     finished: trio.Event = field(default_factory=trio.Event)
-    handing_out: bool = True  # resolving, or tracks still waiting for a slot
+    run: TrackRun | None = None  # tracks only
 
 
 class Scheduler:
@@ -91,123 +114,281 @@ class Scheduler:
         *,
         max_concurrent: int,
         track_timeout_s: float,
+        holds: Holds,
+        requeue_after_s: float = 900.0,
+        max_passes: int = 3,
+        resolve_concurrency: int = 2,
         clock: Callable[[], float] = time.time,
         observe_track_seconds: Callable[[float], None] = lambda seconds: None,
     ):
         self.store = store
-        self.observe_track_seconds = observe_track_seconds  # the metrics' histogram
         self.work = work
+        self.holds = holds
         self.limiter = trio.CapacityLimiter(max_concurrent)
         self.track_timeout_s = track_timeout_s
+        self.requeue_after_s = requeue_after_s
+        self.max_passes = max_passes
         self.clock = clock
-        self.running: dict[str, _RunningJob] = {}
+        self.observe_track_seconds = observe_track_seconds  # the metrics' histogram
         self.draining = False
         self.heartbeat = trio.current_time()
-        self._nursery: trio.Nursery | None = None
+        self._resolve_limiter = trio.CapacityLimiter(resolve_concurrency)
+        self._metas: dict[str, dict[int, TrackMeta]] = {}  # resolved jobs' metadata
+        self._names: dict[str, JobNames] = {}  # resolved jobs' file names, kept distinct
+        self._resolving: dict[str, _Task] = {}
+        self._tracks: dict[TrackKey, _Task] = {}
+        self._stopped_jobs: Counter[str] = Counter()  # jobs a command holds still
         store.on_rebuild(self._stop_everything)
 
     # --- the loop ---------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             task_status.started()
             while True:
                 self.heartbeat = trio.current_time()
-                job = self._next_job() if self._may_start() else None
-                if job is None:
-                    with trio.move_on_after(5):  # heartbeat for health, not a poll
-                        await self.store.wait_changed()
-                    continue
-                running = _RunningJob(scope=trio.CancelScope())
-                self.running[job.id] = running
-                nursery.start_soon(self._run_job, job.id, running)
-                await trio.lowlevel.checkpoint()
-
-    def _may_start(self) -> bool:
-        if self.draining or self.store.state.held:
-            return False
-        if self.limiter.available_tokens < 1:
-            return False
-        return not any(r.handing_out for r in self.running.values())
-
-    def _next_job(self) -> Job | None:
-        best: Job | None = None
-        best_key: tuple[int, int] | None = None
-        for job in self.store.state.active_jobs():
-            if job.status != JobStatus.QUEUED or job.id in self.running:
-                continue
-            key = (PRIORITIES.index(job.priority), job.seq)
-            if best_key is None or key < best_key:
-                best, best_key = job, key
-        return best
+                self._forget_inactive()
+                if self._fault_held():
+                    self._stop_tracks_for_hold()
+                if not self.draining:
+                    await self._finish_done_jobs()
+                if self.running:  # a held queue does not talk to the upstream at all
+                    self._start_resolves(nursery)
+                    self._start_tracks(nursery)
+                with trio.move_on_after(self._idle_wait()):
+                    await self.store.wait_changed()
 
     @property
     def active_tracks(self) -> int:
         return self.limiter.borrowed_tokens
 
-    # --- one job ------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """Tracks may start: not draining and nothing holds the queue."""
+        return not self.draining and not self.holds.blocking
 
-    async def _run_job(self, job_id: str, running: _RunningJob) -> None:
+    def _fault_held(self) -> bool:
+        return any(hold.reason in FAULT_REASONS for hold in self.holds.faults())
+
+    def _idle_wait(self) -> float:
+        due = next_pass_due(self.store.state.active_jobs())
+        if due is None:
+            return IDLE_WAKE_S
+        return min(IDLE_WAKE_S, max(0.0, due - self.clock()) + 0.01)
+
+    def _startable_jobs(self) -> Iterator[Job]:
+        return (j for j in self.store.state.active_jobs() if j.id not in self._stopped_jobs)
+
+    def _forget_inactive(self) -> None:
+        """Drop metadata of jobs that left the active set (finished, cancelled, removed)."""
+        jobs = self.store.state.jobs
+        for job_id in [j for j in self._metas if jobs.get(j) is None or not _active(jobs[j])]:
+            del self._metas[job_id]
+            del self._names[job_id]
+
+    # --- resolving ----------------------------------------------------------------
+
+    def _start_resolves(self, nursery: trio.Nursery) -> None:
+        for job in resolve_order(self._startable_jobs()):
+            if job.id not in self._metas and job.id not in self._resolving:
+                task = _Task()
+                self._resolving[job.id] = task
+                nursery.start_soon(self._resolve, job.id, task)
+
+    async def _resolve(self, job_id: str, task: _Task) -> None:
         log_ = log.bind(job_id=job_id)
-        # Task-local: every line logged below this task (worker, fetch) carries job_id too.
-        structlog.contextvars.bind_contextvars(job_id=job_id)
         try:
-            with running.scope:
-                await self._job_body(job_id, running, log_)
+            with task.scope:
+                async with self._resolve_limiter:
+                    await self._resolve_job(job_id, log_)
         except DlqdError as exc:  # the journal refused a transition: state was rebuilt
-            log_.error("job stopped: journal unavailable", error_code=str(exc.code))
+            log_.error("resolve stopped: journal unavailable", error_code=str(exc.code))
         finally:
-            running.handing_out = False
-            self.running.pop(job_id, None)
-            running.finished.set()
+            self._resolving.pop(job_id, None)
+            task.finished.set()
             self.store.notify_changed()
 
-    async def _job_body(
-        self, job_id: str, running: _RunningJob, log_: structlog.BoundLogger
-    ) -> None:
-        store = self.store
-        await store.commit({"e": "start", "id": job_id, "at": self.clock()})
-        job = store.state.jobs[job_id]
-        log_.info("job started", type=job.type, target_id=job.target_id, quality=job.quality)
-        try:
-            resolved = await self.work.resolve(job)
-        except DlqdError as exc:
-            running.handing_out = False
-            await self._finish(job_id, JobStatus.FAILED, exc.to_dict(), log_)
-            return
+    async def _resolve_job(self, job_id: str, log_: structlog.BoundLogger) -> None:
+        while True:
+            job = self.store.state.jobs.get(job_id)
+            if job is None or job.status not in RUNNABLE_STATUSES:
+                return
+            try:
+                resolved = await self.work.resolve(job)
+            except QueueHeld as held:
+                log_.info("resolve waits for a hold", reason=str(held.reason))
+                while self.holds.is_held(held.reason):
+                    await self.store.wait_changed()
+                continue
+            except DlqdError as exc:
+                await self._finish(job_id, JobStatus.FAILED, exc.to_dict(), log_)
+                return
+            break
+        job = self.store.state.jobs[job_id]
         if not job.title or [t.track_id for t in job.tracks] != [
             m.track_id for m in resolved.tracks
         ]:
             try:
-                await store.commit(_resolve_event(job_id, resolved))
+                await self.store.commit(_resolve_event(job_id, resolved))
             except RecordRefused as exc:
-                running.handing_out = False
                 log_.error("upstream metadata cannot be journaled", error=exc.message)
                 await self._finish(job_id, JobStatus.FAILED, _unrecordable(exc), log_)
                 return
-        metas = {m.track_id: m for m in resolved.tracks}
-        job = store.state.jobs[job_id]
         # Completed tracks (of an earlier run of this job) keep their names.
+        job = self.store.state.jobs[job_id]
         done = (t.path for t in job.tracks if t.status == TrackStatus.COMPLETED and t.path)
-        names = JobNames(resolved.tracks, held=done)
-        async with trio.open_nursery() as tracks:
-            for track in job.tracks:
-                if track.status != TrackStatus.PENDING:
-                    continue
-                await self.limiter.acquire_on_behalf_of(slot := (job_id, track.track_id))
-                if self.draining:
-                    self.limiter.release_on_behalf_of(slot)
-                    break
-                meta = metas[track.track_id]
-                tracks.start_soon(self._run_track, job, track, meta, names, slot, log_)
-            running.handing_out = False
+        self._names[job_id] = JobNames(resolved.tracks, held=done)
+        self._metas[job_id] = {meta.track_id: meta for meta in resolved.tracks}
+        log_.info("job resolved", title=resolved.title, tracks=len(resolved.tracks))
+
+    # --- tracks -------------------------------------------------------------------
+
+    def _start_tracks(self, nursery: trio.Nursery) -> None:
+        while self.running and self.limiter.available_tokens >= 1:
+            choice = next_track(
+                self._startable_jobs(), resolved=self._metas, running=self._tracks, now=self.clock()
+            )
+            if choice is None:
+                return
+            job, track = choice
+            key = (job.id, track.track_id)
+            self.limiter.acquire_on_behalf_of_nowait(key)
+            meta = self._metas[job.id][track.track_id]
+            run = TrackRun(job.id, track, meta, job.quality, self._publish, self._names[job.id])
+            task = _Task(run=run)
+            self._tracks[key] = task
+            track.status = TrackStatus.DOWNLOADING
+            nursery.start_soon(self._run_track, job.id, track, task)
+
+    async def _run_track(self, job_id: str, track: Track, task: _Task) -> None:
+        key = (job_id, track.track_id)
+        log_ = log.bind(job_id=job_id, track_id=track.track_id)
+        # Task-local: every line logged below this task (worker, fetch) carries the ids too.
+        structlog.contextvars.bind_contextvars(job_id=job_id, track_id=track.track_id)
+        assert task.run is not None
+        started = trio.current_time()
+        try:
+            with task.scope:
+                job = self.store.state.jobs[job_id]
+                if job.status == JobStatus.QUEUED:
+                    await self.store.commit({"e": "start", "id": job_id, "at": self.clock()})
+                    log_.info("job started", type=job.type, target_id=job.target_id)
+                outcome = await self._attempt(task.run, log_)
+                if outcome is not None:
+                    if isinstance(outcome, TrackResult):
+                        self.observe_track_seconds(trio.current_time() - started)
+                    await self._record_outcome(job_id, track, outcome, log_)
+        except DlqdError as exc:  # the journal refused a transition: state was rebuilt
+            log_.error("track stopped: journal unavailable", error_code=str(exc.code))
+        finally:
+            if track.status == TrackStatus.DOWNLOADING:
+                track.status = TrackStatus.PENDING  # stopped: it runs again later
+            self._tracks.pop(key, None)
+            self.limiter.release_on_behalf_of(key)
+            task.finished.set()
             self.store.notify_changed()
-        if self.draining:
-            log_.info("job left for re-queueing at shutdown")
-            return
-        status, error = job_outcome(store.state.jobs[job_id])
-        await self._finish(job_id, status, error, log_)
+
+    async def _attempt(
+        self, run: TrackRun, log_: structlog.BoundLogger
+    ) -> TrackResult | DlqdError | None:
+        """One run of the track's tries: its result, its error, or None when held or stopped."""
+        with trio.move_on_after(self.track_timeout_s):
+            try:
+                return await self.work.run_track(run)
+            except QueueHeld as held:
+                log_.info("track held", reason=str(held.reason), detail=held.message)
+                return None
+            except DlqdError as exc:
+                return exc
+            except Exception as exc:  # a bug must fail one track, not the daemon
+                log_.exception("internal error in track")
+                return DlqdError(ErrorCode.INTERNAL_ERROR, f"internal error: {exc!r}")
+        # Only the deadline ends the block without returning.
+        return DlqdError(ErrorCode.TIMEOUT, f"track took longer than {self.track_timeout_s:g} s")
+
+    async def _record_outcome(
+        self,
+        job_id: str,
+        track: Track,
+        outcome: TrackResult | DlqdError,
+        log_: structlog.BoundLogger,
+    ) -> None:
+        """Journal a track's outcome; a refused record fails the track instead."""
+        if isinstance(outcome, TrackResult):
+            log_.info("track finished", outcome=outcome.outcome, path=outcome.path)
+            event: dict[str, object] = {
+                "e": "track_done",
+                "id": job_id,
+                "track_id": track.track_id,
+                "path": outcome.path,
+                "outcome": outcome.outcome,
+                "bytes": outcome.bytes,
+                "attempts": track.attempts,
+            }
+        elif outcome.code in DEFERRABLE_CODES and track.passes + 1 < self.max_passes:
+            due = self.clock() + self.requeue_after_s
+            log_.warning(
+                "track deferred to a later pass",
+                error_code=str(outcome.code),
+                error=outcome.message,
+                passes=track.passes + 1,
+                due_in_s=self.requeue_after_s,
+            )
+            event = {
+                "e": "track_deferred",
+                "id": job_id,
+                "track_id": track.track_id,
+                "error": outcome.to_dict(),
+                "attempts": track.attempts,
+                "passes": track.passes + 1,
+                "due_at": due,
+            }
+        else:
+            log_.warning("track failed", error_code=str(outcome.code), error=outcome.message)
+            event = _track_failed(job_id, track, outcome.to_dict())
+        try:
+            await self.store.commit(event)
+        except RecordRefused as exc:
+            log_.error("track outcome cannot be journaled", error=exc.message)
+            await self.store.commit(_track_failed(job_id, track, _unrecordable(exc)))
+
+    def _stop_tracks_for_hold(self) -> None:
+        """A fault hold: stop every running track, keep its partial file, count nothing."""
+        for task in self._tracks.values():
+            if task.run is not None and not task.scope.cancel_called:
+                task.run.keep_partial = True
+                task.scope.cancel()
+
+    def _publish(self, run: TrackRun) -> None:
+        self.store.publish(
+            {
+                "event": "progress",
+                "job_id": run.job_id,
+                "track_id": run.track.track_id,
+                "bytes_done": run.track.bytes_done,
+                "bytes_total": run.track.bytes_total,
+            }
+        )
+
+    # --- finishing ----------------------------------------------------------------
+
+    async def _finish_done_jobs(self) -> None:
+        """Finish resolved jobs whose every track has an outcome and nothing runs for them."""
+        running_jobs = {job_id for job_id, _ in self._tracks}
+        done = [
+            job
+            for job in self.store.state.active_jobs()
+            if job.status in RUNNABLE_STATUSES
+            and job.id in self._metas
+            and job.id not in running_jobs
+            and is_finished(job)
+        ]
+        for job in done:
+            status, error = job_outcome(job)
+            try:
+                await self._finish(job.id, status, error, log.bind(job_id=job.id))
+            except DlqdError as exc:
+                log.error("job finish lost: journal unavailable", error_code=str(exc.code))
 
     async def _finish(
         self,
@@ -220,90 +401,35 @@ class Scheduler:
         await self.store.commit({**event, "at": self.clock()})
         log_.info("job finished", status=str(status), error_code=(error or {}).get("code"))
 
-    async def _run_track(
-        self,
-        job: Job,
-        track: Track,
-        meta: TrackMeta,
-        names: JobNames,
-        slot: tuple[str, int],
-        log_: structlog.BoundLogger,
-    ) -> None:
-        log_ = log_.bind(track_id=track.track_id)
-        structlog.contextvars.bind_contextvars(track_id=track.track_id)
-        run = TrackRun(job.id, track, meta, job.quality, self._publish_progress, names)
-        started = trio.current_time()
-        try:
-            track.status = TrackStatus.DOWNLOADING
-            with trio.move_on_after(self.track_timeout_s) as deadline:
-                try:
-                    result = await self.work.run_track(run)
-                except (DlqdError, trio.Cancelled):
-                    raise
-                except Exception as exc:  # a bug must fail one track, not the daemon
-                    log_.exception("internal error in track")
-                    raise DlqdError(ErrorCode.INTERNAL_ERROR, f"internal error: {exc!r}") from exc
-            if deadline.cancelled_caught:
-                raise DlqdError(
-                    ErrorCode.TIMEOUT, f"track took longer than {self.track_timeout_s:g} s"
-                )
-        except DlqdError as exc:
-            log_.warning("track failed", error_code=str(exc.code), error=exc.message)
-            await self._record_track(job.id, track, _track_failed(job.id, track, exc.to_dict()))
-        else:
-            self.observe_track_seconds(trio.current_time() - started)
-            log_.info("track finished", outcome=result.outcome, path=result.path)
-            event = {
-                "e": "track_done",
-                "id": job.id,
-                "track_id": track.track_id,
-                "path": result.path,
-                "outcome": result.outcome,
-                "bytes": result.bytes,
-                "attempts": track.attempts,
-            }
-            await self._record_track(job.id, track, event)
-        finally:
-            if track.status == TrackStatus.DOWNLOADING:
-                track.status = TrackStatus.PENDING
-            self.limiter.release_on_behalf_of(slot)
-            self.store.notify_changed()
-
-    async def _record_track(self, job_id: str, track: Track, event: dict[str, object]) -> None:
-        """Journal a track's outcome; nothing raised here may leave the job's nursery.
-
-        A refused record fails the track instead (its fixed message always encodes);
-        a journal that cannot write has already rolled back and stopped the job.
-        """
-        try:
-            try:
-                await self.store.commit(event)
-            except RecordRefused as exc:
-                log.error("track outcome cannot be journaled", job_id=job_id, error=exc.message)
-                await self.store.commit(_track_failed(job_id, track, _unrecordable(exc)))
-        except DlqdError as exc:
-            log.error("track outcome lost: journal unavailable", error_code=str(exc.code))
-
-    def _publish_progress(self, run: TrackRun) -> None:
-        self.store.publish(
-            {
-                "event": "progress",
-                "job_id": run.job_id,
-                "track_id": run.track.track_id,
-                "bytes_done": run.track.bytes_done,
-                "bytes_total": run.track.bytes_total,
-            }
-        )
-
     # --- control ------------------------------------------------------------------
 
-    async def stop_job(self, job_id: str) -> None:
-        """Cancel a running job in flight and wait until its tasks have cleaned up."""
-        running = self.running.get(job_id)
-        if running is None:
-            return
-        running.scope.cancel()
-        await running.finished.wait()
+    @asynccontextmanager
+    async def stopped(self, job_id: str) -> AsyncIterator[None]:
+        """Stop a job in flight and start none of its work until the block ends.
+
+        A command journals its change (cancel, pause) inside the block, so the
+        scheduler cannot restart a track between the stop and that record.
+        """
+        self._stopped_jobs[job_id] += 1
+        try:
+            await self._stop_job(job_id)
+            yield
+        finally:
+            self._stopped_jobs[job_id] -= 1
+            if not self._stopped_jobs[job_id]:
+                del self._stopped_jobs[job_id]
+            self.store.notify_changed()
+
+    async def _stop_job(self, job_id: str) -> None:
+        """Stop a job's resolve and running tracks in flight; return once they cleaned up."""
+        tasks = [task for (owner, _), task in self._tracks.items() if owner == job_id]
+        resolving = self._resolving.get(job_id)
+        if resolving is not None:
+            tasks.append(resolving)
+        for task in tasks:
+            task.scope.cancel()
+        for task in tasks:
+            await task.finished.wait()
 
     async def drain(self, grace_s: float) -> list[str]:
         """Start nothing new; let running tracks finish within `grace_s`; stop the rest.
@@ -312,18 +438,26 @@ class Scheduler:
         """
         self.draining = True
         self.store.notify_changed()
+        for task in self._resolving.values():  # metadata is read again after the restart
+            task.scope.cancel()
         with trio.move_on_after(grace_s):
-            while self.active_tracks:  # a job still resolving has nothing worth waiting for
+            while self._tracks:
                 await self.store.wait_changed()
-        for job_id in list(self.running):
-            await self.stop_job(job_id)
+        for job_id in {owner for owner, _ in self._tracks}:
+            await self._stop_job(job_id)
         jobs = self.store.state.active_jobs()
         return [job.id for job in jobs if job.status == JobStatus.PROCESSING]
 
     def _stop_everything(self) -> None:
         """After a journal rollback: running work may belong to undone events."""
-        for running in self.running.values():
-            running.scope.cancel()
+        for task in [*self._tracks.values(), *self._resolving.values()]:
+            task.scope.cancel()
+        self._metas.clear()
+        self._names.clear()
+
+
+def _active(job: Job) -> bool:
+    return job.status in ACTIVE_STATUSES
 
 
 def _track_failed(job_id: str, track: Track, error: dict[str, str]) -> dict[str, object]:

@@ -167,6 +167,18 @@ def _on_track_done(state: QueueState, event: Event) -> None:
     track.bytes_done = track.bytes_total = event["bytes"]
     track.attempts = event["attempts"]
     track.error = None
+    track.next_pass_at = None
+
+
+def _on_track_deferred(state: QueueState, event: Event) -> None:
+    """A track out of retries on a transient error: pending again at `due_at`, for a later pass."""
+    track = _track(_job(state, event), event["track_id"])
+    track.status = TrackStatus.PENDING
+    track.error = event["error"]
+    track.attempts = event["attempts"]
+    track.passes = event["passes"]
+    track.next_pass_at = event["due_at"]
+    track.bytes_done = 0
 
 
 def _on_track_failed(state: QueueState, event: Event) -> None:
@@ -174,6 +186,7 @@ def _on_track_failed(state: QueueState, event: Event) -> None:
     track.status = TrackStatus.FAILED
     track.error = event["error"]
     track.attempts = event["attempts"]
+    track.next_pass_at = None
     track.bytes_done = 0
 
 
@@ -226,6 +239,8 @@ def _on_retry(state: QueueState, event: Event) -> None:
         if track.status in (TrackStatus.FAILED, TrackStatus.CANCELLED):
             track.status = TrackStatus.PENDING
             track.error = None
+        if track.status == TrackStatus.PENDING:
+            track.passes, track.next_pass_at = 0, None
     state.active_by_key[job.dedupe_key] = job.id
 
 
@@ -256,6 +271,7 @@ _HANDLERS: dict[str, Callable[[QueueState, Event], None]] = {
     "resolve": _on_resolve,
     "start": _on_start,
     "track_done": _on_track_done,
+    "track_deferred": _on_track_deferred,
     "track_failed": _on_track_failed,
     "finish": _on_finish,
     "cancel": _on_cancel,
@@ -300,6 +316,8 @@ _TRACK_FIELDS = [
     "attempts",
     "outcome",
     "error",
+    "passes",
+    "next_pass_at",
 ]
 
 
@@ -323,6 +341,8 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
                     track.attempts,
                     track.outcome,
                     track.error,
+                    track.passes,
+                    track.next_pass_at,
                 ]
             )
         row.append(tracks)
@@ -360,7 +380,9 @@ def from_snapshot(data: dict[str, Any]) -> QueueState:
             attempts,
             outcome,
             error,
+            *later_fields,  # passes, next_pass_at: absent from snapshots before issue 9
         ) in track_rows:
+            passes, next_pass_at = later_fields or (0, None)
             track_status = track_statuses[track_status]
             job.tracks.append(
                 Track(
@@ -375,6 +397,8 @@ def from_snapshot(data: dict[str, Any]) -> QueueState:
                     attempts,
                     outcome,
                     error,
+                    passes,
+                    next_pass_at,
                 )
             )
         jobs[job.id] = job

@@ -178,9 +178,10 @@ class DownloadWork:
             finished = True
             return result
         finally:
-            if not finished and not self.keep_partials:
+            keep = self.keep_partials or run.keep_partial
+            if not finished and not keep:
                 _remove(temp)
-            if finished or not self.keep_partials:
+            if finished or not keep:
                 _remove(sidecar_path(temp))
 
     async def _one_try(self, run: TrackRun, temp: Path) -> TrackResult:

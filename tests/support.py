@@ -108,7 +108,9 @@ class DaemonProcess:
                 "connect_timeout_s": 2,
                 "read_timeout_s": 5,
             },
-            "worker": {"backoff_s": [0.05, 0.1]},
+            # One pass: a track out of retries fails at once, as the tests of
+            # retries expect; tests of later passes set max_passes themselves.
+            "worker": {"backoff_s": [0.05, 0.1], "max_passes": 1},
             "limits": {"submit_rate_per_min": 0, "min_free_mb": 0},
         }
         for section, values in self.settings.items():

@@ -68,6 +68,8 @@ TRACK_KEYS = {
     "attempts",
     "outcome",
     "error",
+    "passes",
+    "next_pass_at",
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from dlqd.holds import Holds
 from dlqd.journal import JournalFiles
 from dlqd.meta import TrackMeta
 from dlqd.model import Job
@@ -56,7 +57,8 @@ async def run_jobs(tmp_path: Path, target_ids: list[int]) -> Store:
     files = JournalFiles(tmp_path)
     state, _ = files.recover()
     store = Store(files, state, compact_bytes=1 << 30)
-    scheduler = Scheduler(store, PoisonedWork(), max_concurrent=2, track_timeout_s=10)
+    holds = Holds(user_held=lambda: store.state.held, on_change=store.notify_changed)
+    scheduler = Scheduler(store, PoisonedWork(), max_concurrent=2, track_timeout_s=10, holds=holds)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)

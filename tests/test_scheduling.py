@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from dlqd.catalog import Catalog, CatalogServer
+import pytest
+
+from dlqd.catalog import SINGLE_TRACK_ID, Catalog, CatalogServer
 from tests.conftest import DaemonFactory
 from tests.support import library_files, wait_until
 
@@ -158,3 +160,114 @@ def test_bandwidth_limit_holds_for_all_running_tracks_together(
     # Both tracks ran at once; a per-transfer limit would let them finish in half the time.
     burst_allowance = 0.2
     assert (finished - started).total_seconds() >= total / limit_bytes_s - burst_allowance
+
+
+def _started(job: dict[str, Any]) -> set[int]:
+    """Tracks that have begun: downloading or done (pending ones have not)."""
+    return {t["track_id"] for t in job["tracks"] if t["status"] != "pending"}
+
+
+def test_pausing_the_queue_during_a_long_album_starts_none_of_its_next_tracks(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    album_id = catalog.add_album(120, 60_000)
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 2}})
+    daemon.start()
+    upstream.throttle_bps = SLOW_BPS
+    job_id = daemon.submit("album", album_id)
+    wait_until(lambda: len(_started(daemon.job(job_id))) >= 3, what="the album to be under way")
+
+    daemon.call("pause")
+    holds = daemon.call("stats")["holds"]
+    assert [hold["reason"] for hold in holds] == ["user"]
+    assert holds[0]["until"] is None
+    # Running tracks finish; then the set of started tracks must stop growing.
+    wait_until(lambda: not _downloading(daemon.jobs()), what="the running tracks to finish")
+    started = _started(daemon.job(job_id))
+    upstream.throttle_bps = None
+    with pytest.raises(AssertionError):  # nothing starts within the window
+        wait_until(lambda: _started(daemon.job(job_id)) != started, timeout=1.5)
+    assert daemon.job(job_id)["status"] == "processing"  # held, not stopped or failed
+
+    daemon.call("resume")
+    assert daemon.call("stats")["holds"] == []
+    job = daemon.wait_job(job_id, timeout=120)
+    assert job["status"] == "completed"
+
+
+def test_a_high_priority_track_submitted_during_an_album_finishes_while_the_album_runs(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    album_id = catalog.add_album(12, 120_000)
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 2}})
+    daemon.start()
+    upstream.throttle_bps = SLOW_BPS
+    album_job = daemon.submit("album", album_id)
+    wait_until(lambda: len(_started(daemon.job(album_job))) >= 2, what="the album to start")
+
+    track_job = daemon.submit("track", SINGLE_TRACK_ID, priority="high")
+    done = daemon.wait_job(track_job, timeout=60)
+    assert done["status"] == "completed"
+    album = daemon.job(album_job)
+    assert album["status"] == "processing"  # it got the next slot, not the album's end
+    assert any(t["status"] == "pending" for t in album["tracks"])
+    upstream.throttle_bps = None
+    assert daemon.wait_job(album_job, timeout=120)["status"] == "completed"
+
+
+def test_a_hanging_album_resolve_does_not_delay_a_track_job_submitted_after_it(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    hanging_album = catalog.add_album(2)
+    upstream.inject("album", "hang", None, album_id=hanging_album)
+    daemon = make_daemon(upstream=upstream, settings={"upstream": {"resolve_timeout_s": 60}})
+    daemon.start()
+    album_job = daemon.submit("album", hanging_album)
+    assert upstream.wait_for_request("album")  # its resolve is under way, and hangs
+    track_job = daemon.submit("track", SINGLE_TRACK_ID)
+
+    assert daemon.wait_job(track_job, timeout=30)["status"] == "completed"
+    assert daemon.job(album_job)["status"] == "queued"  # still resolving
+    daemon.call("cancel", id=album_job)
+
+
+def test_a_track_failing_more_often_than_max_retries_completes_on_a_later_pass(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    # Two tries per pass (max_retries 1), each asking both media mirrors: four 503s
+    # end the first pass transiently, and the second pass succeeds.
+    upstream.inject("media", "status", 4, status=503, track_id=SINGLE_TRACK_ID)
+    daemon = make_daemon(
+        upstream=upstream,
+        settings={"worker": {"max_retries": 1, "max_passes": 3, "requeue_after_s": 1.0}},
+    )
+    daemon.start()
+    job_id = daemon.submit("track", SINGLE_TRACK_ID)
+
+    def deferred() -> dict[str, Any] | None:
+        track = daemon.job(job_id)["tracks"][0]
+        return track if track["next_pass_at"] is not None else None
+
+    track = wait_until(deferred, what="the track to be deferred to a later pass")
+    assert (track["status"], track["passes"]) == ("pending", 1)
+    assert track["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+    assert daemon.job(job_id)["status"] == "processing"  # not failed
+    job = daemon.wait_job(job_id, timeout=30)
+    assert job["status"] == "completed"
+    assert job["tracks"][0]["next_pass_at"] is None and job["tracks"][0]["error"] is None
+
+
+def test_a_track_out_of_passes_fails_its_job(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    upstream.inject("media", "status", None, status=503, track_id=SINGLE_TRACK_ID)
+    daemon = make_daemon(
+        upstream=upstream,
+        settings={"worker": {"max_retries": 0, "max_passes": 2, "requeue_after_s": 0.2}},
+    )
+    daemon.start()
+    job = daemon.wait_job(daemon.submit("track", SINGLE_TRACK_ID), timeout=30)
+    assert job["status"] == "failed"
+    track = job["tracks"][0]
+    assert (track["status"], track["passes"]) == ("failed", 1)
+    assert track["error"]["code"] == "UPSTREAM_UNAVAILABLE"

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlqd.model import PRIORITIES, QUALITIES, JobStatus, TrackStatus
-from dlqd.scheduler import Scheduler
 from dlqd.state import (
     QueueState,
     ReplayError,
@@ -25,7 +24,6 @@ from dlqd.state import (
     recover_interrupted,
     to_snapshot,
 )
-from dlqd.store import Store
 
 AT = 1_700_000_000.0
 
@@ -271,30 +269,6 @@ def test_job_outcome_of_an_album_without_tracks_is_failed() -> None:
     assert job_outcome(replay(submit("1")).jobs["1"])[0] == JobStatus.FAILED
 
 
-# --- priority -------------------------------------------------------------------------
-
-
-async def test_jobs_start_high_then_normal_then_low_and_oldest_first() -> None:
-    state = replay(
-        submit("1", "track", 1, priority="low"),
-        submit("2", "track", 2, priority="normal"),
-        submit("3", "track", 3, priority="high"),
-        submit("4", "track", 4, priority="normal"),
-        submit("5", "track", 5, priority="high"),
-    )
-    scheduler = Scheduler(
-        Store(None, state, compact_bytes=1 << 30),  # type: ignore[arg-type]
-        work=None,  # type: ignore[arg-type]
-        max_concurrent=1,
-        track_timeout_s=60,
-    )
-    order = []
-    while (job := scheduler._next_job()) is not None:
-        order.append(job.id)
-        apply(state, {"e": "cancel", "id": job.id, "at": AT})  # out of the way
-    assert order == ["3", "5", "2", "4", "1"]
-
-
 # --- snapshot form ----------------------------------------------------------------------
 
 
@@ -437,3 +411,38 @@ def test_snapshot_then_remaining_events_equals_replaying_every_event(
     recover_interrupted(replayed)
     recover_interrupted(compacted)
     assert describe(compacted) == describe(replayed)
+
+
+def test_a_snapshot_row_from_before_later_passes_loads_with_none_deferred() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11))
+    data = to_snapshot(state)
+    for row in data["jobs"]:
+        row[-1] = [track_row[:10] for track_row in row[-1]]  # the old ten-field rows
+    restored = from_snapshot(data)
+    tracks = restored.jobs["1"].tracks
+    assert [(t.passes, t.next_pass_at) for t in tracks] == [(0, None)] * 3
+    assert tracks[0].status == TrackStatus.COMPLETED
+
+
+def test_a_deferred_track_survives_the_snapshot_and_retry_clears_its_passes() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11))
+    deferral = {
+        "e": "track_deferred",
+        "id": "1",
+        "track_id": 12,
+        "error": {"code": "TIMEOUT", "message": "slow"},
+        "attempts": 4,
+        "passes": 1,
+        "due_at": AT + 900,
+    }
+    apply(state, deferral)
+    restored = through_msgpack(state)
+    track = restored.jobs["1"].tracks[1]
+    assert (track.status, track.passes, track.next_pass_at) == ("pending", 1, AT + 900)
+    apply(restored, failed("1", 12))
+    apply(restored, failed("1", 13))
+    apply(restored, {"e": "finish", "id": "1", "status": "partial", "error": None, "at": AT})
+    apply(restored, {"e": "retry", "id": "1", "at": AT})
+    assert [(t.passes, t.next_pass_at) for t in restored.jobs["1"].tracks[1:]] == [(0, None)] * 2

@@ -250,7 +250,9 @@ def test_notify_ready_status_watchdog_and_stopping(
     # STATUS= follows the queue.
     daemon.call("pause")
     job_id = daemon.submit("album", TWO_DISC_ALBUM_ID)
-    wait_until(lambda: any(s.startswith("held: 1 queued") for s in statuses(sink)), what="held")
+    wait_until(
+        lambda: any(s.startswith("held (user): 1 queued") for s in statuses(sink)), what="held"
+    )
     daemon.call("resume")
     assert daemon.wait_job(job_id)["status"] == "completed"
     wait_until(

@@ -1,0 +1,91 @@
+"""Which track starts next: the scheduler's decision as a pure function of the queue.
+
+Whenever a track slot frees, the next track is the first pending one of the
+highest-priority runnable job (priority, then submission order; a job's tracks
+in order). No job hands out its tracks ahead of the others, so a high-priority
+job submitted while a long album runs gets the very next free slot. A job
+still being resolved holds back only jobs of a lower priority (its tracks are
+not known yet, and they would otherwise be passed over); a slow resolve never
+delays jobs of its own priority. This
+module never looks at holds or slots — the scheduler asks only when one is
+free and nothing holds the queue — and never does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Container, Iterable
+
+from dlqd.model import PRIORITIES, Job, JobStatus, Track, TrackStatus
+
+RUNNABLE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING})
+
+TrackKey = tuple[str, int]  # (job id, track id)
+
+
+def next_track(
+    jobs: Iterable[Job],
+    *,
+    resolved: Container[str],
+    running: Collection[TrackKey],
+    now: float,
+) -> tuple[Job, Track] | None:
+    """The (job, track) to start now, or None when nothing may start.
+
+    `resolved` holds the ids of jobs whose upstream metadata is at hand (a
+    track cannot be named without it); `running` the tracks already running;
+    a deferred track (`next_pass_at` after `now`) waits for its later pass.
+    """
+    best: tuple[Job, Track] | None = None
+    best_key: tuple[int, int] | None = None
+    waiting_rank = len(PRIORITIES)  # the best priority of a job still being resolved
+    for job in jobs:
+        if job.status not in RUNNABLE_STATUSES:
+            continue
+        if job.id not in resolved:
+            waiting_rank = min(waiting_rank, PRIORITIES.index(job.priority))
+            continue
+        key = (PRIORITIES.index(job.priority), job.seq)
+        if best_key is not None and key >= best_key:
+            continue
+        track = first_startable_track(job, running=running, now=now)
+        if track is not None:
+            best, best_key = (job, track), key
+    if best_key is not None and best_key[0] > waiting_rank:
+        return None
+    return best
+
+
+def resolve_order(jobs: Iterable[Job]) -> list[Job]:
+    """Runnable jobs in the order they are resolved: priority, then submission."""
+    runnable = [job for job in jobs if job.status in RUNNABLE_STATUSES]
+    return sorted(runnable, key=lambda job: (PRIORITIES.index(job.priority), job.seq))
+
+
+def first_startable_track(job: Job, *, running: Collection[TrackKey], now: float) -> Track | None:
+    for track in job.tracks:
+        if (
+            track.status == TrackStatus.PENDING
+            and (job.id, track.track_id) not in running
+            and (track.next_pass_at is None or track.next_pass_at <= now)
+        ):
+            return track
+    return None
+
+
+def next_pass_due(jobs: Iterable[Job]) -> float | None:
+    """The earliest time a deferred track of a runnable job becomes startable."""
+    due = [
+        track.next_pass_at
+        for job in jobs
+        if job.status in RUNNABLE_STATUSES
+        for track in job.tracks
+        if track.status == TrackStatus.PENDING and track.next_pass_at is not None
+    ]
+    return min(due, default=None)
+
+
+def is_finished(job: Job) -> bool:
+    """Every track has an outcome: nothing pending, nothing downloading."""
+    return all(
+        track.status not in (TrackStatus.PENDING, TrackStatus.DOWNLOADING) for track in job.tracks
+    )

@@ -1,0 +1,105 @@
+"""Which track starts next (dlqd.picking): pure decisions over a replayed queue state."""
+
+from __future__ import annotations
+
+from dlqd.model import JobStatus
+from dlqd.picking import is_finished, next_pass_due, next_track
+from dlqd.state import QueueState, apply
+from tests.test_state import AT, done, replay, resolve, submit
+
+
+def deferred(job_id: str, track_id: int, due_at: float) -> dict[str, object]:
+    return {
+        "e": "track_deferred",
+        "id": job_id,
+        "track_id": track_id,
+        "error": {"code": "UPSTREAM_UNAVAILABLE", "message": "server error (503)"},
+        "attempts": 4,
+        "passes": 1,
+        "due_at": due_at,
+    }
+
+
+def pick(
+    state: QueueState,
+    running: frozenset[tuple[str, int]] | set[tuple[str, int]] = frozenset(),
+    now: float = AT,
+) -> tuple[str, int] | None:
+    """The (job id, track id) that starts next, every job counting as resolved."""
+    choice = next_track(state.active_jobs(), resolved=state.jobs, running=running, now=now)
+    return None if choice is None else (choice[0].id, choice[1].track_id)
+
+
+def test_jobs_start_high_then_normal_then_low_and_oldest_first() -> None:
+    state = replay(
+        submit("1", "track", 1, priority="low"),
+        submit("2", "track", 2, priority="normal"),
+        submit("3", "track", 3, priority="high"),
+        submit("4", "track", 4, priority="normal"),
+        submit("5", "track", 5, priority="high"),
+    )
+    order = []
+    while (choice := pick(state)) is not None:
+        order.append(choice[0])
+        apply(state, {"e": "cancel", "id": choice[0], "at": AT})  # out of the way
+    assert order == ["3", "5", "2", "4", "1"]
+
+
+def test_a_jobs_tracks_go_in_order_skipping_running_and_finished_ones() -> None:
+    state = replay(submit("1"), resolve("1", [11, 12, 13]), done("1", 11))
+    assert pick(state) == ("1", 12)
+    assert pick(state, running={("1", 12)}) == ("1", 13)
+    assert pick(state, running={("1", 12), ("1", 13)}) is None
+
+
+def test_a_high_priority_job_submitted_during_a_long_album_gets_the_next_slot() -> None:
+    state = replay(submit("1"), resolve("1", list(range(100, 220))))
+    running = {("1", 100), ("1", 101)}
+    assert pick(state, running) == ("1", 102)
+    apply(state, submit("2", "track", 7, priority="high"))
+    assert pick(state, running) == ("2", 7)  # not the album's 103rd track
+
+
+def test_unresolved_paused_and_finished_jobs_give_nothing() -> None:
+    state = replay(submit("1"), submit("2", "track", 5), resolve("1", [11]))
+    apply(state, {"e": "pause", "id": "1"})
+    assert (
+        next_track(state.active_jobs(), resolved={"1"}, running=set(), now=AT) is None
+    )  # job 2 is not resolved, job 1 is paused
+    apply(state, {"e": "resume", "id": "1"})
+    assert pick(state) == ("1", 11)
+
+
+def test_a_deferred_track_waits_for_its_pass_while_the_next_ones_run() -> None:
+    state = replay(submit("1"), resolve("1", [11, 12]), deferred("1", 11, due_at=AT + 900))
+    assert pick(state, now=AT) == ("1", 12)
+    assert next_pass_due(state.active_jobs()) == AT + 900
+    assert pick(state, running={("1", 12)}, now=AT + 899) is None
+    assert pick(state, running={("1", 12)}, now=AT + 900) == ("1", 11)
+
+
+def test_a_job_is_finished_only_when_no_track_is_pending_or_deferred() -> None:
+    state = replay(submit("1"), resolve("1", [11, 12]), done("1", 11))
+    job = state.jobs["1"]
+    assert not is_finished(job)
+    apply(state, deferred("1", 12, due_at=AT + 900))
+    assert not is_finished(job) and job.status == JobStatus.QUEUED
+    apply(state, done("1", 12))
+    assert is_finished(job) and job.tracks[1].next_pass_at is None
+
+
+def test_a_job_being_resolved_holds_back_lower_priorities_only() -> None:
+    state = replay(
+        submit("1", "track", 1, priority="low"),
+        submit("2", "track", 2),
+        submit("3", "track", 3, priority="high"),
+    )
+    jobs = state.active_jobs
+    assert next_track(jobs(), resolved={"1", "2"}, running=set(), now=AT) is None  # 3 resolves
+    chosen = next_track(jobs(), resolved={"1", "3"}, running=set(), now=AT)
+    assert chosen is not None and chosen[0].id == "3"  # 2 resolving holds back only "low"
+    chosen = next_track(jobs(), resolved={"1", "2", "3"}, running={("3", 3)}, now=AT)
+    assert chosen is not None and chosen[0].id == "2"
+    apply(state, submit("4", "track", 4))  # same priority as 2, still resolving
+    chosen = next_track(jobs(), resolved={"1", "2", "3"}, running={("3", 3)}, now=AT)
+    assert chosen is not None and chosen[0].id == "2"
