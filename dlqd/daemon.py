@@ -2,10 +2,13 @@
 
 One nursery holds the journal writer, the scheduler, the control server, the
 retention sweeper, the metrics textfile writer and the systemd watchdog.
-Start-up refuses clearly (exit 1) when another daemon holds the state dir,
-when the journal is damaged, when `library/.dlqd-tmp` is a link or not a
-directory, or when the socket path is taken (by a live daemon, or by anything
-that is not a stale socket); SIGTERM/SIGINT drain and exit 0.
+Start-up refuses clearly (exit 1) when the library or the state dir is not a
+directory, when the socket path is taken (by a live daemon, or by anything
+that is not a stale socket), when another daemon holds the state dir, when
+the journal is damaged, or when `library/.dlqd-tmp` is a link or not a
+directory. The checks that need nothing of the state dir come first: a
+refused start creates, locks and reads nothing there. SIGTERM/SIGINT drain
+and exit 0.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import fcntl
 import os
 import signal
 import socket
+import stat
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -40,7 +44,7 @@ from dlqd.journal import JournalCorrupt, JournalFiles
 from dlqd.metrics import LiveView, Metrics, run_textfile_writer, speed_sampler
 from dlqd.model import TrackStatus
 from dlqd.retention import run_retention
-from dlqd.safefs import UnsafePathError
+from dlqd.safefs import UnsafePathError, describe
 from dlqd.scheduler import Scheduler
 from dlqd.source import Source
 from dlqd.state import QueueState, recover_interrupted
@@ -55,12 +59,33 @@ class StartupError(Exception):
     """A reason not to start, worded for the operator; the process exits 1."""
 
 
+def check_directory(path: Path, what: str, *, fix: str, missing_ok: bool = False) -> None:
+    """Refuse to start unless `path` is a directory (or absent, when `missing_ok`).
+
+    The configured path itself may be a link (to a mounted disk, say): it is
+    followed. `fix` tells the operator what to do when something else is there.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise StartupError(f"{what} {path} does not exist (is it mounted?)") from None
+    except OSError as exc:
+        raise StartupError(f"cannot use {what} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(mode):
+        raise StartupError(f"{what} {path} is {describe(mode)}, not a directory; {fix}")
+
+
 @contextmanager
 def state_dir_lock(state_dir: Path) -> Iterator[None]:
     """flock on state_dir/dlqd.lock: one daemon per state directory."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "dlqd.lock"
-    handle: TextIO = open(path, "a+")  # noqa: SIM115 — held for the daemon's lifetime
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle: TextIO = open(path, "a+")  # noqa: SIM115 — held for the daemon's lifetime
+    except OSError as exc:
+        raise StartupError(f"cannot use state directory {state_dir}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -83,6 +108,10 @@ def recover_state(state_dir: Path) -> tuple[JournalFiles, QueueState]:
     files = JournalFiles(state_dir)
     try:
         state, report = files.recover()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot read the journal in {state_dir}: {exc.strerror or exc}"
+        ) from None
     except JournalCorrupt as exc:
         raise StartupError(
             f"the journal in {state_dir} is damaged: {exc}.\n"
@@ -188,21 +217,33 @@ async def debug_hooks(
 
 async def serve(config: Config) -> None:
     """Run the daemon until SIGTERM/SIGINT; raises StartupError for operator mistakes."""
-    library = config.daemon.library
-    if not library.is_dir():
-        raise StartupError(f"library directory {library} does not exist (is it mounted?)")
+    library, state_dir = config.daemon.library, config.daemon.state_dir
+    check_directory(
+        library,
+        "library directory",
+        fix="point [daemon] library (--library) at the folder that holds your music",
+    )
+    check_directory(
+        state_dir,
+        "state directory",
+        fix="move it away, or point [daemon] state_dir (--state-dir) at a directory "
+        "(dlqd creates a missing one)",
+        missing_ok=True,
+    )
     stop_signals = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
-    with stop_signals as signals, state_dir_lock(config.daemon.state_dir):
-        files, state = recover_state(config.daemon.state_dir)
-        sweep_leftovers(library, resumable_partials(state))
-        listener, socket_file = open_listener(config)
-        try:
-            await _run(config, files, state, listener, signals)
-        finally:
-            listener.close()
-            files.close()
-            if socket_file is not None:
-                socket_file.remove()  # only the socket we bound, not what replaced it
+    listener, socket_file = open_listener(config)  # a taken socket refuses before the state dir
+    try:
+        with stop_signals as signals, state_dir_lock(state_dir):
+            files, state = recover_state(state_dir)
+            try:
+                sweep_leftovers(library, resumable_partials(state))
+                await _run(config, files, state, listener, signals)
+            finally:
+                files.close()
+    finally:
+        listener.close()
+        if socket_file is not None:
+            socket_file.remove()  # only the socket we bound, not what replaced it
 
 
 async def _run(

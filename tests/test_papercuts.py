@@ -1,0 +1,86 @@
+"""Operator papercuts (issue 13): clear start-up refusals, an audit trail, the seeds' leftovers.
+
+Each test drives a real dlqd process (or the real `dlqctl`) against the real
+catalog upstream and proves one item of the issue the way an operator meets it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import DaemonFactory
+from tests.support import DaemonProcess, held_daemon
+
+
+def log_lines(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines (its stderr also holds the refusal text, not JSON)."""
+    return [json.loads(line) for line in daemon.logs().splitlines() if line.startswith("{")]
+
+
+def exit_code(daemon: DaemonProcess) -> int:
+    assert daemon.proc is not None
+    return daemon.proc.wait(timeout=20)
+
+
+# --- start-up refusals ------------------------------------------------------------------------
+
+
+def test_a_state_dir_that_is_a_regular_file_refuses_start_with_a_clear_message(
+    make_daemon: DaemonFactory,
+) -> None:
+    daemon = make_daemon()
+    daemon.state_dir.write_bytes(b"someone's notes")
+
+    daemon.start(wait=False)
+
+    assert exit_code(daemon) == 1
+    logs = daemon.logs()
+    assert f"state directory {daemon.state_dir} is a regular file, not a directory" in logs
+    assert "--state-dir" in logs  # says what to do
+    assert "Traceback" not in logs
+    assert daemon.state_dir.read_bytes() == b"someone's notes"
+
+
+def test_a_library_that_is_a_regular_file_is_named_as_such(make_daemon: DaemonFactory) -> None:
+    daemon = make_daemon()
+    daemon.library.rmdir()
+    daemon.library.write_bytes(b"not a folder")
+
+    daemon.start(wait=False)
+
+    assert exit_code(daemon) == 1
+    logs = daemon.logs()
+    assert f"library directory {daemon.library} is a regular file, not a directory" in logs
+    assert "does not exist" not in logs
+    assert not daemon.state_dir.exists()  # refused before the state dir was made
+
+
+def test_a_taken_socket_refuses_before_the_state_dir_is_touched(
+    make_daemon: DaemonFactory,
+) -> None:
+    first = held_daemon(make_daemon, "first")
+    second = make_daemon("second", settings={"daemon": {"socket": str(first.socket)}})
+
+    second.start(wait=False)
+
+    assert exit_code(second) == 1
+    assert f"another daemon answers on {first.socket}" in second.logs()
+    assert log_lines(second) == []  # no "journal recovered" or anything else first
+    assert not second.state_dir.exists()  # not created, locked or read
+    assert first.call("health")["ok"] is True
+
+
+def test_a_second_daemon_on_a_locked_state_dir_leaves_no_socket_behind(
+    make_daemon: DaemonFactory,
+) -> None:
+    first = held_daemon(make_daemon, "first")
+    second = make_daemon("second", settings={"daemon": {"state_dir": str(first.state_dir)}})
+
+    second.start(wait=False)
+
+    assert exit_code(second) == 1
+    assert f"already using state dir {first.state_dir}" in second.logs()
+    assert not Path(second.socket).exists()  # it bound its socket first, and removed it
+    assert first.call("health")["ok"] is True
