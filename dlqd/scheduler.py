@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -221,7 +221,7 @@ class Scheduler:
                     await self.store.wait_changed()
                 continue
             except DlqdError as exc:
-                await self._finish(job_id, JobStatus.FAILED, exc.to_dict(), log_)
+                await self._fail_unresolved(job_id, exc.to_dict(), log_)
                 return
             break
         job = self.store.state.jobs[job_id]
@@ -232,7 +232,7 @@ class Scheduler:
                 await self.store.commit(_resolve_event(job_id, resolved))
             except RecordRefused as exc:
                 log_.error("upstream metadata cannot be journaled", error=exc.message)
-                await self._finish(job_id, JobStatus.FAILED, _unrecordable(exc), log_)
+                await self._fail_unresolved(job_id, _unrecordable(exc), log_)
                 return
         # Completed tracks (of an earlier run of this job) keep their names.
         job = self.store.state.jobs[job_id]
@@ -390,15 +390,30 @@ class Scheduler:
             except DlqdError as exc:
                 log.error("job finish lost: journal unavailable", error_code=str(exc.code))
 
+    async def _fail_unresolved(
+        self, job_id: str, error: dict[str, str], log_: structlog.BoundLogger
+    ) -> None:
+        """A job whose metadata cannot be had fails, and so does each track it already lists.
+
+        A track job knows its one track from the submit: without this it would
+        show `pending` under a failed job. One commit, so no state shows half.
+        """
+        job = self.store.state.jobs[job_id]
+        unrun = [t for t in job.tracks if t.status == TrackStatus.PENDING]
+        failed = [_track_failed(job_id, track, error) for track in unrun]
+        await self._finish(job_id, JobStatus.FAILED, error, log_, with_events=failed)
+
     async def _finish(
         self,
         job_id: str,
         status: JobStatus,
         error: dict[str, str] | None,
         log_: structlog.BoundLogger,
+        *,
+        with_events: Sequence[dict[str, object]] = (),
     ) -> None:
         event = {"e": "finish", "id": job_id, "status": str(status), "error": error}
-        await self.store.commit({**event, "at": self.clock()})
+        await self.store.commit(*with_events, {**event, "at": self.clock()})
         log_.info("job finished", status=str(status), error_code=(error or {}).get("code"))
 
     # --- control ------------------------------------------------------------------
