@@ -201,6 +201,8 @@ def run(args: argparse.Namespace, client: Client) -> int:
     elif command in ("cancel", "retry"):
         result = client.call(command, {"id": args.job})
         _emit(args, result, f"job {args.job}: {result['job']['status']}")
+        if "warning" in result and not args.json:
+            print(f"warning: {result['warning']}", file=sys.stderr)
     elif command == "rm":
         result = client.call("remove", {"id": args.job})
         _emit(args, result, f"removed job {result['removed']}")

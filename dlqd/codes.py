@@ -58,3 +58,8 @@ TRANSIENT_CODES = frozenset(
 # (worker.requeue_after_s, worker.max_passes). A body that keeps arriving
 # broken is not one: INTEGRITY_ERROR after its retries is permanent.
 DEFERRABLE_CODES = TRANSIENT_CODES - {ErrorCode.INTEGRITY_ERROR}
+
+# The upstream's final answer about a track, not a passing fault: a `retry`
+# asks the same question and, unless the catalog changes, gets the same
+# answer (not found; an encrypted stream or a preview). `retry` warns.
+PERMANENT_CODES = frozenset({ErrorCode.UPSTREAM_NOT_FOUND, ErrorCode.UNSUPPORTED_FORMAT})

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlqd import __version__
+from dlqd.codes import PERMANENT_CODES
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.model import (
     ACTIVE_STATUSES,
@@ -22,6 +23,7 @@ from dlqd.model import (
     RETRYABLE_STATUSES,
     Job,
     JobStatus,
+    TrackStatus,
 )
 from dlqd.protocol import LIST_DEFAULT_LIMIT
 from dlqd.scheduler import Scheduler
@@ -157,8 +159,28 @@ async def retry(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
             ErrorCode.INVALID_STATE, f"an identical job {twin.id} is already {twin.status}"
         )
     _check_room(ctx)
+    warning = _retry_warning(job)  # read before the retry clears the errors
     await ctx.store.commit({"e": "retry", "id": job.id, "at": ctx.clock()})
-    return {"job": job.to_wire()}
+    result: dict[str, Any] = {"job": job.to_wire()}
+    if warning is not None:
+        result["warning"] = warning
+    return result
+
+
+def _retry_warning(job: Job) -> str | None:
+    """A hint when what the retry re-runs failed on the upstream's final answer."""
+    errors = [t.error for t in job.tracks if t.status == TrackStatus.FAILED and t.error]
+    if not errors and job.error is not None:
+        errors = [job.error]  # failed before its tracks were known
+    permanent = [error for error in errors if error.get("code") in PERMANENT_CODES]
+    if not permanent:
+        return None
+    first = permanent[0]
+    which = "it failed" if len(errors) == 1 else f"{len(permanent)} of its failed tracks failed"
+    return (
+        f"{which} on the upstream's final answer ({first['code']}: {first['message']}); "
+        "a retry will most likely fail the same way unless the upstream's catalog changed"
+    )
 
 
 async def remove(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dlqd.catalog import ENCRYPTED_TRACK_ID, SINGLE_TRACK_ID, UNKNOWN_ID, CatalogServer
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, held_daemon
+from tests.support import DaemonProcess, dlqctl, held_daemon
 
 
 def log_lines(daemon: DaemonProcess) -> list[dict[str, Any]]:
@@ -84,3 +85,53 @@ def test_a_second_daemon_on_a_locked_state_dir_leaves_no_socket_behind(
     assert f"already using state dir {first.state_dir}" in second.logs()
     assert not Path(second.socket).exists()  # it bound its socket first, and removed it
     assert first.call("health")["ok"] is True
+
+
+# --- a job that fails before its tracks run, and retrying it -----------------------------------
+
+
+def test_a_track_job_whose_track_does_not_exist_fails_its_track_row_too(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream)
+    daemon.start()
+    job_id = daemon.submit("track", UNKNOWN_ID)
+
+    job = daemon.wait_job(job_id)
+
+    assert (job["status"], job["error"]["code"]) == ("failed", "UPSTREAM_NOT_FOUND")
+    [track] = job["tracks"]
+    assert (track["status"], track["error"]) == ("failed", job["error"])
+    assert daemon.stop() == 0
+    daemon.start()
+    assert daemon.job(job_id)["tracks"] == [track]  # journaled, not patched up in memory
+
+
+def test_retry_of_a_job_that_failed_for_good_warns_it_will_fail_again(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream)
+    daemon.start()
+    missing = daemon.submit("track", UNKNOWN_ID)
+    encrypted = daemon.submit("track", ENCRYPTED_TRACK_ID)
+    upstream.inject("media", "status", None, status=503, track_id=SINGLE_TRACK_ID)
+    passing_fault = daemon.submit("track", SINGLE_TRACK_ID)
+    for job_id in (missing, encrypted, passing_fault):
+        daemon.wait_job(job_id)
+    upstream.clear_faults()
+    daemon.call("pause")  # the retried jobs stay queued while we read the answers
+
+    code, out, err = dlqctl(daemon.socket, "retry", missing)
+    assert (code, out.strip()) == (0, f"job {missing}: queued")
+    assert err.startswith("warning: it failed on the upstream's final answer (UPSTREAM_NOT_FOUND")
+    assert "will most likely fail the same way" in err
+
+    code, out, _ = dlqctl(daemon.socket, "--json", "retry", encrypted)
+    assert code == 0
+    warning = json.loads(out)["warning"]
+    assert "UNSUPPORTED_FORMAT: encrypted stream" in warning
+
+    code, out, err = dlqctl(daemon.socket, "retry", passing_fault)
+    assert (code, out.strip(), err) == (0, f"job {passing_fault}: queued", "")
+    daemon.call("resume")
+    assert daemon.wait_job(passing_fault)["status"] == "completed"
