@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dlqctl.client import Client, Refused, Unreachable
-from dlqd.model import PRIORITIES, QUALITIES, JobStatus
+from dlqd.model import JOB_TYPES, PRIORITIES, QUALITIES, JobStatus, canonical_choice
 
 DEFAULT_SOCKET = "/run/dlqd/dlqd.sock"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -142,13 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add = commands.add_parser("add", help="queue a track or an album")
-    add.add_argument("type", choices=("track", "album"))
+    add.add_argument("type", **_one_of(JOB_TYPES))
     add.add_argument("target_id", type=_positive_id, metavar="ID")
-    add.add_argument("--quality", choices=QUALITIES, default="LOSSLESS")
-    add.add_argument("--priority", choices=PRIORITIES, default="normal")
+    add.add_argument("--quality", **_one_of(QUALITIES), default="LOSSLESS")
+    add.add_argument("--priority", **_one_of(PRIORITIES), default="normal")
 
     ls = commands.add_parser("ls", help="list jobs (all, or those with --status)")
-    ls.add_argument("--status", action="append", choices=[str(s) for s in JobStatus], default=None)
+    ls.add_argument("--status", action="append", **_one_of(tuple(JobStatus)), default=None)
     for name, text in (
         ("show", "show one job and its tracks"),
         ("cancel", "cancel a queued, paused or processing job"),
@@ -168,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("metrics", help="metrics in the Prometheus text format")
     commands.add_parser("watch", help="live progress until the queue is idle")
     return parser
+
+
+def _one_of(choices: tuple[str, ...]) -> dict[str, Any]:
+    """argparse options for an enum: typed in any case, shown and listed in lower case."""
+    listed = [choice.lower() for choice in choices]
+
+    def convert(text: str) -> str:
+        found = canonical_choice(text, choices)
+        if found is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(listed)}")
+        return found
+
+    convert.__name__ = "choice"  # argparse names the type in some messages
+    return {"type": convert, "metavar": "{" + ",".join(listed) + "}"}
 
 
 def _positive_id(text: str) -> int:

@@ -7,6 +7,7 @@ seconds since the epoch and rendered as RFC 3339 UTC.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -39,6 +40,16 @@ RETRYABLE_STATUSES = frozenset({JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.C
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
 PRIORITIES = ("high", "normal", "low")  # start order
 JOB_TYPES = ("track", "album")
+
+
+def canonical_choice(text: str, choices: Iterable[str]) -> str | None:
+    """The one of `choices` that `text` names in any case ("lossless" → "LOSSLESS"), else None.
+
+    Every enum a person types (type, quality, priority, status) is read this
+    way, by dlqd and dlqctl alike, and stored as its canonical spelling.
+    """
+    folded = text.casefold()
+    return next((choice for choice in choices if choice.casefold() == folded), None)
 
 
 @dataclass(slots=True)  # slots: 100,000 jobs load faster and smaller at start-up

@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 
 from dlqd.codes import ErrorCode
-from dlqd.model import JOB_TYPES, PRIORITIES, QUALITIES, JobStatus
+from dlqd.model import JOB_TYPES, PRIORITIES, QUALITIES, JobStatus, canonical_choice
 
 PROTOCOL_VERSION = 1
 LENGTH_PREFIX = struct.Struct(">I")
@@ -100,9 +100,12 @@ def _job_id(value: Any, name: str = "id") -> str:
 
 
 def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise _invalid(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
+    """`value` in any case, as its canonical spelling; the choices are listed in lower case."""
+    found = canonical_choice(value, choices) if isinstance(value, str) else None
+    if found is None:
+        listed = ", ".join(choice.lower() for choice in choices)
+        raise _invalid(f"{name} must be one of {listed} (any case); got {value!r}")
+    return found
 
 
 def _target_id(value: Any) -> int:

@@ -135,3 +135,38 @@ def test_retry_of_a_job_that_failed_for_good_warns_it_will_fail_again(
     assert (code, out.strip(), err) == (0, f"job {passing_fault}: queued", "")
     daemon.call("resume")
     assert daemon.wait_job(passing_fault)["status"] == "completed"
+
+
+# --- enums in any case ------------------------------------------------------------------------
+
+
+def test_every_enum_is_accepted_in_any_case_and_listed_in_one(make_daemon: DaemonFactory) -> None:
+    daemon = held_daemon(make_daemon)
+
+    code, out, err = dlqctl(
+        daemon.socket, "--json", "add", "Track", "5", "--quality", "lossless", "--priority", "HIGH"
+    )
+    assert code == 0, err
+    job = daemon.job(json.loads(out)["id"])
+    assert (job["type"], job["quality"], job["priority"]) == ("track", "LOSSLESS", "high")
+    code, out, _ = dlqctl(daemon.socket, "--json", "ls", "--status", "QUEUED")
+    assert (code, [j["id"] for j in json.loads(out)]) == (0, [job["id"]])
+    # The protocol reads them the same way, for any client.
+    raw = daemon.call("submit", type="ALBUM", target_id=6, quality="Hi_Res_Lossless")
+    album = daemon.job(raw["id"])
+    assert (album["type"], album["quality"], album["priority"]) == (
+        "album",
+        "HI_RES_LOSSLESS",
+        "normal",
+    )
+    refusal = daemon.refused("submit", type="album", target_id=7, quality="MEDIUM")
+    assert (
+        "quality must be one of low, high, lossless, hi_res_lossless (any case)" in refusal.message
+    )
+
+    code, out, _ = dlqctl(daemon.socket, "add", "--help")
+    assert code == 0
+    assert "{low,high,lossless,hi_res_lossless}" in out and "{high,normal,low}" in out
+    code, _, err = dlqctl(daemon.socket, "add", "track", "5", "--priority", "urgent")
+    assert code == 2
+    assert "'urgent' is not one of high, normal, low" in err

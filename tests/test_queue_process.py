@@ -286,7 +286,7 @@ def test_bad_requests_get_an_error_and_the_same_connection_keeps_working(
                 "v": 1,
                 "id": 6,
                 "cmd": "submit",
-                "args": {"type": "track", "target_id": 5, "quality": "lossless"},
+                "args": {"type": "track", "target_id": 5, "quality": "lossy"},
             },
             "INVALID_ARGUMENT",
         ),
@@ -408,7 +408,7 @@ def test_dlqctl_json_documents_and_exit_codes(make_daemon: DaemonFactory, tmp_pa
 
     code, _, err = dlqctl(daemon.socket, "add", "track", "not-a-number")
     assert code == 2
-    code, _, _ = dlqctl(daemon.socket, "add", "track", "5", "--quality", "lossless")
+    code, _, _ = dlqctl(daemon.socket, "add", "track", "5", "--quality", "lossy")
     assert code == 2
     code, _, _ = dlqctl(daemon.socket, "frobnicate")
     assert code == 2
