@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeGuard
 from urllib.parse import urlsplit
 
 from dlqd import __version__
-from dlqd.naming import TEMPLATE_FIELDS, check_template
+from dlqd.naming import check_template
 
 DEFAULT_CONFIG_PATH = Path("/etc/dlqd/dlqd.toml")
 
@@ -35,11 +35,12 @@ class ConfigError(Exception):
 
 
 class _Invalid(Exception):
-    """A value does not fit its key; carries what was expected, for the message."""
+    """A value does not fit its key: what was expected, or (more precise) what is wrong with it."""
 
-    def __init__(self, expected: str) -> None:
-        super().__init__(expected)
+    def __init__(self, expected: str, problem: str | None = None) -> None:
+        super().__init__(problem or expected)
         self.expected = expected
+        self.problem = problem
 
 
 class _Kind(Protocol):
@@ -195,17 +196,15 @@ class _Url(_TextKind):
 
 
 class _NamingTemplate(_TextKind):
-    expected = "a naming template using only the fields " + ", ".join(
-        "{" + name + "}" for name in sorted(TEMPLATE_FIELDS)
-    )
+    expected = "a non-empty naming template"
 
     def convert(self, value: object) -> str:
         if not isinstance(value, str) or not value:
             raise _Invalid(self.expected)
         try:
             check_template(value)
-        except ValueError as exc:
-            raise _Invalid(f"{self.expected} ({exc})") from None
+        except ValueError as exc:  # says what is wrong and lists the fields once
+            raise _Invalid(self.expected, problem=str(exc)) from None
         return value
 
 
@@ -408,9 +407,9 @@ def load_config(
         try:
             values[section][key] = kind.convert(value)
         except _Invalid as exc:
+            wrong = f"{exc.problem};" if exc.problem else f"expected {exc.expected},"
             raise ConfigError(
-                f"config error: [{section}] {key}: expected {exc.expected}, "
-                f"got {_show(value)} (from {source})"
+                f"config error: [{section}] {key}: {wrong} got {_show(value)} (from {source})"
             ) from None
     return Config(**{section: cls(**values[section]) for section, cls in _SECTIONS.items()})
 

@@ -10,6 +10,7 @@ whatever upstream sends, the path stays inside the library.
 
 from __future__ import annotations
 
+import difflib
 import string
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -96,24 +97,31 @@ def check_template(template: str) -> frozenset[str]:
     Attribute and index lookups (`{album.x}`, `{album[0]}`) are refused so a
     template can only ever read the fields listed in DESIGN §7. Meant for the
     config loader as well, so a bad template fails at start-up, not per track.
+    The message says what is wrong without repeating the template (the
+    caller shows it) and lists the known fields once.
     """
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"naming template {template!r}: {exc}") from exc
+        raise ValueError(f"cannot be read: {exc}") from None
     if any(spec and "{" in spec for _literal, _name, spec, _conv in parsed):
-        raise ValueError(f"naming template {template!r}: nested fields are not supported")
+        raise ValueError("nested fields are not supported")
     used = frozenset(name for _literal, name, _spec, _conv in parsed if name is not None)
-    unknown = used - TEMPLATE_FIELDS
+    unknown = sorted(used - TEMPLATE_FIELDS)
     if unknown:
+        named = ", ".join("{" + name + "}" for name in unknown)
+        guesses = [difflib.get_close_matches(name, TEMPLATE_FIELDS, n=1) for name in unknown]
+        hint = ", ".join("{" + guess[0] + "}" for guess in guesses if guess)
         raise ValueError(
-            f"naming template {template!r}: unknown field(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(TEMPLATE_FIELDS))}"
+            f"unknown field{'s' if len(unknown) > 1 else ''} {named}"
+            + (f" (did you mean {hint}?)" if hint else "")
+            + "; the fields are "
+            + ", ".join("{" + name + "}" for name in sorted(TEMPLATE_FIELDS))
         )
     try:
         template.format(**_SAMPLE_FIELDS)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise ValueError(f"naming template {template!r} does not format: {exc}") from None
+        raise ValueError(f"does not format: {exc}") from None
     return used
 
 
@@ -156,7 +164,10 @@ def render_relative_path(template: str, meta: TrackMeta, ext: str) -> PurePosixP
 
     Raises ValueError for a bad template (a configuration error, not a track's).
     """
-    has_ext = "ext" in check_template(template)
+    try:
+        has_ext = "ext" in check_template(template)
+    except ValueError as exc:
+        raise ValueError(f"naming template {template!r}: {exc}") from None
     try:
         rendered = template.format_map(template_fields(meta, ext))
     except (ValueError, TypeError) as exc:

@@ -376,7 +376,7 @@ def test_socket_mode_must_be_an_octal_string(tmp_path: Path) -> None:
     ],
 )
 def test_bad_naming_template_is_rejected(template: str) -> None:
-    with pytest.raises(ConfigError, match=r"\[files\] naming: expected "):
+    with pytest.raises(ConfigError, match=r"\[files\] naming: .+ got "):
         load_config(env={}, overrides={("files", "naming"): template})
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dlqd.catalog import ENCRYPTED_TRACK_ID, SINGLE_TRACK_ID, UNKNOWN_ID, CatalogServer
+from dlqd.naming import TEMPLATE_FIELDS
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, dlqctl, held_daemon
 
@@ -170,3 +171,25 @@ def test_every_enum_is_accepted_in_any_case_and_listed_in_one(make_daemon: Daemo
     code, _, err = dlqctl(daemon.socket, "add", "track", "5", "--priority", "urgent")
     assert code == 2
     assert "'urgent' is not one of high, normal, low" in err
+
+
+# --- a naming template with an unknown field ----------------------------------------------------
+
+
+def test_an_unknown_naming_field_is_named_with_each_known_field_listed_once(
+    make_daemon: DaemonFactory,
+) -> None:
+    daemon = make_daemon(settings={"files": {"naming": "{artst}/{album}/{title}"}})
+
+    daemon.start(wait=False)
+
+    assert exit_code(daemon) == 2
+    [message] = [line for line in daemon.logs().splitlines() if line.startswith("dlqd: ")]
+    assert message.startswith(
+        "dlqd: config error: [files] naming: unknown field {artst} (did you mean {artist}?); "
+        "the fields are {album}, {album_artist}, {artist}, "
+    )
+    assert message.endswith(f'got "{{artst}}/{{album}}/{{title}}" (from {daemon.config_path})')
+    listed = message.split("the fields are ")[1].split("; got ")[0]
+    assert listed == ", ".join("{" + name + "}" for name in sorted(TEMPLATE_FIELDS))
+    assert message.count("the fields are") == 1 and "known:" not in message  # listed once
