@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("job", nargs="?")
     commands.add_parser("stats", help="queue and worker counts")
     commands.add_parser("health", help="exit 0 when healthy, 1 when not (and why)")
-    commands.add_parser("metrics", help="metrics in the Prometheus text format")
+    commands.add_parser(
+        "metrics", help="metrics in the Prometheus text format (--json: parsed families)"
+    )
     commands.add_parser("watch", help="live progress until the queue is idle")
     return parser
 
@@ -233,7 +235,7 @@ def run(args: argparse.Namespace, client: Client) -> int:
         return EXIT_OK if result["ok"] else EXIT_REFUSED
     elif command == "metrics":
         result = client.call("metrics")
-        _emit(args, result, result["text"].rstrip("\n"))
+        _emit(args, result["families"], result["text"].rstrip("\n"))
     elif command == "watch":
         return watch(args, client)
     return EXIT_OK

@@ -44,6 +44,7 @@ class CommandContext:
     shutting_down: bool = False
     health_checks: Callable[[], dict[str, Any]] = dict
     metrics_text: Callable[[], str] = str
+    metrics_families: Callable[[], list[dict[str, Any]]] = list
     metrics_summary: Callable[[], dict[str, Any]] = dict
 
 
@@ -254,7 +255,7 @@ async def health(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def metrics(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
-    return {"text": ctx.metrics_text()}
+    return {"text": ctx.metrics_text(), "families": ctx.metrics_families()}
 
 
 HANDLERS: dict[str, Handler] = {

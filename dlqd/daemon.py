@@ -302,6 +302,7 @@ async def _run(
         journal_stats=store.journal_stats,
     )
     ctx.metrics_text = metrics.text
+    ctx.metrics_families = metrics.families
     ctx.metrics_summary = metrics.summary
     speed = speed_sampler()
     server = ControlServer(

@@ -178,6 +178,27 @@ class Metrics:
         self.refresh_gauges()
         return generate_latest(self.registry).decode("utf-8")
 
+    def families(self) -> list[dict[str, Any]]:
+        """The same metrics as `text`, as data (what `dlqctl --json metrics` prints).
+
+        One map per family — `name`, `type`, `help` and its `samples`, each
+        with its `name`, `labels` and `value` — named as the Prometheus text
+        parser names them (a counter's family has no `_total`, its samples do).
+        """
+        self.refresh_gauges()
+        return [
+            {
+                "name": family.name,
+                "type": family.type,
+                "help": family.documentation,
+                "samples": [
+                    {"name": sample.name, "labels": dict(sample.labels), "value": sample.value}
+                    for sample in family.samples
+                ],
+            }
+            for family in self.registry.collect()
+        ]
+
     def summary(self) -> dict[str, int]:
         """A few totals for `dlqctl stats` (every one counts whole things)."""
 

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from dlqd.catalog import ENCRYPTED_TRACK_ID, SINGLE_TRACK_ID, UNKNOWN_ID, CatalogServer
 from dlqd.naming import TEMPLATE_FIELDS
 from tests.conftest import DaemonFactory
@@ -193,3 +195,39 @@ def test_an_unknown_naming_field_is_named_with_each_known_field_listed_once(
     listed = message.split("the fields are ")[1].split("; got ")[0]
     assert listed == ", ".join("{" + name + "}" for name in sorted(TEMPLATE_FIELDS))
     assert message.count("the fields are") == 1 and "known:" not in message  # listed once
+
+
+# --- dlqctl --json metrics --------------------------------------------------------------------
+
+
+def test_dlqctl_json_metrics_gives_the_parsed_families(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream)
+    daemon.start()
+    assert daemon.wait_job(daemon.submit("track", SINGLE_TRACK_ID))["status"] == "completed"
+
+    code, out, err = dlqctl(daemon.socket, "--json", "metrics")
+
+    assert code == 0, err
+    families = {family["name"]: family for family in json.loads(out)}
+    finished = families["dlqd_jobs_finished"]
+    assert (finished["type"], finished["help"]) == (
+        "counter",
+        "Jobs that reached a final status, by status.",
+    )
+    assert {
+        "name": "dlqd_jobs_finished_total",
+        "labels": {"status": "completed"},
+        "value": 1.0,
+    } in finished["samples"]
+    assert families["dlqd_track_download_seconds"]["type"] == "histogram"
+    # The same families, names and labels as the text form, as Prometheus parses it.
+    code, text, _ = dlqctl(daemon.socket, "metrics")
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(families) == set(parsed)
+    for name, family in parsed.items():
+        assert families[name]["type"] == family.type
+        assert [(s["name"], s["labels"]) for s in families[name]["samples"]] == [
+            (s.name, s.labels) for s in family.samples
+        ]
