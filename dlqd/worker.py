@@ -12,6 +12,7 @@ through `TrackRun` and its return values.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 from collections import OrderedDict
@@ -225,20 +226,25 @@ class DownloadWork:
         return self._bandwidth
 
     async def _cover(self, meta: TrackMeta) -> bytes | None:
-        """The album's cover, fetched once per album; a cover problem never fails a track."""
+        """The album's cover, fetched once per album; a cover problem never fails a track.
+
+        A transient failure is retried on the track's backoff schedule (not a
+        long Retry-After: the track waits for its cover). One that lasts
+        leaves the track without art, and the album's next track asks again.
+        """
         if self.files.cover == "none" or not meta.cover_url:
             return None
-        if meta.cover_url in self._covers:
-            self._covers.move_to_end(meta.cover_url)
-            return self._covers[meta.cover_url]
+        url = meta.cover_url
+        if url in self._covers:
+            self._covers.move_to_end(url)
+            return self._covers[url]
+        retry = dataclasses.replace(self.retry, max_retry_after_s=0.0)
         try:
-            cover = await self.source.cover(meta.cover_url)
+            cover = await retry.run(lambda: self.source.cover(url), what="cover")
         except DlqdError as exc:
-            log.warning(
-                "cover unavailable", url=redact_url(meta.cover_url), error_code=str(exc.code)
-            )
+            log.warning("cover unavailable", url=redact_url(url), error_code=str(exc.code))
             return None
-        self._covers[meta.cover_url] = cover
+        self._covers[url] = cover
         if len(self._covers) > COVER_CACHE_SIZE:
             self._covers.popitem(last=False)
         return cover

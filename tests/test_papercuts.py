@@ -10,9 +10,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mutagen.flac import FLAC
 from prometheus_client.parser import text_string_to_metric_families
 
-from dlqd.catalog import ENCRYPTED_TRACK_ID, SINGLE_TRACK_ID, UNKNOWN_ID, CatalogServer
+from dlqd import audio
+from dlqd.catalog import (
+    ENCRYPTED_TRACK_ID,
+    SINGLE_ALBUM_ID,
+    SINGLE_TRACK_ID,
+    UNKNOWN_ID,
+    CatalogServer,
+)
 from dlqd.naming import TEMPLATE_FIELDS
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, dlqctl, held_daemon
@@ -231,3 +239,25 @@ def test_dlqctl_json_metrics_gives_the_parsed_families(
         assert [(s["name"], s["labels"]) for s in families[name]["samples"]] == [
             (s.name, s.labels) for s in family.samples
         ]
+
+
+# --- a cover that fails once ------------------------------------------------------------------
+
+
+def test_a_cover_that_fails_once_is_retried_and_embedded(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream)
+    daemon.start()
+    upstream.inject("cover", "status", 1, status=503, album_id=SINGLE_ALBUM_ID)
+
+    job = daemon.wait_job(daemon.submit("track", SINGLE_TRACK_ID))
+
+    assert job["status"] == "completed", job
+    assert job["tracks"][0]["attempts"] == 1  # the cover's retry is not the track's
+    assert len(upstream.requests_for("cover", album_id=SINGLE_ALBUM_ID)) == 2
+    path = daemon.library / job["tracks"][0]["path"]
+    [picture] = FLAC(path).pictures
+    expected = audio.cover_jpeg()  # what the catalog serves for every album
+    assert picture.data == expected
+    assert (path.parent / "cover.jpg").read_bytes() == expected
