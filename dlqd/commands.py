@@ -245,11 +245,13 @@ async def stats(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
 async def health(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     checks = ctx.health_checks()
     problems = [name for name, check in checks.items() if not check.get("ok", True)]
+    notes = [f"{name}: {check['note']}" for name, check in checks.items() if "note" in check]
     return {
         "ok": not problems,
         "version": __version__,
         "uptime_s": round(time.monotonic() - ctx.started_monotonic, 3),
         "problems": problems,
+        "notes": notes,
         "checks": checks,
     }
 

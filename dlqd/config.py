@@ -333,6 +333,10 @@ class LimitsConfig:
     max_metadata_mb: int = field(default=16, metadata=_checked_as(_POSITIVE))
     max_track_mb: int = field(default=4096, metadata=_checked_as(_POSITIVE))
     max_job_tracks: int = field(default=5000, metadata=_checked_as(_POSITIVE))
+    warn_active_jobs: tuple[int, ...] = field(
+        default=(100, 500),
+        metadata=_checked_as(_ListOf(_POSITIVE, "a list of integers >= 1 ([] for none)")),
+    )
 
 
 @dataclass(frozen=True, slots=True)

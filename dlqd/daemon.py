@@ -28,6 +28,7 @@ import structlog
 import trio
 
 from dlqd import __version__
+from dlqd.backlog import BacklogWarnings
 from dlqd.commands import CommandContext, queue_counts
 from dlqd.config import Config
 from dlqd.control import ControlServer, SocketFile, SocketInUse, SocketPathTaken, bind_unix_socket
@@ -257,6 +258,9 @@ async def _run(
     metrics = Metrics()
     store = Store(files, state, config.daemon.journal_compact_bytes)
     store.on_commit(metrics.observe_event)
+    backlog = BacklogWarnings(config.limits.warn_active_jobs, lambda: store.state.active_count)
+    backlog.observe()  # a queue recovered long warns at once
+    store.on_commit(backlog.observe)
     upstream = config.upstream
     source = Source(
         upstream.base_url,
@@ -295,7 +299,7 @@ async def _run(
         observe_track_seconds=metrics.observe_track_seconds,
     )
     ctx = CommandContext(store=store, scheduler=scheduler, max_queue=config.limits.max_queue)
-    ctx.health_checks = lambda: health_checks(ctx, config, source)
+    ctx.health_checks = lambda: health_checks(ctx, config, source, backlog)
     metrics.live = LiveView(
         state=lambda: store.state,
         active_tracks=lambda: scheduler.active_tracks,
@@ -362,7 +366,9 @@ async def _drain(ctx: CommandContext, work: DownloadWork, grace_s: float) -> Non
     log.info("drained", requeued=len(stopped), seconds=round(time.monotonic() - started, 3))
 
 
-def health_checks(ctx: CommandContext, config: Config, source: Source) -> dict[str, Any]:
+def health_checks(
+    ctx: CommandContext, config: Config, source: Source, backlog: BacklogWarnings
+) -> dict[str, Any]:
     """The checks of `dlqctl health` (see dlqd.health); cheap enough to run on each request."""
     state_dir = config.daemon.state_dir
     min_free_mb = config.limits.min_free_mb
@@ -373,4 +379,5 @@ def health_checks(ctx: CommandContext, config: Config, source: Source) -> dict[s
         "library_space": free_space_check(config.daemon.library, min_free_mb),
         "upstream": upstream_check(source.base_reports()),
         "holds": holds_check(ctx.scheduler.holds.faults()),
+        "active_jobs": backlog.check(),
     }

@@ -261,3 +261,50 @@ def test_a_cover_that_fails_once_is_retried_and_embedded(
     expected = audio.cover_jpeg()  # what the catalog serves for every album
     assert picture.data == expected
     assert (path.parent / "cover.jpg").read_bytes() == expected
+
+
+# --- warnings when the queue grows long -------------------------------------------------------
+
+
+def backlog_warnings(daemon: DaemonProcess) -> list[tuple[int, int]]:
+    """(threshold, active jobs) of each 'many active jobs' warning logged so far."""
+    return [
+        (line["threshold"], line["active_jobs"])
+        for line in log_lines(daemon)
+        if line["event"].startswith("many active jobs") and line["level"] == "warning"
+    ]
+
+
+def test_passing_each_active_job_threshold_warns_once_and_health_notes_it(
+    make_daemon: DaemonFactory,
+) -> None:
+    daemon = held_daemon(make_daemon, limits={"warn_active_jobs": [3, 5]})
+    jobs = [daemon.submit("track", target) for target in (1, 2)]
+    assert backlog_warnings(daemon) == []
+    assert daemon.call("health")["notes"] == []
+
+    jobs += [daemon.submit("track", target) for target in (3, 4)]
+    assert backlog_warnings(daemon) == [(3, 3)]  # once, not again at 4
+    health = daemon.call("health")
+    assert health["ok"] is True and health["problems"] == []  # a note, not a failure
+    assert health["notes"] == [
+        "active_jobs: 4 active jobs, at or above the warning threshold of 3 "
+        "(limits.warn_active_jobs)"
+    ]
+    assert health["checks"]["active_jobs"]["warn_at"] == [3, 5]
+    code, out, _ = dlqctl(daemon.socket, "health")
+    assert code == 0
+    assert "  note: active_jobs: 4 active jobs, at or above" in out
+
+    jobs.append(daemon.submit("track", 5))
+    assert backlog_warnings(daemon) == [(3, 3), (5, 5)]
+
+    for job_id in jobs[2:]:  # down to 2: under 90% of 3, so both thresholds re-arm
+        daemon.call("cancel", id=job_id)
+    assert daemon.call("health")["notes"] == []
+    daemon.submit("track", 6)
+    assert backlog_warnings(daemon) == [(3, 3), (5, 5), (3, 3)]
+
+    assert daemon.stop() == 0
+    daemon.start()  # a queue recovered at 3 warns at start-up
+    assert backlog_warnings(daemon) == [(3, 3), (5, 5), (3, 3), (3, 3)]
