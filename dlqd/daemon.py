@@ -128,6 +128,8 @@ def recover_state(state_dir: Path) -> tuple[JournalFiles, QueueState]:
             bytes=report.truncated_bytes,
         )
     requeued = recover_interrupted(state)
+    for job_id in requeued:  # processing when the last dlqd died without draining
+        log.warning("job recovered from crash: queued again", job_id=job_id)
     log.info(
         "journal recovered",
         jobs=len(state.jobs),

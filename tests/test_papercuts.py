@@ -308,3 +308,35 @@ def test_passing_each_active_job_threshold_warns_once_and_health_notes_it(
     assert daemon.stop() == 0
     daemon.start()  # a queue recovered at 3 warns at start-up
     assert backlog_warnings(daemon) == [(3, 3), (5, 5), (3, 3), (3, 3)]
+
+
+# --- the audit trail of a crash ---------------------------------------------------------------
+
+
+def test_each_job_requeued_after_a_crash_gets_its_own_log_line(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
+    upstream.inject("media", "stall", 1, track_id=SINGLE_TRACK_ID)
+    running = daemon.submit("track", SINGLE_TRACK_ID)
+    waiting = daemon.submit("album", SINGLE_ALBUM_ID, priority="low")
+    daemon.wait_job(running, ["processing"])
+    assert daemon.job(waiting)["status"] == "queued"
+
+    daemon.kill()
+    daemon.start()
+
+    recovered = [
+        line
+        for line in log_lines(daemon)
+        if line["event"] == "job recovered from crash: queued again"
+    ]
+    assert [line["job_id"] for line in recovered] == [running]  # not the job that was only queued
+    assert recovered[0]["level"] == "warning"
+    assert daemon.wait_job(running)["status"] == "completed"
+    assert daemon.stop() == 0
+    daemon.start()  # a clean stop drains: nothing to recover from
+    assert (
+        len([line for line in log_lines(daemon) if line["event"].startswith("job recovered")]) == 1
+    )
