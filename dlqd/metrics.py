@@ -1,7 +1,8 @@
 """The daemon's Prometheus metrics: one `Metrics` object owning its own registry.
 
 Counters move on journaled facts — `observe_event` is handed each event once
-it is durable (submits, finishes, cancels, finished or failed tracks) — plus
+it is durable (submits, finishes, cancels, finished or failed tracks, and
+how long each job took from its submit or retry to its final status) — plus
 two hooks for what is not journaled: retries (`count_retry`) and how long a
 track took (`observe_track_seconds`). Gauges (jobs by status, active tracks,
 the oldest queued job's age, journal size) are read from the live queue when
@@ -36,6 +37,8 @@ WRITTEN_OUTCOMES = ("written", "overwritten", "renamed")
 SKIPPED_OUTCOMES = ("skipped_identical", "skipped_exists")
 # Tracks here are seconds to a few minutes; the top buckets catch stalled retries.
 TRACK_SECONDS_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Jobs wait in the queue too: from seconds (a failed lookup) to a day (a long held queue).
+JOB_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,15 @@ class Metrics:
             buckets=TRACK_SECONDS_BUCKETS,
             registry=r,
         )
+        self.job_seconds = Histogram(
+            "dlqd_job_duration_seconds",
+            "Time from a job's submit (or retry) to its final status, by status; queue wait "
+            "included.",
+            ["status"],
+            buckets=JOB_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self._queued_at: dict[str, float] = {}  # active jobs: when they were submitted or retried
         self.start_time = Gauge(
             "dlqd_start_time_seconds", "When this dlqd process started (Unix time).", registry=r
         )
@@ -122,6 +134,7 @@ class Metrics:
         for status in JobStatus:  # zero series exist from the start, in a stable order
             if status in FINISHED_STATUSES:
                 self.jobs_finished.labels(status=str(status))
+                self.job_seconds.labels(status=str(status))
         for outcome in WRITTEN_OUTCOMES:
             self.tracks_written.labels(outcome=outcome)
         for outcome in SKIPPED_OUTCOMES:
@@ -136,10 +149,15 @@ class Metrics:
         kind = event.get("e")
         if kind == "submit":
             self.jobs_submitted.inc()
+            self._job_queued(event)
+        elif kind == "retry":
+            self._job_queued(event)
         elif kind == "finish":
             self.jobs_finished.labels(status=str(event["status"])).inc()
+            self._job_ended(event, str(event["status"]))
         elif kind == "cancel":
             self.jobs_finished.labels(status=str(JobStatus.CANCELLED)).inc()
+            self._job_ended(event, str(JobStatus.CANCELLED))
         elif kind == "track_done":
             outcome = str(event.get("outcome"))
             if outcome in SKIPPED_OUTCOMES:
@@ -150,6 +168,21 @@ class Metrics:
         elif kind == "track_failed":
             code = (event.get("error") or {}).get("code", "UNKNOWN")
             self.tracks_failed.labels(error_code=str(code)).inc()
+
+    def _job_queued(self, event: Mapping[str, Any]) -> None:
+        if event.get("at") is not None:
+            self._queued_at[event["id"]] = event["at"]
+
+    def _job_ended(self, event: Mapping[str, Any], status: str) -> None:
+        """Observe how long the job took; one queued before this process started counts
+        from its submit (a retry made then is not known)."""
+        queued_at = self._queued_at.pop(event["id"], None)
+        if queued_at is None and self.live is not None:
+            job = self.live.state().jobs.get(event["id"])
+            queued_at = None if job is None else job.created_at
+        ended_at = event.get("at")
+        if queued_at is not None and ended_at is not None:
+            self.job_seconds.labels(status=status).observe(max(0.0, ended_at - queued_at))
 
     def count_retry(self, error_code: str) -> None:
         self.retries.labels(error_code=error_code).inc()

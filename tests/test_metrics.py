@@ -54,13 +54,15 @@ def cli_metrics(daemon: DaemonProcess) -> Samples:
 def test_events_move_the_counters_and_every_name_starts_with_dlqd() -> None:
     metrics = Metrics()
     for event in (
-        {"e": "submit", "id": "1"},
+        {"e": "submit", "id": "1", "at": 100.0},
         {"e": "track_done", "id": "1", "track_id": 1, "outcome": "written", "bytes": 1000},
         {"e": "track_done", "id": "1", "track_id": 2, "outcome": "skipped_identical", "bytes": 5},
         {"e": "track_failed", "id": "1", "track_id": 3, "error": {"code": "TIMEOUT"}},
-        {"e": "finish", "id": "1", "status": "partial", "error": None},
-        {"e": "submit", "id": "2"},
-        {"e": "cancel", "id": "2"},
+        {"e": "finish", "id": "1", "status": "partial", "error": None, "at": 130.0},
+        {"e": "submit", "id": "2", "at": 150.0},
+        {"e": "cancel", "id": "2", "at": 152.0},
+        {"e": "retry", "id": "1", "at": 200.0},  # counts again from the retry
+        {"e": "finish", "id": "1", "status": "completed", "error": None, "at": 203.0},
         {"e": "hold"},
     ):
         metrics.observe_event(event)
@@ -70,7 +72,7 @@ def test_events_move_the_counters_and_every_name_starts_with_dlqd() -> None:
     assert value(samples, "dlqd_jobs_submitted_total") == 2
     assert value(samples, "dlqd_jobs_finished_total", status="partial") == 1
     assert value(samples, "dlqd_jobs_finished_total", status="cancelled") == 1
-    assert value(samples, "dlqd_jobs_finished_total", status="completed") == 0
+    assert value(samples, "dlqd_jobs_finished_total", status="completed") == 1
     assert value(samples, "dlqd_tracks_written_total", outcome="written") == 1
     assert value(samples, "dlqd_tracks_skipped_total", outcome="skipped_identical") == 1
     assert value(samples, "dlqd_tracks_failed_total", error_code="TIMEOUT") == 1
@@ -78,6 +80,10 @@ def test_events_move_the_counters_and_every_name_starts_with_dlqd() -> None:
     assert value(samples, "dlqd_retries_total", error_code="UPSTREAM_UNAVAILABLE") == 1
     assert value(samples, "dlqd_track_download_seconds_count") == 1
     assert value(samples, "dlqd_track_download_seconds_bucket", le="1.0") == 1
+    assert value(samples, "dlqd_job_duration_seconds_sum", status="partial") == 30
+    assert value(samples, "dlqd_job_duration_seconds_sum", status="cancelled") == 2
+    assert value(samples, "dlqd_job_duration_seconds_sum", status="completed") == 3
+    assert value(samples, "dlqd_job_duration_seconds_count", status="failed") == 0
     assert all(name.startswith("dlqd_") for name, _ in samples)
     assert not [name for name, _ in samples if name.endswith("_created")]
 

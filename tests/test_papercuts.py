@@ -340,3 +340,49 @@ def test_each_job_requeued_after_a_crash_gets_its_own_log_line(
     assert (
         len([line for line in log_lines(daemon) if line["event"].startswith("job recovered")]) == 1
     )
+
+
+# --- how long jobs take -----------------------------------------------------------------------
+
+
+def job_seconds(daemon: DaemonProcess) -> dict[str, tuple[float, float]]:
+    """Per status: (count, sum) of dlqd_job_duration_seconds, from `dlqctl metrics`."""
+    code, text, err = dlqctl(daemon.socket, "metrics")
+    assert code == 0, err
+    [family] = [
+        f for f in text_string_to_metric_families(text) if f.name == "dlqd_job_duration_seconds"
+    ]
+    assert family.type == "histogram"
+    samples = {(s.name, s.labels["status"]): s.value for s in family.samples}
+    statuses = {status for _, status in samples}
+    return {
+        status: (
+            samples[("dlqd_job_duration_seconds_count", status)],
+            samples[("dlqd_job_duration_seconds_sum", status)],
+        )
+        for status in statuses
+    }
+
+
+def test_each_finished_job_is_timed_by_status(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream)
+    daemon.start()
+    daemon.wait_job(daemon.submit("track", SINGLE_TRACK_ID))
+    daemon.wait_job(daemon.submit("track", UNKNOWN_ID))
+    daemon.call("pause")
+    daemon.call("cancel", id=daemon.submit("album", SINGLE_ALBUM_ID))
+
+    seconds = job_seconds(daemon)
+
+    assert set(seconds) == {"completed", "partial", "failed", "cancelled"}
+    assert [seconds[s][0] for s in ("completed", "partial", "failed", "cancelled")] == [1, 0, 1, 1]
+    assert seconds["completed"][1] > 0  # it took some time to download
+
+    queued = daemon.submit("album", SINGLE_ALBUM_ID)
+    assert daemon.stop() == 0
+    daemon.start()  # a job queued before the restart is timed from its submit
+    daemon.call("resume")
+    daemon.wait_job(queued)
+    assert job_seconds(daemon)["completed"][0] == 1
