@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import structlog
 import trio
 
-from dlqd import __version__
+from dlqd import __version__, debug_hooks
 from dlqd.backlog import BacklogWarnings
 from dlqd.commands import CommandContext, queue_counts
 from dlqd.config import Config
@@ -202,22 +202,6 @@ def _rate(bytes_per_s: float) -> str:
     raise AssertionError("unreachable")
 
 
-async def debug_hooks(
-    block_s: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Only with DLQD_DEBUG_HOOKS=1: SIGUSR1 blocks the event loop for `block_s` seconds.
-
-    A deliberately stuck loop, so tests (and operators trying WatchdogSec=)
-    can see the watchdog pings stop. `time.sleep` on purpose: it holds the loop.
-    """
-    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
-        task_status.started()
-        async for _ in signals:
-            log.warning("debug hook: blocking the event loop", seconds=block_s)
-            time.sleep(block_s)
-            log.warning("debug hook: event loop released")
-
-
 async def serve(config: Config) -> None:
     """Run the daemon until SIGTERM/SIGINT; raises StartupError for operator mistakes."""
     library, state_dir = config.daemon.library, config.daemon.state_dir
@@ -290,9 +274,10 @@ async def _run(
         max_track_mb=config.limits.max_track_mb,
     )
     holds = Holds(user_held=lambda: store.state.held, on_change=store.notify_changed)
+    debugging = debug_hooks.enabled(os.environ)
     scheduler = Scheduler(
         store,
-        work,
+        debug_hooks.with_debug_faults(work, os.environ) if debugging else work,
         max_concurrent=config.worker.max_concurrent,
         track_timeout_s=config.worker.track_timeout_s,
         holds=holds,
@@ -338,9 +323,9 @@ async def _run(
                 nursery.start_soon(
                     run_textfile_writer, metrics, config.metrics.textfile, config.metrics.interval_s
                 )
-            if os.environ.get("DLQD_DEBUG_HOOKS") == "1":
+            if debugging:
                 block_s = float(os.environ.get("DLQD_DEBUG_BLOCK_S", "5"))
-                await nursery.start(debug_hooks, block_s)
+                await nursery.start(debug_hooks.block_loop_on_sigusr1, block_s)
             if notifier.enabled:
                 nursery.start_soon(notifier.watchdog, lambda: status_line(ctx, speed(store.state)))
             notifier.send("READY=1")

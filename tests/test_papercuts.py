@@ -7,6 +7,7 @@ catalog upstream and proves one item of the issue the way an operator meets it.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,18 @@ from dlqd.catalog import (
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,
     UNKNOWN_ID,
+    Catalog,
     CatalogServer,
 )
 from dlqd.naming import TEMPLATE_FIELDS
 from tests.conftest import DaemonFactory
-from tests.support import DaemonProcess, dlqctl, held_daemon
+from tests.support import (
+    DaemonProcess,
+    assert_unharmed,
+    dlqctl,
+    held_daemon,
+    outside_snapshot,
+)
 
 
 def log_lines(daemon: DaemonProcess) -> list[dict[str, Any]]:
@@ -386,3 +394,67 @@ def test_each_finished_job_is_timed_by_status(
     daemon.call("resume")
     daemon.wait_job(queued)
     assert job_seconds(daemon)["completed"][0] == 1
+
+
+# --- a bug inside one track -------------------------------------------------------------------
+
+
+def daemon_with_a_buggy_track(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> tuple[DaemonProcess, int, int]:
+    """A daemon whose first track of a new two-track album hits a bug (a debug hook).
+
+    Returns the daemon, the album and its buggy track's id.
+    """
+    album = catalog.add_album(2, seconds=0.3)
+    buggy_track = album * 1000 + 1
+    daemon = make_daemon(
+        upstream=upstream,
+        env={"DLQD_DEBUG_HOOKS": "1", "DLQD_DEBUG_FAIL_TRACK": str(buggy_track)},
+    )
+    daemon.start()
+    return daemon, album, buggy_track
+
+
+def test_a_bug_inside_one_track_fails_it_with_internal_error_and_the_daemon_goes_on(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    daemon, album, buggy_track = daemon_with_a_buggy_track(make_daemon, upstream, catalog)
+    before = outside_snapshot(daemon)
+
+    album_job = daemon.submit("album", album)
+    innocent = daemon.submit("track", SINGLE_TRACK_ID)
+    job = daemon.wait_job(album_job)
+
+    assert job["status"] == "partial", job
+    buggy, other = job["tracks"]
+    assert buggy["track_id"] == buggy_track
+    assert (buggy["status"], buggy["error"]["code"]) == ("failed", "INTERNAL_ERROR")
+    assert "InjectedFault" in buggy["error"]["message"]
+    assert buggy["attempts"] == 1  # a bug is not retried
+    assert other["status"] == "completed"
+    daemon.wait_job(innocent)
+    assert daemon.call("stats")["worker"]["active_tracks"] == 0  # its slot came back
+    assert_unharmed(daemon, innocent, before, hostile_job=album_job)
+
+
+def test_json_log_lines_carry_iso_timestamps_and_the_stack_of_an_error(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    daemon, album, buggy_track = daemon_with_a_buggy_track(make_daemon, upstream, catalog)
+    album_job = daemon.submit("album", album)
+    daemon.wait_job(album_job)
+
+    lines = log_lines(daemon)
+
+    assert lines and all(set(line) >= {"timestamp", "level", "event"} for line in lines)
+    for line in lines:  # ISO 8601 in UTC, e.g. 2026-01-31T12:00:00.123456Z
+        stamp = datetime.fromisoformat(line["timestamp"])
+        assert stamp.utcoffset() == timedelta(0), line["timestamp"]
+    [error] = [line for line in lines if line["level"] == "error"]
+    assert error["event"] == "internal error in track"
+    assert (error["job_id"], error["track_id"]) == (album_job, buggy_track)
+    stack = error["exception"]
+    assert stack.startswith("Traceback (most recent call last):")
+    assert "dlqd/fetch.py" in stack  # the frames the bug came through
+    assert stack.rstrip().endswith(f"InjectedFault: debug hook: a bug in track {buggy_track}")
