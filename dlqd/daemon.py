@@ -1,6 +1,7 @@
 """The daemon's lifetime: lock, recover, serve, drain — its `main` reads like the architecture.
 
 One nursery holds the journal writer, the scheduler, the control server, the
+library watch (its re-checks while the library or its disk holds the queue), the
 retention sweeper, the metrics textfile writer and the systemd watchdog.
 Start-up refuses clearly (exit 1) when the library or the state dir is not a
 directory, when the socket path is taken (by a live daemon, or by anything
@@ -32,16 +33,19 @@ from dlqd.backlog import BacklogWarnings
 from dlqd.commands import CommandContext, queue_counts
 from dlqd.config import Config
 from dlqd.control import ControlServer, SocketFile, SocketInUse, SocketPathTaken, bind_unix_socket
+from dlqd.fetch import FreeSpaceFloor
 from dlqd.finalize import TMP_DIRNAME, sweep_tmp
 from dlqd.health import (
     free_space_check,
     holds_check,
     journal_check,
+    library_space_check,
     scheduler_check,
     upstream_check,
 )
 from dlqd.holds import Holds
 from dlqd.journal import JournalCorrupt, JournalFiles
+from dlqd.library_watch import LibraryWatch
 from dlqd.metrics import LiveView, Metrics, run_textfile_writer, speed_sampler
 from dlqd.model import TrackStatus
 from dlqd.retention import run_retention
@@ -257,6 +261,13 @@ async def _run(
         max_job_tracks=config.limits.max_job_tracks,
         max_metadata_bytes=config.limits.max_metadata_mb * 1024 * 1024,
     )
+    holds = Holds(user_held=lambda: store.state.held, on_change=store.notify_changed)
+    watch = LibraryWatch(
+        config.daemon.library,
+        holds,
+        floor=FreeSpaceFloor(config.limits.min_free_mb),
+        recheck_s=config.files.recheck_s,
+    )
     work = DownloadWork(
         source,
         library=config.daemon.library,
@@ -268,12 +279,11 @@ async def _run(
             on_retry=metrics.count_retry,
         ),
         read_timeout_s=upstream.read_timeout_s,
+        watch=watch,
         resolve_timeout_s=upstream.resolve_timeout_s,
         bandwidth_limit_kbps=config.worker.bandwidth_limit_kbps,
-        min_free_mb=config.limits.min_free_mb,
         max_track_mb=config.limits.max_track_mb,
     )
-    holds = Holds(user_held=lambda: store.state.held, on_change=store.notify_changed)
     debugging = debug_hooks.enabled(os.environ)
     scheduler = Scheduler(
         store,
@@ -311,6 +321,7 @@ async def _run(
             await nursery.start(store.run)
             await nursery.start(server.serve)
             await nursery.start(scheduler.run)
+            await nursery.start(watch.run)
             nursery.start_soon(
                 lambda: run_retention(
                     store,
@@ -363,7 +374,9 @@ def health_checks(
         "scheduler": scheduler_check(trio.current_time() - ctx.scheduler.heartbeat),
         "journal": journal_check(ctx.store.files.journal_dir, ctx.store.writable),
         "state_dir_space": free_space_check(state_dir, min_free_mb),
-        "library_space": free_space_check(config.daemon.library, min_free_mb),
+        "library_space": library_space_check(
+            config.daemon.library, min_free_mb, ctx.scheduler.holds.faults()
+        ),
         "upstream": upstream_check(source.base_reports()),
         "holds": holds_check(ctx.scheduler.holds.faults()),
         "active_jobs": backlog.check(),

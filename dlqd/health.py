@@ -1,8 +1,8 @@
 """What `dlqctl health` checks, each answer a dict with `ok` and the numbers behind it.
 
 Checks only read: the scheduler's heartbeat, whether the journal can take a
-record, free space against `limits.min_free_mb`, and what the upstream
-bases last did. A check never repairs anything; `dlqd.commands.health` turns
+record, free space against `limits.min_free_mb` (and the library's holds),
+and what the upstream bases last did. A check never repairs anything; `dlqd.commands.health` turns
 the dicts into the protocol result (unhealthy when any `ok` is false).
 """
 
@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dlqd.holds import Hold
+from dlqd.holds import Hold, HoldReason
 from dlqd.source import BaseReport
 
 # The scheduler wakes at least every 5 s even when idle; six missed wake-ups is a stuck loop.
 HEARTBEAT_LIMIT_S = 30.0
+_LIBRARY_HOLDS = (HoldReason.LIBRARY_UNAVAILABLE, HoldReason.DISK_FULL)
 
 
 def scheduler_check(heartbeat_age_s: float) -> dict[str, Any]:
@@ -53,6 +54,20 @@ def free_space_check(path: Path, min_free_mb: int) -> dict[str, Any]:
         "free_mb": free_mb,
         "min_free_mb": min_free_mb,
     }
+
+
+def library_space_check(path: Path, min_free_mb: int, faults: list[Hold]) -> dict[str, Any]:
+    """`free_space_check` of the library, also bad while the library or its disk holds the queue.
+
+    A full disk (ENOSPC) can hold the queue above the floor, and an unmounted
+    share can leave a folder with room: the hold's detail says which.
+    """
+    check = free_space_check(path, min_free_mb)
+    held = [f"{h.reason}: {h.detail}" for h in faults if h.reason in _LIBRARY_HOLDS]
+    if held:
+        check["ok"] = False
+        check["held"] = held
+    return check
 
 
 def holds_check(faults: list[Hold]) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 Owns the retry policy (jittered backoff from `backoff_s`, `Retry-After` when
 longer but never past `max_retry_after_s`, `max_retries` per track), the
 deadline on resolving a job's metadata, the disk-space preflight, the integrity check
-of each finished download, the temp-file lifecycle in `library/.dlqd-tmp/` and
-the per-album cover cache. It never writes into the library itself —
+of each finished download, the temp-file lifecycle in `library/.dlqd-tmp/`, the
+per-album cover cache, and turning a full disk or a library that is gone into a
+hold of the whole queue (`QueueHeld`, via `LibraryWatch`) instead of a failed
+track. It never writes into the library itself —
 `finalize_track` does — and never journals: it reports to the scheduler
 through `TrackRun` and its return values.
 """
@@ -28,14 +30,15 @@ from dlqd.config import FilesConfig
 from dlqd.errors import DlqdError, ErrorCode, redact_url
 from dlqd.fetch import (
     MIB,
-    FreeSpaceFloor,
     MediaNotFoundError,
     TokenBucket,
     fetch_to_file,
     sidecar_path,
 )
-from dlqd.finalize import finalize_track, tmp_dir
+from dlqd.finalize import TMP_DIRNAME, finalize_track, tmp_dir
+from dlqd.holds import HoldReason, QueueHeld
 from dlqd.integrity import check_media_integrity
+from dlqd.library_watch import LibraryWatch
 from dlqd.meta import MediaPlan, TrackMeta
 from dlqd.model import Job
 from dlqd.safefs import UnsafePathError, unlink_beneath
@@ -120,20 +123,21 @@ class DownloadWork:
         files: FilesConfig,
         retry: RetryPolicy,
         read_timeout_s: float,
+        watch: LibraryWatch,
         resolve_timeout_s: float = math.inf,
         bandwidth_limit_kbps: int = 0,
-        min_free_mb: int = 0,
         max_track_mb: int = 4096,
     ):
         self.source = source
         self.library = library
+        self.watch = watch
         self.files = files
         self.retry = retry
         self.read_timeout_s = read_timeout_s
         self.resolve_timeout_s = resolve_timeout_s
         self.bandwidth_limit_kbps = bandwidth_limit_kbps
         self._bandwidth: TokenBucket | None = None  # one for all transfers, made in trio
-        self.free_space = FreeSpaceFloor(min_free_mb)
+        self.free_space = watch.floor  # `limits.min_free_mb` while writing (the watch: before)
         self.max_track_bytes = max_track_mb * MIB
         self.keep_partials = False  # set while draining: a restart resumes them
         self._covers: OrderedDict[str, bytes | None] = OrderedDict()
@@ -168,8 +172,9 @@ class DownloadWork:
         return ResolvedJob(meta.display_title, meta.display_artist, (meta,))
 
     async def run_track(self, run: TrackRun) -> TrackResult:
-        temp = tmp_dir(self.library) / temp_name(run.job_id, run.track.track_id)
+        temp = self.library / TMP_DIRNAME / temp_name(run.job_id, run.track.track_id)
         finished = False
+        held: QueueHeld | None = None
         try:
             result = await self.retry.run(
                 lambda: self._one_try(run, temp),
@@ -178,33 +183,85 @@ class DownloadWork:
             )
             finished = True
             return result
+        except QueueHeld as exc:
+            held = exc
+            raise
         finally:
-            keep = self.keep_partials or run.keep_partial
+            # A hold this track raised itself knows whether its partial is intact;
+            # otherwise the scheduler says so (`keep_partial`) when it stopped the track.
+            keep = self.keep_partials or (run.keep_partial if held is None else held.keep_partial)
             if not finished and not keep:
                 _remove(temp)
             if finished or not keep:
                 _remove(sidecar_path(temp))
 
     async def _one_try(self, run: TrackRun, temp: Path) -> TrackResult:
-        self.free_space.check(self.library)
-        plan = await self.source.media_plan(run.track.track_id, run.quality)
+        resumable = True  # until the plan says otherwise: a partial left so far is a prefix
         try:
-            fetched = await self._fetch(plan, temp, run)
-        except MediaNotFoundError:
-            # Signed media URLs expire: one fresh manifest, inside the same try.
+            await self._preflight()
             plan = await self.source.media_plan(run.track.track_id, run.quality)
-            fetched = await self._fetch(plan, temp, run)
-        # A lying Content-Length passes every check of the transfer: ask the file.
-        await trio.to_thread.run_sync(check_media_integrity, temp)
-        # Tagging rewrites the temp file in place: from here on its size says nothing
-        # about the upstream file, so a crash must not leave validators to resume from.
-        await trio.to_thread.run_sync(_remove, sidecar_path(temp))
+            resumable = not plan.segments  # DASH is written from scratch on every try
+            try:
+                fetched = await self._fetch(plan, temp, run)
+            except MediaNotFoundError:
+                # Signed media URLs expire: one fresh manifest, inside the same try.
+                plan = await self.source.media_plan(run.track.track_id, run.quality)
+                resumable = not plan.segments
+                fetched = await self._fetch(plan, temp, run)
+            # A lying Content-Length passes every check of the transfer: ask the file.
+            await trio.to_thread.run_sync(check_media_integrity, temp)
+            # Tagging rewrites the temp file in place: from here on its size says nothing
+            # about the upstream file, so a crash must not leave validators to resume from.
+            await trio.to_thread.run_sync(_remove, sidecar_path(temp))
+        except DlqdError as exc:
+            # Cut by the floor or by ENOSPC while appending: an intact prefix to resume.
+            held = await self._library_hold(exc, keep_partial=resumable)
+            if held is None:
+                raise
+            raise held from exc
         meta = with_playback_gains(run.meta, plan)
         cover = await self._cover(meta)
-        final = await trio.to_thread.run_sync(
-            finalize_track, temp, meta, cover, self.library, self.files, run.names
-        )
+        try:
+            final = await trio.to_thread.run_sync(
+                finalize_track, temp, meta, cover, self.library, self.files, run.names
+            )
+        except DlqdError as exc:
+            # Finalize tagged (and may have moved) the bytes: nothing intact is left to keep.
+            held = await self._library_hold(exc, keep_partial=False)
+            if held is None:
+                raise
+            raise held from exc
         return TrackResult(path=final.path, outcome=final.outcome, bytes=fetched)
+
+    async def _preflight(self) -> None:
+        """The library takes files, its disk has room, the temp folder is a real folder.
+
+        Checked before every try, so an unmounted share or a full disk holds
+        the queue before any byte is fetched, let alone written.
+        """
+        hold = await self.watch.check_now()
+        if hold is not None:
+            raise QueueHeld(hold.reason, hold.detail)
+        await trio.to_thread.run_sync(tmp_dir, self.library)
+
+    async def _library_hold(self, exc: DlqdError, *, keep_partial: bool) -> QueueHeld | None:
+        """The hold a library or disk fault starts, or None when it is this track's own failure.
+
+        DISK_FULL always holds the queue. FILESYSTEM_ERROR does only when a
+        check finds the library itself unusable (gone, no longer mounted,
+        read-only) or its disk without room: a link planted below the library
+        fails just the track that meets it.
+        """
+        if isinstance(exc, QueueHeld):
+            return None
+        if exc.code == ErrorCode.DISK_FULL:
+            self.watch.disk_full(exc.message)
+            return QueueHeld(HoldReason.DISK_FULL, exc.message, keep_partial=keep_partial)
+        if exc.code == ErrorCode.FILESYSTEM_ERROR:
+            hold = await self.watch.check_now()
+            if hold is not None:
+                return QueueHeld(hold.reason, hold.detail, keep_partial=keep_partial)
+        return None
 
     async def _fetch(self, plan: MediaPlan, temp: Path, run: TrackRun) -> int:
         result = await fetch_to_file(

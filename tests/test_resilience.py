@@ -437,57 +437,6 @@ def test_cancel_while_waiting_out_a_retry_after_is_prompt(
 # --- disk -------------------------------------------------------------------------------
 
 
-def test_free_space_preflight_fails_before_downloading(
-    make_daemon: Any, upstream: CatalogServer
-) -> None:
-    daemon = make_daemon(upstream=upstream, settings={"limits": {"min_free_mb": 10**9}})
-    daemon.start()
-    job_id = daemon.submit("track", SINGLE_TRACK_ID)
-    job = daemon.wait_job(job_id, timeout=10)
-    assert job["status"] == "failed", job
-    track = track_of(job)
-    assert track["error"]["code"] == "DISK_FULL"
-    assert track["attempts"] == 1  # permanent: not retried
-    assert upstream.requests_for("media") == []
-    assert tmp_entries(daemon) == []
-
-
-def test_enospc_during_download_fails_disk_full_and_recovers_once_space_is_back(
-    make_daemon: Any, upstream: CatalogServer, catalog: Catalog, small_fs: Any
-) -> None:
-    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
-    small_fs(daemon.library, "4m")
-    filler = daemon.library / "filler.bin"
-    filler.write_bytes(b"\0" * 3_000_000)
-    daemon.start()
-    try:
-        big = catalog.add_album(1, 2_000_000)
-        job_id = daemon.submit("album", big)
-        job = daemon.wait_job(job_id, timeout=20)
-        assert job["status"] == "failed", job
-        track = track_of(job)
-        assert track["error"]["code"] == "DISK_FULL", track
-        assert track["attempts"] == 1
-        assert tmp_entries(daemon) == []  # nothing partial left behind
-        assert library_files(daemon.library) == {"filler.bin"}
-
-        # The daemon carries on: a job that fits still succeeds.
-        small = catalog.add_album(1, 50_000)
-        small_job = daemon.wait_job(daemon.submit("album", small), timeout=20)
-        assert small_job["status"] == "completed", small_job
-
-        filler.unlink()  # space is back
-        again = daemon.call("retry", id=job_id)["job"]
-        assert again["id"] == job_id
-        job = daemon.wait_job(job_id, ("completed", "failed", "partial"), timeout=20)
-        assert job["status"] == "completed", job
-        final = (daemon.library / track_of(job)["path"]).read_bytes()
-        assert flac_audio(final) == flac_audio(catalog.audio_for(big * 1000 + 1, "LOSSLESS"))
-        assert tmp_entries(daemon) == []
-    finally:
-        daemon.kill()
-
-
 def test_oserror_mapping_at_the_filesystem_edge() -> None:
     import errno
 
