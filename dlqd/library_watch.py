@@ -101,36 +101,36 @@ class LibraryWatch:
 
     def inspect(self) -> Finding:
         """Look at the library and its disk (blocking: run in a worker thread)."""
-        shown = self.library
+        library = self.library
         try:
-            library_fd = os.open(self.library, _LIBRARY_FLAGS)
+            library_fd = os.open(library, _LIBRARY_FLAGS)
         except FileNotFoundError:
-            return Finding(f"library {shown} does not exist (unmounted or moved away?)")
+            return Finding(f"library {library} does not exist (unmounted or moved away?)")
         except NotADirectoryError:
-            return Finding(f"library {shown} is not a directory")
+            return Finding(f"library {library} is not a directory")
         except OSError as exc:
-            return Finding(f"library {shown} cannot be opened: {exc.strerror or exc}")
+            return Finding(f"library {library} cannot be opened: {exc.strerror or exc}")
         try:
             if self._was_mount_point and not _is_mount_point_fd(library_fd):
                 return Finding(
-                    f"library {shown} is no longer a mount point (was its share unmounted?)"
+                    f"library {library} is no longer a mount point (was its share unmounted?)"
                 )
         except OSError as exc:
-            return Finding(f"library {shown} cannot be checked: {exc.strerror or exc}")
+            return Finding(f"library {library} cannot be checked: {exc.strerror or exc}")
         finally:
             os.close(library_fd)
         try:
-            _probe_write(self.library)
+            _probe_write(library)
         except UnsafePathError:
             pass  # hostile, not an outage: the track that meets it fails (module doc)
         except OSError as exc:
             if exc.errno in _FULL_ERRNOS:
-                return Finding(disk_problem=f"library {shown}: no space left to create a file")
-            return Finding(f"library {shown} cannot take files: {exc.strerror or exc}")
+                return Finding(disk_problem=f"library {library}: no space left to create a file")
+            return Finding(f"library {library} cannot take files: {exc.strerror or exc}")
         try:
-            free = self.floor.free_bytes(self.library)
+            free = self.floor.free_bytes(library)
         except OSError as exc:
-            return Finding(f"library {shown}: free space unknown: {exc.strerror or exc}")
+            return Finding(f"library {library}: free space unknown: {exc.strerror or exc}")
         return Finding(free_bytes=free)
 
     def _apply(self, finding: Finding) -> None:
