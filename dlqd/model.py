@@ -40,6 +40,8 @@ RETRYABLE_STATUSES = frozenset({JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.C
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
 PRIORITIES = ("high", "normal", "low")  # start order
 JOB_TYPES = ("track", "album")
+MOVES = ("top", "bottom", "up", "down")  # `move`: where a job goes in the run order
+LIST_ORDERS = ("id", "run")  # `list`: by job id (paged), or the queue in run order
 
 
 def canonical_choice(text: str, choices: Iterable[str]) -> str | None:

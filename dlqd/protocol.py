@@ -19,7 +19,16 @@ from typing import Any
 import msgpack
 
 from dlqd.codes import ErrorCode
-from dlqd.model import JOB_TYPES, PRIORITIES, QUALITIES, JobStatus, canonical_choice
+from dlqd.model import (
+    FINISHED_STATUSES,
+    JOB_TYPES,
+    LIST_ORDERS,
+    MOVES,
+    PRIORITIES,
+    QUALITIES,
+    JobStatus,
+    canonical_choice,
+)
 
 PROTOCOL_VERSION = 1
 LENGTH_PREFIX = struct.Struct(">I")
@@ -27,6 +36,7 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # dlqctl reads responses up to this size
 MAX_TARGET_ID = 2**31 - 1
 LIST_DEFAULT_LIMIT = 500  # jobs per `list` page when `limit` is left out
 LIST_MAX_LIMIT = 5000
+BATCH_MAX_ITEMS = 1000  # items of a batch `submit`, ids of a batch `retry`/`cancel`/`remove`
 _SEQUENCE_ID = re.compile(r"[1-9][0-9]*")  # job ids are decimal sequence numbers
 
 
@@ -89,6 +99,10 @@ def error_response(request_id: int | None, code: str, message: str) -> dict[str,
 # --- request validation ----------------------------------------------------------
 
 
+_Validator = Callable[[Any], Any]
+_FormCheck = Callable[[str, dict[str, Any]], dict[str, Any]]  # (cmd, args) -> args
+
+
 def _invalid(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_ARGUMENT, message)
 
@@ -108,11 +122,11 @@ def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     return found
 
 
-def _target_id(value: Any) -> int:
+def _target_id(value: Any, name: str = "target_id") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid(f"target_id must be an integer; got {type(value).__name__}")
+        raise _invalid(f"{name} must be an integer; got {type(value).__name__}")
     if not 1 <= value <= MAX_TARGET_ID:
-        raise _invalid(f"target_id must be between 1 and {MAX_TARGET_ID}; got {value}")
+        raise _invalid(f"{name} must be between 1 and {MAX_TARGET_ID}; got {value}")
     return value
 
 
@@ -132,35 +146,156 @@ def _list_cursor(value: Any) -> str:
     return job_id
 
 
-def _statuses(value: Any) -> list[str]:
+def _statuses(value: Any, known: tuple[str, ...] = tuple(str(s) for s in JobStatus)) -> list[str]:
     if not isinstance(value, list):
         raise _invalid("status must be a list of job statuses")
-    known = tuple(str(s) for s in JobStatus)
     return [_choice(item, "status", known) for item in value]
 
 
-# Per command: required and optional argument validators.
-_Validator = Callable[[Any], Any]
+def _finished_statuses(value: Any) -> list[str]:
+    return _statuses(value, tuple(str(s) for s in JobStatus if s in FINISHED_STATUSES))
+
+
+def _true(name: str) -> _Validator:
+    """A selector flag: only `true` selects; anything else is a mistake worth saying."""
+
+    def validate(value: Any) -> bool:
+        if value is not True:
+            raise _invalid(f"{name} must be true when given; got {value!r}")
+        return True
+
+    return validate
+
+
+def _batch(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise _invalid(f"{name} must be a non-empty list")
+    if len(value) > BATCH_MAX_ITEMS:
+        raise _invalid(f"{name} holds {len(value)} entries; at most {BATCH_MAX_ITEMS} per request")
+    return value
+
+
+def _job_ids(value: Any) -> list[str]:
+    """Several job ids; a repeated id is kept once, where it first appears."""
+    ids = [_job_id(item, f"ids[{index}]") for index, item in enumerate(_batch(value, "ids"))]
+    return list(dict.fromkeys(ids))
+
+
+def _with_form(value: Any) -> Any:
+    """An argument checked together with the others by the command's form check."""
+    return value
+
+
+def _submit_item(value: Any, where: str = "") -> dict[str, Any]:
+    """One submit's arguments: `type`, `target_id`, `quality`, `priority`?."""
+    if not isinstance(value, dict):
+        raise _invalid(f"{where or 'submit'} must be a map of submit arguments")
+    unknown = set(value) - {"type", "target_id", "quality", "priority"}
+    if unknown:
+        names = ", ".join(sorted(map(str, unknown)))
+        raise _invalid(f"unknown argument(s) for submit{' in ' + where if where else ''}: {names}")
+    prefix = f"{where}." if where else ""
+    clean: dict[str, Any] = {}
+    for name in ("type", "target_id", "quality"):
+        if name not in value:
+            raise _invalid(f"submit needs argument {prefix + name!r}")
+    clean["type"] = _choice(value["type"], prefix + "type", JOB_TYPES)
+    clean["target_id"] = _target_id(value["target_id"], prefix + "target_id")
+    clean["quality"] = _choice(value["quality"], prefix + "quality", QUALITIES)
+    if "priority" in value:
+        clean["priority"] = _choice(value["priority"], prefix + "priority", PRIORITIES)
+    return clean
+
+
+def _submit_items(value: Any) -> list[dict[str, Any]]:
+    items = _batch(value, "items")
+    return [_submit_item(item, f"items[{index}]") for index, item in enumerate(items)]
+
+
+def _one_form(cmd: str, args: dict[str, Any], forms: tuple[str, ...]) -> None:
+    """Exactly one of `forms` (a single job id, a list of ids, or a selector) is given."""
+    given = [name for name in forms if name in args]
+    if len(given) != 1:
+        raise _invalid(f"{cmd} takes exactly one of {', '.join(forms)}")
+
+
+def _check_submit(args: dict[str, Any]) -> dict[str, Any]:
+    if "items" in args:
+        if len(args) > 1:
+            raise _invalid("submit takes either items or one job's arguments, not both")
+        return args
+    return _submit_item(args)
+
+
+def _check_list(args: dict[str, Any]) -> dict[str, Any]:
+    if args.get("order") == "run" and ({"limit", "before"} & set(args)):
+        raise _invalid("order 'run' lists the whole queue; limit and before page the id order")
+    return args
+
+
+def _check_form(forms: tuple[str, ...], extra: dict[str, str] | None = None) -> _FormCheck:
+    """A check that one form is given, and that an `extra` argument comes only with its form."""
+
+    def check(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        _one_form(cmd, args, forms)
+        for name, needs in (extra or {}).items():
+            if name in args and needs not in args:
+                raise _invalid(f"{cmd}: {name} goes only with {needs}")
+        return args
+
+    return check
+
+
+# Per command: required and optional argument validators; then, for commands
+# with several forms, one check over the whole (validated) argument map.
 _SPECS: dict[str, tuple[dict[str, _Validator], dict[str, _Validator]]] = {
     "submit": (
+        {},
         {
-            "type": lambda v: _choice(v, "type", JOB_TYPES),
-            "target_id": _target_id,
-            "quality": lambda v: _choice(v, "quality", QUALITIES),
+            # One job's arguments are checked with the form (`_check_submit`).
+            "type": _with_form,
+            "target_id": _with_form,
+            "quality": _with_form,
+            "priority": _with_form,
+            "items": _submit_items,
         },
-        {"priority": lambda v: _choice(v, "priority", PRIORITIES)},
     ),
-    "list": ({}, {"status": _statuses, "limit": _list_limit, "before": _list_cursor}),
+    "list": (
+        {},
+        {
+            "status": _statuses,
+            "limit": _list_limit,
+            "before": _list_cursor,
+            "order": lambda v: _choice(v, "order", LIST_ORDERS),
+        },
+    ),
     "get": ({"id": _job_id}, {}),
-    "cancel": ({"id": _job_id}, {}),
-    "retry": ({"id": _job_id}, {}),
-    "remove": ({"id": _job_id}, {}),
+    "cancel": ({}, {"id": _job_id, "ids": _job_ids, "all": _true("all")}),
+    "retry": ({}, {"id": _job_id, "ids": _job_ids, "failed": _true("failed")}),
+    "remove": (
+        {},
+        {
+            "id": _job_id,
+            "ids": _job_ids,
+            "finished": _true("finished"),
+            "status": _finished_statuses,
+        },
+    ),
     "pause": ({}, {"id": _job_id}),
     "resume": ({}, {"id": _job_id}),
+    "move": ({"id": _job_id, "to": lambda v: _choice(v, "to", MOVES)}, {}),
+    "priority": ({"id": _job_id, "priority": lambda v: _choice(v, "priority", PRIORITIES)}, {}),
     "stats": ({}, {}),
     "health": ({}, {}),
     "metrics": ({}, {}),
     "watch": ({}, {}),
+}
+_FORMS: dict[str, _FormCheck] = {
+    "submit": lambda cmd, args: _check_submit(args),
+    "list": lambda cmd, args: _check_list(args),
+    "cancel": _check_form(("id", "ids", "all")),
+    "retry": _check_form(("id", "ids", "failed")),
+    "remove": _check_form(("id", "ids", "finished"), {"status": "finished"}),
 }
 COMMANDS = tuple(_SPECS)
 
@@ -208,6 +343,8 @@ def _parse_envelope(message: dict[Any, Any], request_id: int | None) -> Request:
     for name, validate in optional.items():
         if name in args:
             clean[name] = validate(args[name])
+    if cmd in _FORMS:
+        clean = _FORMS[cmd](cmd, clean)
     return Request(id=request_id, cmd=cmd, args=clean)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from dlqd.codes import ErrorCode
 from dlqd.protocol import (
+    BATCH_MAX_ITEMS,
     COMMANDS,
     LIST_MAX_LIMIT,
     MAX_TARGET_ID,
@@ -71,6 +72,22 @@ SUBMIT = {"type": "album", "target_id": 123, "quality": "LOSSLESS"}
         ("health", {}, {}),
         ("metrics", {}, {}),
         ("watch", {}, {}),
+        # batch forms, run order
+        ("submit", {"items": [SUBMIT, {**SUBMIT, "priority": "low"}]}, None),
+        ("submit", {"items": [SUBMIT] * BATCH_MAX_ITEMS}, None),
+        ("cancel", {"ids": ["1", "2"]}, None),
+        ("cancel", {"all": True}, None),
+        ("retry", {"ids": ["3"]}, None),
+        ("retry", {"failed": True}, None),
+        ("remove", {"ids": ["4", "5", "4"]}, {"ids": ["4", "5"]}),  # a repeat is kept once
+        ("remove", {"finished": True}, None),
+        ("remove", {"finished": True, "status": ["partial", "failed"]}, None),
+        ("list", {"order": "run"}, None),
+        ("list", {"order": "run", "status": ["paused"]}, None),
+        ("list", {"order": "id", "limit": 3, "before": "9"}, None),
+        ("move", {"id": "3", "to": "top"}, None),
+        ("move", {"id": "3", "to": "down"}, None),
+        ("priority", {"id": "3", "priority": "high"}, None),
     ],
 )
 def test_valid_requests_parse(cmd: str, args: dict, clean: dict | None) -> None:
@@ -92,6 +109,8 @@ def test_every_command_is_covered_above() -> None:
         "health",
         "metrics",
         "watch",
+        "move",
+        "priority",
     }
 
 
@@ -126,6 +145,15 @@ def test_every_quality_is_accepted(quality: str) -> None:
         ({"type": "album", "target_id": 1}, "quality"),  # missing
         ({"quality": "LOW", "target_id": 1}, "type"),
         ({"type": "album", "quality": "LOW"}, "target_id"),
+        ({"items": []}, "items"),
+        ({"items": SUBMIT}, "items"),
+        ({"items": [SUBMIT] * (BATCH_MAX_ITEMS + 1)}, "at most"),
+        ({"items": [SUBMIT, "album 1"]}, "items[1]"),
+        ({"items": [SUBMIT, {**SUBMIT, "quality": "MEDIUM"}]}, "items[1].quality"),
+        ({"items": [{**SUBMIT, "target_id": 0}]}, "items[0].target_id"),
+        ({"items": [{"type": "album", "target_id": 1}]}, "items[0].quality"),
+        ({"items": [{**SUBMIT, "extra": 1}]}, "extra"),
+        ({"items": [SUBMIT], **SUBMIT}, "either items"),  # not both forms
     ],
 )
 def test_bad_submit_arguments_are_invalid_argument(args: dict, mentions: str) -> None:
@@ -173,6 +201,31 @@ def test_bad_submit_arguments_are_invalid_argument(args: dict, mentions: str) ->
         ("health", {"deep": True}),
         ("metrics", {"format": "json"}),
         ("watch", {"since": 0}),
+        # batch forms: exactly one form; selectors are `true`; lists bounded
+        ("cancel", {}),
+        ("cancel", {"id": "1", "ids": ["2"]}),
+        ("cancel", {"id": "1", "all": True}),
+        ("cancel", {"all": False}),
+        ("cancel", {"all": 1}),
+        ("cancel", {"ids": []}),
+        ("cancel", {"ids": "1"}),
+        ("cancel", {"ids": [1]}),
+        ("cancel", {"ids": [str(n) for n in range(1, BATCH_MAX_ITEMS + 2)]}),
+        ("retry", {"failed": True, "ids": ["1"]}),
+        ("retry", {"all": True}),
+        ("remove", {"all": True}),
+        ("remove", {"status": ["completed"]}),  # status needs finished
+        ("remove", {"id": "1", "status": ["completed"]}),
+        ("remove", {"finished": True, "status": ["queued"]}),  # not a finished status
+        ("remove", {"finished": True, "status": "completed"}),
+        ("list", {"order": "priority"}),
+        ("list", {"order": "run", "limit": 10}),  # the queue in run order is not paged
+        ("list", {"order": "run", "before": "3"}),
+        ("move", {"id": "1"}),
+        ("move", {"id": "1", "to": "first"}),
+        ("move", {"to": "top"}),
+        ("priority", {"id": "1"}),
+        ("priority", {"id": "1", "priority": "urgent"}),
     ],
 )
 def test_bad_arguments_of_other_commands_are_invalid_argument(cmd: str, args: dict) -> None:
