@@ -146,14 +146,18 @@ def _list_cursor(value: Any) -> str:
     return job_id
 
 
-def _statuses(value: Any, known: tuple[str, ...] = tuple(str(s) for s in JobStatus)) -> list[str]:
+_ALL_STATUSES = tuple(str(status) for status in JobStatus)
+_FINISHED_STATUSES = tuple(str(status) for status in JobStatus if status in FINISHED_STATUSES)
+
+
+def _statuses(value: Any, known: tuple[str, ...] = _ALL_STATUSES) -> list[str]:
     if not isinstance(value, list):
         raise _invalid("status must be a list of job statuses")
     return [_choice(item, "status", known) for item in value]
 
 
 def _finished_statuses(value: Any) -> list[str]:
-    return _statuses(value, tuple(str(s) for s in JobStatus if s in FINISHED_STATUSES))
+    return _statuses(value, _FINISHED_STATUSES)
 
 
 def _true(name: str) -> _Validator:
