@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
+
+import structlog
 
 from dlqd import __version__
 from dlqd.codes import PERMANENT_CODES
@@ -25,9 +28,14 @@ from dlqd.model import (
     JobStatus,
     TrackStatus,
 )
+from dlqd.picking import moved_ranks
 from dlqd.protocol import LIST_DEFAULT_LIMIT
 from dlqd.scheduler import Scheduler
+from dlqd.state import Event
 from dlqd.store import Store
+from dlqd.summary import job_summary
+
+log = structlog.get_logger("dlqd.commands")
 
 Handler = Callable[["CommandContext", dict[str, Any]], Awaitable[Any]]
 
@@ -55,6 +63,23 @@ def _get_job(ctx: CommandContext, job_id: str) -> Job:
     return job
 
 
+class _Live:
+    """What the job object needs beyond the job: run-order positions and speeds, read once."""
+
+    def __init__(self, ctx: CommandContext) -> None:
+        order = ctx.store.state.run_order()
+        self.positions = {job.id: place for place, job in enumerate(order, start=1)}
+        self.speeds = ctx.scheduler.speeds()
+
+    def wire(self, job: Job) -> dict[str, Any]:
+        speed = self.speeds.get(job.id, 0)
+        return job.to_wire(speed_bps=speed, position=self.positions.get(job.id))
+
+
+def _wire(ctx: CommandContext, job: Job) -> dict[str, Any]:
+    return _Live(ctx).wire(job)
+
+
 def _refuse_state(job: Job, action: str) -> DlqdError:
     return DlqdError(ErrorCode.INVALID_STATE, f"cannot {action} job {job.id}: it is {job.status}")
 
@@ -66,13 +91,19 @@ def _check_accepting(ctx: CommandContext) -> None:
 
 def _check_room(ctx: CommandContext) -> None:
     if ctx.store.state.active_count >= ctx.max_queue:
-        raise DlqdError(
-            ErrorCode.QUEUE_FULL,
-            f"the queue holds {ctx.max_queue} active jobs (limits.max_queue); wait or cancel some",
-        )
+        raise _queue_full(ctx)
+
+
+def _queue_full(ctx: CommandContext) -> DlqdError:
+    return DlqdError(
+        ErrorCode.QUEUE_FULL,
+        f"the queue holds {ctx.max_queue} active jobs (limits.max_queue); wait or cancel some",
+    )
 
 
 async def submit(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
+    if "items" in args:
+        return await _submit_many(ctx, args["items"])
     _check_accepting(ctx)
     key = (args["type"], args["target_id"], args["quality"])
     existing = ctx.store.state.active_job_for(key)
@@ -93,14 +124,118 @@ async def submit(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"id": job_id, "created": True}
 
 
+async def _submit_many(ctx: CommandContext, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each item as `submit` would take it, each seeing the ones before; one journal batch."""
+    state = ctx.store.state
+    batch = _Batch()
+    created: dict[tuple[str, int, str], str] = {}  # by this request
+    room = ctx.max_queue - state.active_count
+    next_seq = state.next_seq
+    for item in items:
+        entry: dict[str, Any] = {"type": item["type"], "target_id": item["target_id"]}
+        key = (item["type"], item["target_id"], item["quality"])
+        try:
+            _check_accepting(ctx)
+            existing = state.active_job_for(key)
+            if existing is not None:
+                batch.answer(entry, {"id": existing.id, "created": False})
+            elif key in created:
+                batch.answer(entry, {"id": created[key], "created": False}, needs_commit=True)
+            else:
+                if room <= 0:
+                    raise _queue_full(ctx)
+                created[key] = job_id = str(next_seq)
+                next_seq, room = next_seq + 1, room - 1
+                batch.events.append(_submit_event(ctx, job_id, item))
+                batch.answer(entry, {"id": job_id, "created": True}, needs_commit=True)
+        except DlqdError as exc:
+            batch.refuse(entry, exc)
+    await batch.commit(ctx)
+    return batch.result()
+
+
+def _submit_event(ctx: CommandContext, job_id: str, item: dict[str, Any]) -> Event:
+    return {
+        "e": "submit",
+        "id": job_id,
+        "type": item["type"],
+        "target_id": item["target_id"],
+        "quality": item["quality"],
+        "priority": item.get("priority", "normal"),
+        "at": ctx.clock(),
+    }
+
+
+@dataclass
+class _Batch:
+    """A batch command's answer entries, in order, and the events they wait on.
+
+    Every accepted item's event goes into one `store.commit`: all are durable
+    together, or every entry that waited on them says JOURNAL_UNAVAILABLE.
+    """
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    _waiting: list[dict[str, Any]] = field(default_factory=list)  # entries needing the commit
+
+    def answer(
+        self, entry: dict[str, Any], fields: dict[str, Any], *, needs_commit: bool = False
+    ) -> None:
+        entry.update(ok=True, **fields)
+        self.entries.append(entry)
+        if needs_commit:
+            self._waiting.append(entry)
+
+    def refuse(self, entry: dict[str, Any], exc: DlqdError) -> None:
+        entry.update(ok=False, error=exc.to_dict())
+        self.entries.append(entry)
+
+    async def commit(self, ctx: CommandContext) -> None:
+        if not self.events:
+            return
+        try:
+            await ctx.store.commit(*self.events)
+        except DlqdError as exc:
+            for entry in self._waiting:  # what names the item stays; the rest did not happen
+                names = ("type", "target_id") if "type" in entry else ("id",)
+                kept = {name: entry[name] for name in names}
+                entry.clear()
+                entry.update(kept, ok=False, error=exc.to_dict())
+
+    def result(self) -> dict[str, Any]:
+        return {"results": self.entries}
+
+
+def _job_entry(job: Job, status: str | None = None) -> dict[str, Any]:
+    """The ok entry of a batch cancel/retry/remove: the job's status, title and artist."""
+    return {"status": status or str(job.status), "title": job.title, "artist": job.artist}
+
+
+def _selected(
+    ctx: CommandContext, args: dict[str, Any], flag: str, statuses: Iterable[str]
+) -> list[str]:
+    """The job ids a batch form names: `ids` as given, or every job in `statuses` (id order)."""
+    if "ids" in args:
+        return list(args["ids"])
+    wanted = frozenset(statuses)
+    assert args.get(flag) is True, f"the protocol lets through only ids or {flag}"
+    return [job.id for job in ctx.store.state.jobs.values() if job.status in wanted]
+
+
 async def list_jobs(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     """One page: the newest `limit` matching jobs older than `before`, oldest first.
+
+    With `order: "run"`: the whole queue (active jobs, bounded by max_queue) in run order.
 
     `next` (present only when older matching jobs remain) is the oldest job of
     this page: passed back as `before`, it walks on toward the oldest job. Jobs
     submitted meanwhile are newer than any cursor, so a walk never repeats one.
     """
     wanted = frozenset(args.get("status") or ())
+    live = _Live(ctx)
+    if args.get("order") == "run":
+        queue = ctx.store.state.run_order()
+        return {"jobs": [live.wire(job) for job in queue if not wanted or job.status in wanted]}
     limit: int = args.get("limit", LIST_DEFAULT_LIMIT)
     before = args.get("before")
     page: list[Job] = []
@@ -113,7 +248,7 @@ async def list_jobs(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]
             break
         page.append(job)
     page.reverse()
-    result: dict[str, Any] = {"jobs": [job.to_wire() for job in page]}
+    result: dict[str, Any] = {"jobs": [live.wire(job) for job in page]}
     if more:
         result["next"] = page[0].id
     return result
@@ -134,10 +269,12 @@ def _newest_first(jobs: dict[str, Job], before_seq: int | None) -> Iterator[Job]
 
 
 async def get(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
-    return {"job": _get_job(ctx, args["id"]).to_wire()}
+    return {"job": _wire(ctx, _get_job(ctx, args["id"]))}
 
 
 async def cancel(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
+    if "id" not in args:
+        return await _cancel_many(ctx, _selected(ctx, args, "all", ACTIVE_STATUSES))
     job = _get_job(ctx, args["id"])
     if job.status not in ACTIVE_STATUSES:
         raise _refuse_state(job, "cancel")
@@ -146,10 +283,43 @@ async def cancel(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
         if job.status not in ACTIVE_STATUSES:  # it finished while being stopped
             raise _refuse_state(job, "cancel")
         await ctx.store.commit({"e": "cancel", "id": job.id, "at": ctx.clock()})
-    return {"job": job.to_wire()}
+    _log_cancelled(job)
+    return {"job": _wire(ctx, job)}
+
+
+def _log_cancelled(job: Job) -> None:
+    log.info("job cancelled", job_id=job.id, summary=job_summary(job))
+
+
+async def _cancel_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
+    """Stop every named active job's running tracks, then cancel them all in one batch."""
+    jobs = ctx.store.state.jobs
+    to_stop = [i for i in ids if i in jobs and jobs[i].status in ACTIVE_STATUSES]
+    batch = _Batch()
+    async with AsyncExitStack() as stopped:
+        for job_id in to_stop:
+            await stopped.enter_async_context(ctx.scheduler.stopped(job_id))
+        for job_id in ids:
+            entry: dict[str, Any] = {"id": job_id}
+            try:
+                job = _get_job(ctx, job_id)
+                if job.status not in ACTIVE_STATUSES:  # finished already, or while being stopped
+                    raise _refuse_state(job, "cancel")
+            except DlqdError as exc:
+                batch.refuse(entry, exc)
+                continue
+            batch.events.append({"e": "cancel", "id": job.id, "at": ctx.clock()})
+            batch.answer(entry, _job_entry(job, str(JobStatus.CANCELLED)), needs_commit=True)
+        await batch.commit(ctx)
+    for entry in batch.entries:
+        if entry["ok"]:
+            _log_cancelled(ctx.store.state.jobs[entry["id"]])
+    return batch.result()
 
 
 async def retry(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
+    if "id" not in args:
+        return await _retry_many(ctx, _selected(ctx, args, "failed", RETRYABLE_STATUSES))
     _check_accepting(ctx)
     job = _get_job(ctx, args["id"])
     if job.status not in RETRYABLE_STATUSES:
@@ -162,7 +332,7 @@ async def retry(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     _check_room(ctx)
     warning = _retry_warning(job)  # read before the retry clears the errors
     await ctx.store.commit({"e": "retry", "id": job.id, "at": ctx.clock()})
-    result: dict[str, Any] = {"job": job.to_wire()}
+    result: dict[str, Any] = {"job": _wire(ctx, job)}
     if warning is not None:
         result["warning"] = warning
     return result
@@ -184,12 +354,95 @@ def _retry_warning(job: Job) -> str | None:
     )
 
 
+async def _retry_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
+    """Each job as `retry` would take it, each seeing the ones before; one journal batch."""
+    state = ctx.store.state
+    batch = _Batch()
+    retried: dict[tuple[str, int, str], str] = {}  # by this request
+    room = ctx.max_queue - state.active_count
+    for job_id in ids:
+        entry: dict[str, Any] = {"id": job_id}
+        try:
+            _check_accepting(ctx)
+            job = _get_job(ctx, job_id)
+            if job.status not in RETRYABLE_STATUSES:
+                raise _refuse_state(job, "retry")
+            twin = state.active_job_for(job.dedupe_key)
+            twin_id = twin.id if twin is not None else retried.get(job.dedupe_key)
+            if twin_id is not None:
+                twin_status = twin.status if twin is not None else JobStatus.QUEUED
+                raise DlqdError(
+                    ErrorCode.INVALID_STATE, f"an identical job {twin_id} is already {twin_status}"
+                )
+            if room <= 0:
+                raise _queue_full(ctx)
+        except DlqdError as exc:
+            batch.refuse(entry, exc)
+            continue
+        retried[job.dedupe_key] = job.id
+        room -= 1
+        fields = _job_entry(job, str(JobStatus.QUEUED))
+        warning = _retry_warning(job)  # read before the retry clears the errors
+        if warning is not None:
+            fields["warning"] = warning
+        batch.events.append({"e": "retry", "id": job.id, "at": ctx.clock()})
+        batch.answer(entry, fields, needs_commit=True)
+    await batch.commit(ctx)
+    return batch.result()
+
+
 async def remove(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
+    if "id" not in args:
+        statuses = args.get("status") or FINISHED_STATUSES
+        return await _remove_many(ctx, _selected(ctx, args, "finished", statuses))
     job = _get_job(ctx, args["id"])
     if job.status not in FINISHED_STATUSES:
         raise _refuse_state(job, "remove")
     await ctx.store.commit({"e": "remove", "id": job.id})
     return {"removed": job.id}
+
+
+async def _remove_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
+    batch = _Batch()
+    for job_id in ids:
+        entry: dict[str, Any] = {"id": job_id}
+        try:
+            job = _get_job(ctx, job_id)
+            if job.status not in FINISHED_STATUSES:
+                raise _refuse_state(job, "remove")
+        except DlqdError as exc:
+            batch.refuse(entry, exc)
+            continue
+        batch.events.append({"e": "remove", "id": job.id})
+        batch.answer(entry, _job_entry(job), needs_commit=True)
+    await batch.commit(ctx)
+    return batch.result()
+
+
+async def move(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
+    """A job's place among the active jobs of its priority: top, bottom, up, down."""
+    job = _get_job(ctx, args["id"])
+    if job.status not in ACTIVE_STATUSES:
+        raise _refuse_state(job, "move")
+    state = ctx.store.state
+    ranks = moved_ranks(
+        state.run_order(), job, args["to"], rank_low=state.rank_low, rank_high=state.rank_high
+    )
+    if ranks:  # up/down swap two jobs: both records in one batch
+        await ctx.store.commit(
+            *({"e": "move", "id": job_id, "rank": rank} for job_id, rank in ranks.items())
+        )
+    return {"job": _wire(ctx, job)}
+
+
+async def set_priority(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Move an active job to another priority; it keeps its rank among the jobs it joins."""
+    job = _get_job(ctx, args["id"])
+    if job.status not in ACTIVE_STATUSES:
+        raise _refuse_state(job, "change the priority of")
+    if job.priority != args["priority"]:
+        await ctx.store.commit({"e": "priority", "id": job.id, "priority": args["priority"]})
+    return {"job": _wire(ctx, job)}
 
 
 async def pause(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +484,7 @@ async def stats(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     scheduler = ctx.scheduler
     return {
         "queue": queue_counts(ctx),
+        "speed_bps": sum(scheduler.speeds().values()),
         "worker": {
             "running": scheduler.running,
             "active_tracks": scheduler.active_tracks,
@@ -269,6 +523,8 @@ HANDLERS: dict[str, Handler] = {
     "remove": remove,
     "pause": pause,
     "resume": resume,
+    "move": move,
+    "priority": set_priority,
     "stats": stats,
     "health": health,
     "metrics": metrics,

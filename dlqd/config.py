@@ -343,7 +343,7 @@ class LimitsConfig:
 class RetentionConfig:
     """[retention]: how long finished jobs are kept before the sweeper forgets them."""
 
-    completed_h: int = field(default=24, metadata=_checked_as(_COUNT))
+    completed_h: int = field(default=720, metadata=_checked_as(_COUNT))  # 30 days of history
     failed_h: int = field(default=168, metadata=_checked_as(_COUNT))
     sweep_interval_s: float = field(default=3600.0, metadata=_checked_as(_DURATION))
 

@@ -184,16 +184,18 @@ class RateLimiter:
         self._buckets: dict[int, tuple[float, float]] = {}
 
     def allow(self, uid: int) -> bool:
+        return self.take(uid, 1) == 1
+
+    def take(self, uid: int, wanted: int) -> int:
+        """How many of `wanted` submits the bucket allows now (each takes one token)."""
         if self.per_minute <= 0:
-            return True
+            return wanted
         now = self.clock()
         tokens, stamp = self._buckets.get(uid, (float(self.per_minute), now))
         tokens = min(float(self.per_minute), tokens + (now - stamp) * self.per_minute / 60.0)
-        if tokens < 1.0:
-            self._buckets[uid] = (tokens, now)
-            return False
-        self._buckets[uid] = (tokens - 1.0, now)
-        return True
+        granted = min(wanted, int(tokens))
+        self._buckets[uid] = (tokens - granted, now)
+        return granted
 
 
 class LogThrottle:
@@ -391,17 +393,30 @@ class ControlServer:
             return
         raise _Dropped(f"a reply was not read within {self.send_timeout_s} s")
 
+    def _over_rate(self, peer: Peer) -> str:
+        return f"more than {self.rate.per_minute} submits a minute from uid {peer.uid}"
+
     async def _dispatch(self, request: Request, peer: Peer) -> dict[str, Any]:
-        if request.cmd == "submit" and not self.rate.allow(peer.uid):
-            message = f"more than {self.rate.per_minute} submits a minute from uid {peer.uid}"
-            return error_response(request.id, ErrorCode.RATE_LIMITED, message)
+        args, over_limit = request.args, []
+        if request.cmd == "submit":
+            items = args.get("items")
+            wanted = 1 if items is None else len(items)
+            granted = self.rate.take(peer.uid, wanted)
+            if granted == 0:
+                return error_response(request.id, ErrorCode.RATE_LIMITED, self._over_rate(peer))
+            if items is not None and granted < wanted:  # the rest of the batch is answered below
+                args, over_limit = {"items": items[:granted]}, items[granted:]
         try:
-            result = await HANDLERS[request.cmd](self.ctx, request.args)
+            result = await HANDLERS[request.cmd](self.ctx, args)
         except DlqdError as exc:
             return error_response(request.id, exc.code, exc.message)
         except Exception as exc:  # a bug answers one request; it never ends the daemon
             log.exception("internal error handling a command", cmd=request.cmd)
             return error_response(request.id, ErrorCode.INTERNAL_ERROR, f"internal error: {exc!r}")
+        for item in over_limit:
+            error = {"code": str(ErrorCode.RATE_LIMITED), "message": self._over_rate(peer)}
+            entry = {"type": item["type"], "target_id": item["target_id"], "ok": False}
+            result["results"].append({**entry, "error": error})
         return ok_response(request.id, result)
 
     async def _watch(self, stream: trio.SocketStream, request: Request) -> None:

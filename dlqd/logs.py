@@ -41,20 +41,27 @@ def journal_field_name(key: str) -> str:
 
 
 def encode_journal_entry(event: Mapping[str, Any]) -> bytes:
-    """One entry in the native protocol; values with newlines use the length-prefixed form."""
+    """One entry in the native protocol; values with newlines use the length-prefixed form.
+
+    MESSAGE is the line's `summary` when it has one (a sentence for people:
+    `job 17 completed: Artist – Album (...)`), else the event name; EVENT is
+    always the event name, so `journalctl EVENT="job finished"` still matches.
+    """
+    name_of_event = str(event.get("event", ""))
+    summary = event.get("summary")
     fields: dict[str, str] = {
-        "MESSAGE": str(event.get("event", "")),
+        "MESSAGE": summary if isinstance(summary, str) and summary else name_of_event,
         "PRIORITY": str(_PRIORITIES.get(str(event.get("level", "info")), 6)),
         "SYSLOG_IDENTIFIER": "dlqd",
     }
     for key, value in event.items():
-        if key in ("event", "level") or value is None:
+        if key in ("event", "level", "summary") or value is None:
             continue  # journalctl FIELD=value matching has no use for "null"
         name = journal_field_name(key)
         if name in ("MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"):
             name = f"DLQD_{name}"
         fields[name] = value if isinstance(value, str) else json.dumps(value, default=str)
-    fields["EVENT"] = fields["MESSAGE"]
+    fields["EVENT"] = name_of_event
     out = bytearray()
     for name, text in fields.items():
         data = text.encode("utf-8", "replace")

@@ -28,7 +28,8 @@ class TrackMeta:
     date: str  # "YYYY-MM-DD" or "" when unknown
     isrc: str = ""
     copyright: str = ""
-    quality: str = "LOSSLESS"
+    quality: str = "LOSSLESS"  # asked when resolved; what was delivered when finalized
+    duration: int | None = None  # seconds, when the upstream says
     replay_gain_track: float | None = None
     peak_track: float | None = None
     replay_gain_album: float | None = None

@@ -7,11 +7,14 @@ seconds since the epoch and rendered as RFC 3339 UTC.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from dlqd.rates import BYTES_PER_SECOND, estimated_bytes
 
 
 class JobStatus(StrEnum):
@@ -71,6 +74,10 @@ class Track:
     error: dict[str, str] | None = None
     passes: int = 0  # passes that ended in a transient failure (worker.max_passes)
     next_pass_at: float | None = None  # a deferred track waits until then
+    duration: int | None = None  # seconds, from the upstream's listing; sizes unstarted tracks
+    quality: str | None = None  # delivered (the playback info's audioQuality), once completed
+    bit_depth: int | None = None
+    sample_rate: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -78,12 +85,16 @@ class Track:
             "title": self.title,
             "disc": self.disc,
             "number": self.number,
+            "duration_s": self.duration,
             "status": str(self.status),
             "path": self.path,
             "bytes_done": self.bytes_done,
             "bytes_total": self.bytes_total,
             "attempts": self.attempts,
             "outcome": self.outcome,
+            "quality": self.quality,
+            "bit_depth": self.bit_depth,
+            "sample_rate": self.sample_rate,
             "error": self.error,
             "passes": self.passes,
             "next_pass_at": rfc3339(self.next_pass_at),
@@ -92,7 +103,11 @@ class Track:
 
 @dataclass(slots=True)
 class Job:
-    """A queued track or album. `seq` orders jobs oldest first and never repeats."""
+    """A queued track or album. `seq` orders jobs oldest first and never repeats.
+
+    `rank` is the job's place in the run order among jobs of its priority
+    (lower runs first): new jobs take the next rank up, `move` changes it.
+    """
 
     id: str
     seq: int
@@ -108,10 +123,16 @@ class Job:
     title: str = ""
     artist: str = ""
     tracks: list[Track] = field(default_factory=list)
+    rank: int = 0
 
     @property
     def dedupe_key(self) -> tuple[str, int, str]:
         return (self.type, self.target_id, self.quality)
+
+    @property
+    def run_key(self) -> tuple[int, int, int]:
+        """Where the job stands in the run order: priority, then rank, then age."""
+        return (PRIORITIES.index(self.priority), self.rank, self.seq)
 
     @property
     def attempts(self) -> int:
@@ -119,24 +140,71 @@ class Job:
 
     @property
     def bytes_done(self) -> int:
-        return sum(t.bytes_done for t in self.tracks)
+        """Completed tracks whole, downloading ones so far; failed and cancelled ones not at all."""
+        return sum(
+            t.bytes_done
+            for t in self.tracks
+            if t.status in (TrackStatus.COMPLETED, TrackStatus.DOWNLOADING)
+        )
 
-    @property
-    def bytes_total(self) -> int:
-        return sum(t.bytes_total for t in self.tracks)
+    def sizes(self) -> JobSizes:
+        """Each track's size (real once known, else estimated from its duration) and the sums."""
+        rate = self._bytes_per_second()
+        sizes: list[int | None] = []
+        estimated = False
+        for track in self.tracks:
+            if track.bytes_total:
+                sizes.append(track.bytes_total)
+                continue
+            guess = estimated_bytes(track.duration, rate)
+            if guess is not None:
+                guess = max(guess, track.bytes_done)
+                estimated = True
+            sizes.append(guess)
+        return JobSizes(tuple(sizes), estimated)
 
-    @property
-    def progress(self) -> float:
-        """Finished tracks count whole; a downloading track by its byte fraction."""
+    def _bytes_per_second(self) -> float:
+        """Bytes per second of audio: as this job's completed tracks came, else by quality."""
+        done_bytes = done_seconds = 0
+        for track in self.tracks:
+            if track.status == TrackStatus.COMPLETED and track.duration and track.bytes_total:
+                done_bytes += track.bytes_total
+                done_seconds += track.duration
+        if done_seconds:
+            return done_bytes / done_seconds
+        return BYTES_PER_SECOND.get(self.quality, BYTES_PER_SECOND["LOSSLESS"])
+
+    def progress(self, sizes: JobSizes | None = None) -> float:
+        """Done bytes over the job's size when every track has one, else tracks counted one each.
+
+        Only completed tracks count as done: failed and cancelled ones add nothing.
+        """
         if not self.tracks:
             return 1.0 if self.status == JobStatus.COMPLETED else 0.0
+        sizes = sizes or self.sizes()
+        total = sizes.total
+        if sizes.complete and total:
+            return round(min(1.0, self.bytes_done / total), 4)
         done = 0.0
         for track in self.tracks:
-            if track.status in (TrackStatus.COMPLETED, TrackStatus.FAILED, TrackStatus.CANCELLED):
+            if track.status == TrackStatus.COMPLETED:
                 done += 1.0
-            elif track.bytes_total:
+            elif track.status == TrackStatus.DOWNLOADING and track.bytes_total:
                 done += min(1.0, track.bytes_done / track.bytes_total)
         return round(done / len(self.tracks), 4)
+
+    def eta_s(self, speed_bps: int, sizes: JobSizes | None = None) -> int | None:
+        """Seconds until the pending and downloading tracks are fetched at `speed_bps`."""
+        if self.status != JobStatus.PROCESSING or speed_bps <= 0:
+            return None
+        sizes = sizes or self.sizes()
+        remaining = 0
+        for track, size in zip(self.tracks, sizes.per_track, strict=True):
+            if track.status in (TrackStatus.PENDING, TrackStatus.DOWNLOADING):
+                if size is None:
+                    return None
+                remaining += max(0, size - track.bytes_done)
+        return math.ceil(remaining / speed_bps)
 
     def track(self, track_id: int) -> Track | None:
         for track in self.tracks:
@@ -144,7 +212,10 @@ class Job:
                 return track
         return None
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self, *, speed_bps: int = 0, position: int | None = None) -> dict[str, Any]:
+        """The job object; `speed_bps` and `position` are live facts the caller knows."""
+        sizes = self.sizes()
+        running = self.status == JobStatus.PROCESSING
         return {
             "id": self.id,
             "type": self.type,
@@ -152,18 +223,39 @@ class Job:
             "quality": self.quality,
             "priority": self.priority,
             "status": str(self.status),
+            "position": position,
             "created_at": rfc3339(self.created_at),
             "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at),
             "attempts": self.attempts,
-            "progress": self.progress,
+            "progress": self.progress(sizes),
             "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
+            "bytes_total": sizes.total,
+            "bytes_total_estimated": sizes.estimated,
+            "speed_bps": speed_bps if running else 0,
+            "eta_s": self.eta_s(speed_bps, sizes),
             "error": self.error,
             "title": self.title,
             "artist": self.artist,
             "tracks": [t.to_wire() for t in self.tracks],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class JobSizes:
+    """A job's track sizes in track order (None: unknown) and whether any is an estimate."""
+
+    per_track: tuple[int | None, ...]
+    estimated: bool
+
+    @property
+    def total(self) -> int:
+        return sum(size for size in self.per_track if size is not None)
+
+    @property
+    def complete(self) -> bool:
+        """Every track has a size, known or estimated."""
+        return None not in self.per_track
 
 
 def rfc3339(timestamp: float | None) -> str | None:

@@ -1,19 +1,20 @@
-"""Which track starts next: the scheduler's decision as a pure function of the queue.
+"""The run order and which track starts next: the scheduler's decisions as pure functions.
 
 Whenever a track slot frees, the next track is the first pending one of the
-highest-priority runnable job (priority, then submission order; a job's tracks
-in order). No job hands out its tracks ahead of the others, so a high-priority
-job submitted while a long album runs gets the very next free slot. A job
-still being resolved holds back only jobs of a lower priority (its tracks are
-not known yet, and they would otherwise be passed over); a slow resolve never
-delays jobs of its own priority. This
-module never looks at holds or slots — the scheduler asks only when one is
-free and nothing holds the queue — and never does I/O.
+first runnable job in the run order (priority, then the job's rank — its
+submission order unless `move` changed it; a job's tracks in order). No job
+hands out its tracks ahead of the others, so a high-priority job submitted
+while a long album runs gets the very next free slot. A job still being
+resolved holds back only jobs of a lower priority (its tracks are not known
+yet, and they would otherwise be passed over); a slow resolve never delays
+jobs of its own priority. `moved_ranks` decides where `move` puts a job.
+This module never looks at holds or slots — the scheduler asks only when one
+is free and nothing holds the queue — and never does I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Iterable
+from collections.abc import Collection, Container, Iterable, Sequence
 
 from dlqd.model import PRIORITIES, Job, JobStatus, Track, TrackStatus
 
@@ -36,7 +37,7 @@ def next_track(
     a deferred track (`next_pass_at` after `now`) waits for its later pass.
     """
     best: tuple[Job, Track] | None = None
-    best_key: tuple[int, int] | None = None
+    best_key: tuple[int, int, int] | None = None
     waiting_rank = len(PRIORITIES)  # the best priority of a job still being resolved
     for job in jobs:
         if job.status not in RUNNABLE_STATUSES:
@@ -44,7 +45,7 @@ def next_track(
         if job.id not in resolved:
             waiting_rank = min(waiting_rank, PRIORITIES.index(job.priority))
             continue
-        key = (PRIORITIES.index(job.priority), job.seq)
+        key = job.run_key
         if best_key is not None and key >= best_key:
             continue
         track = first_startable_track(job, running=running, now=now)
@@ -56,9 +57,9 @@ def next_track(
 
 
 def resolve_order(jobs: Iterable[Job]) -> list[Job]:
-    """Runnable jobs in the order they are resolved: priority, then submission."""
+    """Runnable jobs in the order they are resolved: the run order."""
     runnable = [job for job in jobs if job.status in RUNNABLE_STATUSES]
-    return sorted(runnable, key=lambda job: (PRIORITIES.index(job.priority), job.seq))
+    return sorted(runnable, key=lambda job: job.run_key)
 
 
 def first_startable_track(job: Job, *, running: Collection[TrackKey], now: float) -> Track | None:
@@ -89,3 +90,25 @@ def is_finished(job: Job) -> bool:
     return all(
         track.status not in (TrackStatus.PENDING, TrackStatus.DOWNLOADING) for track in job.tracks
     )
+
+
+def moved_ranks(
+    run_order: Sequence[Job], job: Job, to: str, *, rank_low: int, rank_high: int
+) -> dict[str, int]:
+    """The ranks `move` gives, by job id; empty when the job already stands there.
+
+    `run_order` is the active jobs in run order; a job moves among those of its
+    own priority. `top`/`bottom` take a rank beyond every rank given so far
+    (`rank_low`, `rank_high`); `up`/`down` swap ranks with the neighbour.
+    """
+    peers = [other.id for other in run_order if other.priority == job.priority]
+    index = peers.index(job.id)
+    if to == "top":
+        return {job.id: rank_low - 1} if index > 0 else {}
+    if to == "bottom":
+        return {job.id: rank_high + 1} if index < len(peers) - 1 else {}
+    neighbour_index = index + {"up": -1, "down": 1}[to]
+    if not 0 <= neighbour_index < len(peers):
+        return {}
+    neighbour = next(other for other in run_order if other.id == peers[neighbour_index])
+    return {job.id: neighbour.rank, neighbour.id: job.rank}

@@ -42,8 +42,10 @@ from dlqd.picking import (
     next_track,
     resolve_order,
 )
+from dlqd.rates import RateMeter
 from dlqd.state import job_outcome
 from dlqd.store import RecordRefused, Store
+from dlqd.summary import error_text, human_bytes, job_name, job_summary, track_summary
 
 log = structlog.get_logger("dlqd.scheduler")
 
@@ -64,6 +66,9 @@ class TrackResult:
     path: str
     outcome: str
     bytes: int
+    quality: str | None = None  # delivered, with bit depth and sample rate when the upstream says
+    bit_depth: int | None = None
+    sample_rate: int | None = None
 
 
 @dataclass
@@ -77,12 +82,20 @@ class TrackRun:
     on_progress: Callable[[TrackRun], None]
     names: JobNames = field(default_factory=JobNames)  # shared by the job's tracks
     keep_partial: bool = False  # set when a fault hold stops the track: resume it later
+    meter: RateMeter = field(default_factory=RateMeter)  # the job's, shared by its tracks
+    _counted: int | None = None  # bytes of this attempt already given to the meter
 
     def attempt_started(self) -> None:
         self.track.attempts += 1
         self.track.bytes_done = 0
+        self._counted = None
 
     def progress(self, done: int, total: int | None) -> None:
+        # The first report of an attempt is where it starts (a resumed partial file):
+        # bytes already on disk are not speed.
+        if self._counted is not None and done > self._counted:
+            self.meter.add(done - self._counted)
+        self._counted = done
         self.track.bytes_done = done
         if total:
             self.track.bytes_total = total
@@ -137,6 +150,7 @@ class Scheduler:
         self._names: dict[str, JobNames] = {}  # resolved jobs' file names, kept distinct
         self._resolving: dict[str, _Task] = {}
         self._tracks: dict[TrackKey, _Task] = {}
+        self._meters: dict[str, RateMeter] = {}  # per job: its download rate
         self._stopped_jobs: Counter[str] = Counter()  # jobs a command holds still
         store.on_rebuild(self._stop_everything)
 
@@ -180,11 +194,18 @@ class Scheduler:
         return (j for j in self.store.state.active_jobs() if j.id not in self._stopped_jobs)
 
     def _forget_inactive(self) -> None:
-        """Drop metadata of jobs that left the active set (finished, cancelled, removed)."""
+        """Drop what the scheduler keeps of jobs no longer active (finished, cancelled, removed)."""
         jobs = self.store.state.jobs
         for job_id in [j for j in self._metas if jobs.get(j) is None or not _active(jobs[j])]:
             del self._metas[job_id]
             del self._names[job_id]
+        for job_id in [j for j in self._meters if jobs.get(j) is None or not _active(jobs[j])]:
+            del self._meters[job_id]
+
+    def speeds(self) -> dict[str, int]:
+        """Bytes per second of each job with running tracks, over the last few seconds."""
+        running = {job_id for job_id, _ in self._tracks}
+        return {job_id: self._meters[job_id].rate() for job_id in running if job_id in self._meters}
 
     # --- resolving ----------------------------------------------------------------
 
@@ -225,8 +246,8 @@ class Scheduler:
                 return
             break
         job = self.store.state.jobs[job_id]
-        if not job.title or [t.track_id for t in job.tracks] != [
-            m.track_id for m in resolved.tracks
+        if not job.title or [(t.track_id, t.duration) for t in job.tracks] != [
+            (m.track_id, m.duration) for m in resolved.tracks
         ]:
             try:
                 await self.store.commit(_resolve_event(job_id, resolved))
@@ -239,7 +260,8 @@ class Scheduler:
         done = (t.path for t in job.tracks if t.status == TrackStatus.COMPLETED and t.path)
         self._names[job_id] = JobNames(resolved.tracks, held=done)
         self._metas[job_id] = {meta.track_id: meta for meta in resolved.tracks}
-        log_.info("job resolved", title=resolved.title, tracks=len(resolved.tracks))
+        line = f"job {job_id} resolved: {job_name(job)} ({len(resolved.tracks)} tracks)"
+        log_.info("job resolved", title=resolved.title, tracks=len(resolved.tracks), summary=line)
 
     # --- tracks -------------------------------------------------------------------
 
@@ -254,7 +276,11 @@ class Scheduler:
             key = (job.id, track.track_id)
             self.limiter.acquire_on_behalf_of_nowait(key)
             meta = self._metas[job.id][track.track_id]
-            run = TrackRun(job.id, track, meta, job.quality, self._publish, self._names[job.id])
+            meter = self._meters.setdefault(job.id, RateMeter())
+            meter.start()
+            run = TrackRun(
+                job.id, track, meta, job.quality, self._publish, self._names[job.id], meter=meter
+            )
             task = _Task(run=run)
             self._tracks[key] = task
             track.status = TrackStatus.DOWNLOADING
@@ -272,7 +298,8 @@ class Scheduler:
                 job = self.store.state.jobs[job_id]
                 if job.status == JobStatus.QUEUED:
                     await self.store.commit({"e": "start", "id": job_id, "at": self.clock()})
-                    log_.info("job started", type=job.type, target_id=job.target_id)
+                    line = f"job {job_id} started: {job_name(job)}"
+                    log_.info("job started", type=job.type, target_id=job.target_id, summary=line)
                 outcome = await self._attempt(task.run, log_)
                 if outcome is not None:
                     if isinstance(outcome, TrackResult):
@@ -315,7 +342,13 @@ class Scheduler:
     ) -> None:
         """Journal a track's outcome; a refused record fails the track instead."""
         if isinstance(outcome, TrackResult):
-            log_.info("track finished", outcome=outcome.outcome, path=outcome.path)
+            detail = f"{human_bytes(outcome.bytes)}, {outcome.outcome}"
+            log_.info(
+                "track finished",
+                outcome=outcome.outcome,
+                path=outcome.path,
+                summary=self._track_line(job_id, track, "completed", detail),
+            )
             event: dict[str, object] = {
                 "e": "track_done",
                 "id": job_id,
@@ -325,6 +358,12 @@ class Scheduler:
                 "bytes": outcome.bytes,
                 "attempts": track.attempts,
             }
+            delivered = {
+                "quality": outcome.quality,
+                "bit_depth": outcome.bit_depth,
+                "sample_rate": outcome.sample_rate,
+            }
+            event.update({key: value for key, value in delivered.items() if value is not None})
         elif outcome.code in DEFERRABLE_CODES and track.passes + 1 < self.max_passes:
             due = self.clock() + self.requeue_after_s
             log_.warning(
@@ -333,6 +372,9 @@ class Scheduler:
                 error=outcome.message,
                 passes=track.passes + 1,
                 due_in_s=self.requeue_after_s,
+                summary=self._track_line(
+                    job_id, track, "deferred to a later pass", error_text(outcome.to_dict())
+                ),
             )
             event = {
                 "e": "track_deferred",
@@ -344,13 +386,25 @@ class Scheduler:
                 "due_at": due,
             }
         else:
-            log_.warning("track failed", error_code=str(outcome.code), error=outcome.message)
+            log_.warning(
+                "track failed",
+                error_code=str(outcome.code),
+                error=outcome.message,
+                summary=self._track_line(job_id, track, "failed", error_text(outcome.to_dict())),
+            )
             event = _track_failed(job_id, track, outcome.to_dict())
         try:
             await self.store.commit(event)
         except RecordRefused as exc:
             log_.error("track outcome cannot be journaled", error=exc.message)
             await self.store.commit(_track_failed(job_id, track, _unrecordable(exc)))
+
+    def _track_line(self, job_id: str, track: Track, what: str, detail: str) -> str:
+        """The journald MESSAGE of a track line: job, place, artist – title, how it went."""
+        meta = self._metas.get(job_id, {}).get(track.track_id)
+        artist, title = (meta.display_artist, meta.display_title) if meta else ("", track.title)
+        job = self.store.state.jobs[job_id]
+        return track_summary(job, track.track_id, artist, title, what, detail)
 
     def _stop_tracks_for_hold(self) -> None:
         """A fault hold: stop every running track, keep its partial file, count nothing."""
@@ -414,7 +468,13 @@ class Scheduler:
     ) -> None:
         event = {"e": "finish", "id": job_id, "status": str(status), "error": error}
         await self.store.commit(*with_events, {**event, "at": self.clock()})
-        log_.info("job finished", status=str(status), error_code=(error or {}).get("code"))
+        job = self.store.state.jobs[job_id]
+        log_.info(
+            "job finished",
+            status=str(status),
+            error_code=(error or {}).get("code"),
+            summary=job_summary(job),
+        )
 
     # --- control ------------------------------------------------------------------
 
@@ -500,6 +560,7 @@ def _resolve_event(job_id: str, resolved: ResolvedJob) -> dict[str, object]:
         "title": resolved.title,
         "artist": resolved.artist,
         "tracks": [
-            [m.track_id, m.display_title, m.disc_number, m.track_number] for m in resolved.tracks
+            [m.track_id, m.display_title, m.disc_number, m.track_number, m.duration]
+            for m in resolved.tracks
         ],
     }

@@ -395,6 +395,7 @@ def _build_track(
         track_total=track_total,
         disc_number=track.volume_number,
         disc_total=disc_total,
+        duration=track.duration,
         date=release_date or track.stream_start_date,
         isrc=track.isrc,
         copyright=track.copyright or album_copyright,

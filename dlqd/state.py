@@ -36,6 +36,10 @@ class QueueState:
     active_by_key: dict[DedupeKey, str] = field(default_factory=dict)
     next_seq: int = 1
     held: bool = False  # `pause` without a job id: the scheduler starts nothing new
+    # The lowest and highest rank ever given (`Job.rank`): a new or `move`d job takes
+    # a rank beyond them, so no two jobs ever share one.
+    rank_low: int = 1
+    rank_high: int = 0
 
     @property
     def active_count(self) -> int:
@@ -48,6 +52,10 @@ class QueueState:
     def active_jobs(self) -> Iterator[Job]:
         """Queued, paused and processing jobs: at most limits.max_queue, not the history."""
         return (self.jobs[job_id] for job_id in self.active_by_key.values())
+
+    def run_order(self) -> list[Job]:
+        """The active jobs in the order they run: priority, then rank (see `Job.run_key`)."""
+        return sorted(self.active_jobs(), key=lambda job: job.run_key)
 
     def status_counts(self) -> dict[str, int]:
         """How many jobs are in each status (every status present, zeros included)."""
@@ -131,6 +139,8 @@ def _on_submit(state: QueueState, event: Event) -> None:
         priority=event["priority"],
         created_at=event["at"],
     )
+    state.rank_high += 1
+    job.rank = state.rank_high
     if job.type == "track":
         job.tracks.append(Track(track_id=job.target_id))
     state.next_seq += 1
@@ -139,15 +149,20 @@ def _on_submit(state: QueueState, event: Event) -> None:
 
 
 def _on_resolve(state: QueueState, event: Event) -> None:
-    """The upstream's metadata: title, artist and the track list of the job."""
+    """The upstream's metadata: title, artist and the track list of the job.
+
+    A track row is `[track_id, title, disc, number, duration]`; rows written
+    before durations were carried (issue 10) have four fields.
+    """
     job = _job(state, event)
     job.title = event["title"]
     job.artist = event["artist"]
     known = {t.track_id: t for t in job.tracks}
     resolved = []
-    for track_id, title, disc, number in event["tracks"]:
+    for track_id, title, disc, number, *later in event["tracks"]:
         track = known.get(track_id) or Track(track_id=track_id)
         track.title, track.disc, track.number = title, disc, number
+        track.duration = later[0] if later else None
         resolved.append(track)
     job.tracks = resolved
 
@@ -168,6 +183,10 @@ def _on_track_done(state: QueueState, event: Event) -> None:
     track.attempts = event["attempts"]
     track.error = None
     track.next_pass_at = None
+    # What was delivered; absent when the upstream did not say, and from records before issue 10.
+    track.quality = event.get("quality")
+    track.bit_depth = event.get("bit_depth")
+    track.sample_rate = event.get("sample_rate")
 
 
 def _on_track_deferred(state: QueueState, event: Event) -> None:
@@ -258,6 +277,18 @@ def _on_expire(state: QueueState, event: Event) -> None:
             raise ReplayError(f"expire names active job {job_id}")
 
 
+def _on_move(state: QueueState, event: Event) -> None:
+    """A job's new place in the run order (`move`; `up`/`down` swap two jobs in one batch)."""
+    job = _job(state, event)
+    job.rank = rank = event["rank"]
+    state.rank_low = min(state.rank_low, rank)
+    state.rank_high = max(state.rank_high, rank)
+
+
+def _on_priority(state: QueueState, event: Event) -> None:
+    _job(state, event).priority = event["priority"]
+
+
 def _on_hold(state: QueueState, event: Event) -> None:
     state.held = True
 
@@ -281,6 +312,8 @@ _HANDLERS: dict[str, Callable[[QueueState, Event], None]] = {
     "retry": _on_retry,
     "remove": _on_remove,
     "expire": _on_expire,
+    "move": _on_move,
+    "priority": _on_priority,
     "hold": _on_hold,
     "release": _on_release,
 }
@@ -318,6 +351,10 @@ _TRACK_FIELDS = [
     "error",
     "passes",
     "next_pass_at",
+    "duration",
+    "quality",
+    "bit_depth",
+    "sample_rate",
 ]
 
 
@@ -343,11 +380,22 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
                     track.error,
                     track.passes,
                     track.next_pass_at,
+                    track.duration,
+                    track.quality,
+                    track.bit_depth,
+                    track.sample_rate,
                 ]
             )
         row.append(tracks)
+        row.append(job.rank)
         jobs.append(row)
-    return {"next_seq": state.next_seq, "held": state.held, "jobs": jobs}
+    return {
+        "next_seq": state.next_seq,
+        "held": state.held,
+        "rank_low": state.rank_low,
+        "rank_high": state.rank_high,
+        "jobs": jobs,
+    }
 
 
 def _stable_track_status(track: Track) -> str:
@@ -359,54 +407,46 @@ def _stable_track_status(track: Track) -> str:
 def from_snapshot(data: dict[str, Any]) -> QueueState:
     # Hot at start-up (100,000 jobs in well under a second): positional
     # construction and dict lookups instead of enum calls and per-row dicts.
-    state = QueueState(next_seq=data["next_seq"], held=data["held"])
+    # Fields added later are trailing and optional: a snapshot from before issue 9
+    # has no passes/next_pass_at, one from before issue 10 no ranks (rank = seq:
+    # the order of submission), durations or delivered qualities.
+    state = QueueState(
+        next_seq=data["next_seq"],
+        held=data["held"],
+        rank_low=data.get("rank_low", 1),
+        rank_high=data.get("rank_high", data["next_seq"] - 1),
+    )
     jobs = state.jobs
     active_by_key = state.active_by_key
     job_statuses = _JOB_STATUS_BY_NAME
     track_statuses = _TRACK_STATUS_BY_NAME
     completed = TrackStatus.COMPLETED
+    job_width = len(_JOB_FIELDS)
     for row in data["jobs"]:
-        *job_values, track_rows = row
-        job = Job(*job_values)
+        job = Job(*row[:job_width])
+        track_rows: list[list[Any]] = row[job_width]
+        job.rank = row[job_width + 1] if len(row) > job_width + 1 else job.seq
         job.status = status = job_statuses[job.status]
-        for (
-            track_id,
-            title,
-            disc,
-            number,
-            track_status,
-            path,
-            total,
-            attempts,
-            outcome,
-            error,
-            *later_fields,  # passes, next_pass_at: absent from snapshots before issue 9
-        ) in track_rows:
-            passes, next_pass_at = later_fields or (0, None)
-            track_status = track_statuses[track_status]
-            job.tracks.append(
-                Track(
-                    track_id,
-                    title,
-                    disc,
-                    number,
-                    track_status,
-                    path,
-                    total if track_status == completed else 0,
-                    total,
-                    attempts,
-                    outcome,
-                    error,
-                    passes,
-                    next_pass_at,
-                )
-            )
+        tracks = job.tracks
+        for track_row in track_rows:
+            # The row's first six fields, bytes_done (derived), the rest, later defaults.
+            later = _LATER_TRACK_DEFAULTS[len(track_row) - _OLDEST_TRACK_WIDTH :]
+            values = [*track_row[:6], 0, *track_row[6:], *later]
+            track = Track(*values)
+            track.status = track_status = track_statuses[track.status]
+            if track_status == completed:
+                track.bytes_done = track.bytes_total
+            tracks.append(track)
         jobs[job.id] = job
         if status in ACTIVE_STATUSES:
             active_by_key[(job.type, job.target_id, job.quality)] = job.id
     return state
 
 
+# Track rows of the first snapshots had ten fields; these came later, in this order:
+# passes, next_pass_at (issue 9); duration, quality, bit_depth, sample_rate (issue 10).
+_OLDEST_TRACK_WIDTH = 10
+_LATER_TRACK_DEFAULTS: tuple[Any, ...] = (0, None, None, None, None, None)
 _JOB_STATUS_BY_NAME = {str(s): s for s in JobStatus}
 _TRACK_STATUS_BY_NAME = {str(s): s for s in TrackStatus}
 # from_snapshot builds Job and Track positionally: the snapshot's field order

@@ -16,7 +16,7 @@ the file names or the tags with a value they cannot hold:
 - a string must encode as UTF-8 (no lone surrogates, JSON `"\\ud800"`) and fit
   its length cap, else the answer is refused, whichever field holds it;
 - an integer out of range is refused (ids, positions, counts), except the ones
-  only shown (bit depth, sample rate), which are dropped;
+  only shown or estimated from (bit depth, sample rate, duration), which are dropped;
 - a gain or peak that is not finite or not in its range is dropped: it only
   decorates the tags, and the track is still good;
 - a list longer than its cap is refused.
@@ -231,6 +231,9 @@ URL = Text(max_chars=MAX_URL_CHARS)
 GAIN_DB = Real(-64.0, 64.0)
 PEAK = Real(0.0, 16.0)  # linear amplitude; true peaks may pass 1.0
 BIT_DEPTH = Int(1, 64, strict=False)
+# "LOSSLESS", "HI_RES_LOSSLESS"...: shown and put in file names, so anything else is absent.
+QUALITY_NAME = Text(max_chars=32, shape=re.compile(r"[A-Z][A-Z0-9_]*\Z"))
+DURATION_S = Int(1, 7 * 24 * 3600, strict=False)  # only sizes estimates: out of range is dropped
 SAMPLE_RATE = Int(1, 1_000_000, strict=False)
 
 
@@ -256,6 +259,7 @@ class UpstreamTrack:
     version: Annotated[str, From("version", STRIPPED)] = ""
     track_number: Annotated[int, From("trackNumber", POSITION)]
     volume_number: Annotated[int, From("volumeNumber", POSITION)] = 1
+    duration: Annotated[int | None, From("duration", DURATION_S)] = None  # seconds
     isrc: Annotated[str, From("isrc", STRIPPED)] = ""
     copyright: Annotated[str, From("copyright", STRIPPED)] = ""
     replay_gain: Annotated[float | None, From("replayGain", GAIN_DB)] = None
@@ -327,7 +331,7 @@ class PlaybackInfo:
     asset_presentation: Annotated[str, From("assetPresentation", SHORT)]
     manifest_mime_type: Annotated[str, From("manifestMimeType", SHORT)]
     manifest: Annotated[str, From("manifest", Text(max_chars=None))]  # the body is capped
-    audio_quality: Annotated[str | None, From("audioQuality", SHORT)] = None
+    audio_quality: Annotated[str | None, From("audioQuality", QUALITY_NAME)] = None
     bit_depth: Annotated[int | None, From("bitDepth", BIT_DEPTH)] = None
     sample_rate: Annotated[int | None, From("sampleRate", SAMPLE_RATE)] = None
     track_replay_gain: Annotated[float | None, From("trackReplayGain", GAIN_DB)] = None

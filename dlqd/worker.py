@@ -165,11 +165,11 @@ class DownloadWork:
                 raise DlqdError(
                     ErrorCode.UPSTREAM_BAD_RESPONSE, f"album {job.target_id} lists no tracks"
                 )
-            return ResolvedJob(album.title, album.artist, album.tracks)
+            return ResolvedJob(album.title, album.artist, _asked(album.tracks, job.quality))
         meta = await self.retry.run(
             lambda: self.source.track_meta(job.target_id), what=f"track {job.target_id}"
         )
-        return ResolvedJob(meta.display_title, meta.display_artist, (meta,))
+        return ResolvedJob(meta.display_title, meta.display_artist, _asked((meta,), job.quality))
 
     async def run_track(self, run: TrackRun) -> TrackResult:
         temp = self.library / TMP_DIRNAME / temp_name(run.job_id, run.track.track_id)
@@ -219,7 +219,10 @@ class DownloadWork:
             if held is None:
                 raise
             raise held from exc
+        quality, bit_depth, sample_rate = _delivered(plan)
         meta = with_playback_gains(run.meta, plan)
+        if quality is not None:  # `{quality}` in names: what the file holds
+            meta = dataclasses.replace(meta, quality=quality)
         cover = await self._cover(meta)
         try:
             final = await trio.to_thread.run_sync(
@@ -231,7 +234,14 @@ class DownloadWork:
             if held is None:
                 raise
             raise held from exc
-        return TrackResult(path=final.path, outcome=final.outcome, bytes=fetched)
+        return TrackResult(
+            path=final.path,
+            outcome=final.outcome,
+            bytes=fetched,
+            quality=quality,
+            bit_depth=bit_depth,
+            sample_rate=sample_rate,
+        )
 
     async def _preflight(self) -> None:
         """The library takes files, its disk has room, the temp folder is a real folder.
@@ -305,6 +315,21 @@ class DownloadWork:
         if len(self._covers) > COVER_CACHE_SIZE:
             self._covers.popitem(last=False)
         return cover
+
+
+def _asked(tracks: tuple[TrackMeta, ...], quality: str) -> tuple[TrackMeta, ...]:
+    """The job's tracks as asked: until a track is fetched, its quality is the job's."""
+    return tuple(dataclasses.replace(meta, quality=quality) for meta in tracks)
+
+
+def _delivered(plan: MediaPlan) -> tuple[str | None, int | None, int | None]:
+    """Quality, bit depth and sample rate of the stream fetched, as far as the upstream said."""
+    extra = plan.extra
+
+    def number(key: str) -> int | None:
+        return int(extra[key]) if key in extra else None
+
+    return extra.get("audio_quality"), number("bit_depth"), number("sample_rate")
 
 
 def _remove(path: Path) -> None:

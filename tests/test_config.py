@@ -66,7 +66,7 @@ def test_defaults_equal_the_design() -> None:
         max_queue=1000, submit_rate_per_min=600, max_frame_bytes=65536, min_free_mb=100
     )
     assert loaded.retention == config.RetentionConfig(
-        completed_h=24, failed_h=168, sweep_interval_s=3600.0
+        completed_h=720, failed_h=168, sweep_interval_s=3600.0
     )
     assert loaded.metrics == config.MetricsConfig(textfile=None, interval_s=5.0)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dlqd.model import JobStatus
-from dlqd.picking import is_finished, next_pass_due, next_track
+from dlqd.picking import is_finished, moved_ranks, next_pass_due, next_track
 from dlqd.state import QueueState, apply
 from tests.test_state import AT, done, replay, resolve, submit
 
@@ -103,3 +103,65 @@ def test_a_job_being_resolved_holds_back_lower_priorities_only() -> None:
     apply(state, submit("4", "track", 4))  # same priority as 2, still resolving
     chosen = next_track(jobs(), resolved={"1", "2", "3"}, running={("3", 3)}, now=AT)
     assert chosen is not None and chosen[0].id == "2"
+
+
+def move(state: QueueState, job_id: str, to: str) -> dict[str, int]:
+    """Decide a move like the `move` command, and apply its records."""
+    ranks = moved_ranks(
+        state.run_order(),
+        state.jobs[job_id],
+        to,
+        rank_low=state.rank_low,
+        rank_high=state.rank_high,
+    )
+    for moved_id, rank in ranks.items():
+        apply(state, {"e": "move", "id": moved_id, "rank": rank})
+    return ranks
+
+
+def order(state: QueueState) -> list[str]:
+    return [job.id for job in state.run_order()]
+
+
+def test_moves_go_top_bottom_up_and_down_among_jobs_of_the_same_priority() -> None:
+    state = replay(*(submit(str(n), "track", n) for n in range(1, 5)))
+    assert order(state) == ["1", "2", "3", "4"]
+    move(state, "3", "top")
+    assert order(state) == ["3", "1", "2", "4"]
+    move(state, "3", "bottom")
+    assert order(state) == ["1", "2", "4", "3"]
+    assert move(state, "4", "up") == {"4": 2, "2": 4}  # the two swap ranks
+    assert order(state) == ["1", "4", "2", "3"]
+    move(state, "1", "down")
+    assert order(state) == ["4", "1", "2", "3"]
+
+
+def test_a_move_to_where_the_job_already_is_changes_nothing() -> None:
+    state = replay(submit("1", "track", 1), submit("2", "track", 2))
+    assert move(state, "1", "top") == {}
+    assert move(state, "1", "up") == {}
+    assert move(state, "2", "bottom") == {}
+    assert move(state, "2", "down") == {}
+
+
+def test_moves_stay_within_a_priority_and_pass_over_finished_jobs() -> None:
+    state = replay(
+        submit("1", "track", 1, priority="high"),
+        submit("2", "track", 2),
+        submit("3", "track", 3),
+        submit("4", "track", 4),
+    )
+    apply(state, {"e": "cancel", "id": "3", "at": AT})
+    move(state, "2", "top")  # first among the normal jobs, still after the high one
+    assert order(state) == ["1", "2", "4"]
+    move(state, "4", "up")  # past the cancelled job 3, which has no place any more
+    assert order(state) == ["1", "4", "2"]
+
+
+def test_the_next_track_follows_the_run_order_after_a_move() -> None:
+    state = replay(submit("1", "track", 1), submit("2", "track", 2), submit("3", "track", 3))
+    assert pick(state) == ("1", 1)
+    move(state, "3", "top")
+    assert pick(state) == ("3", 3)
+    apply(state, {"e": "priority", "id": "2", "priority": "high"})
+    assert pick(state) == ("2", 2)

@@ -44,6 +44,10 @@ JOB_KEYS = {
     "quality",
     "priority",
     "status",
+    "position",
+    "bytes_total_estimated",
+    "speed_bps",
+    "eta_s",
     "created_at",
     "started_at",
     "finished_at",
@@ -61,6 +65,10 @@ TRACK_KEYS = {
     "title",
     "disc",
     "number",
+    "duration_s",
+    "quality",
+    "bit_depth",
+    "sample_rate",
     "status",
     "path",
     "bytes_done",
@@ -387,7 +395,7 @@ def test_dlqctl_json_documents_and_exit_codes(make_daemon: DaemonFactory, tmp_pa
     code, out, _ = dlqctl(daemon.socket, "--json", "stats")
     stats = json.loads(out)
     assert code == 0
-    assert set(stats) >= {"queue", "worker", "metrics", "journal"}
+    assert set(stats) >= {"queue", "worker", "metrics", "journal", "speed_bps"}
     assert set(stats["queue"]) == {
         "queued",
         "paused",

@@ -41,12 +41,16 @@ def submit(job_id: str, type_: str = "album", target_id: int = 7, **changes: Any
     return {**event, **changes}
 
 
-def resolve(job_id: str, track_ids: list[int]) -> dict:
-    tracks = [[t, f"Title {t}", 1, n] for n, t in enumerate(track_ids, start=1)]
+def resolve(job_id: str, track_ids: list[int], durations: list[int] | None = None) -> dict:
+    """A resolve record; with `durations`, the rows carry them (issue 10), else the old 4 fields."""
+    tracks: list[list[Any]] = [[t, f"Title {t}", 1, n] for n, t in enumerate(track_ids, start=1)]
+    if durations is not None:
+        tracks = [[*row, duration] for row, duration in zip(tracks, durations, strict=True)]
     return {"e": "resolve", "id": job_id, "title": "Album", "artist": "Artist", "tracks": tracks}
 
 
-def done(job_id: str, track_id: int, size: int = 100) -> dict:
+def done(job_id: str, track_id: int, size: int = 100, **delivered: Any) -> dict:
+    """A track_done record; `delivered` adds quality, bit_depth, sample_rate (issue 10)."""
     return {
         "e": "track_done",
         "id": job_id,
@@ -55,6 +59,7 @@ def done(job_id: str, track_id: int, size: int = 100) -> dict:
         "outcome": "written",
         "bytes": size,
         "attempts": 1,
+        **delivered,
     }
 
 
@@ -106,6 +111,44 @@ def test_resolve_keeps_tracks_that_already_finished() -> None:
     apply(state, resolve("1", [11, 12, 13]))
     track = state.jobs["1"].tracks[0]
     assert (track.status, track.path) == (TrackStatus.COMPLETED, "A/B/11.flac")
+
+
+def test_resolve_records_durations_and_rows_from_before_them_replay_without() -> None:
+    state = replay(submit("1"), resolve("1", [5, 6], durations=[241, 187]), submit("2"))
+    assert [t.duration for t in state.jobs["1"].tracks] == [241, 187]
+    apply(state, resolve("2", [7]))  # a four-field row, as journaled before issue 10
+    assert [(t.track_id, t.duration) for t in state.jobs["2"].tracks] == [(7, None)]
+
+
+def test_track_done_records_the_delivered_quality_and_old_records_replay_without() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11, quality="HI_RES_LOSSLESS", bit_depth=24, sample_rate=96000))
+    apply(state, done("1", 12))  # as journaled before issue 10
+    first, second = state.jobs["1"].tracks[:2]
+    assert (first.quality, first.bit_depth, first.sample_rate) == ("HI_RES_LOSSLESS", 24, 96000)
+    assert (second.quality, second.bit_depth, second.sample_rate) == (None, None, None)
+    wire = first.to_wire()
+    assert (wire["quality"], wire["bit_depth"], wire["sample_rate"]) == (
+        "HI_RES_LOSSLESS",
+        24,
+        96000,
+    )
+
+
+def test_jobs_rank_in_submission_order_and_move_and_priority_change_the_run_order() -> None:
+    state = replay(submit("1", target_id=1), submit("2", target_id=2), submit("3", target_id=3))
+    assert [job.rank for job in state.jobs.values()] == [1, 2, 3]
+    assert [job.id for job in state.run_order()] == ["1", "2", "3"]
+    apply(state, {"e": "move", "id": "3", "rank": state.rank_low - 1})  # top
+    assert [job.id for job in state.run_order()] == ["3", "1", "2"]
+    apply(state, {"e": "priority", "id": "2", "priority": "high"})
+    assert [job.id for job in state.run_order()] == ["2", "3", "1"]
+    apply(state, {"e": "move", "id": "1", "rank": state.rank_high + 1})  # bottom: already
+    apply(state, submit("4", target_id=4))
+    assert state.jobs["4"].rank > state.jobs["1"].rank  # a new job ranks after every move
+    assert [job.id for job in state.run_order()] == ["2", "3", "1", "4"]
+    apply(state, {"e": "cancel", "id": "3", "at": AT})
+    assert [job.id for job in state.run_order()] == ["2", "1", "4"]  # active jobs only
 
 
 def test_dedupe_index_holds_active_jobs_only() -> None:
@@ -277,8 +320,10 @@ def describe(state: QueueState) -> dict[str, Any]:
     return {
         "next_seq": state.next_seq,
         "held": state.held,
+        "ranks": (state.rank_low, state.rank_high),
         "active": dict(sorted(state.active_by_key.items())),
-        "jobs": [(job.seq, job.priority, job.to_wire()) for job in state.jobs.values()],
+        "jobs": [(job.seq, job.rank, job.to_wire()) for job in state.jobs.values()],
+        "run order": [job.id for job in state.run_order()],
     }
 
 
@@ -333,6 +378,9 @@ def valid_events(state: QueueState, data: st.DataObject, steps: int) -> list[dic
             options += ["resolve", "track", "finish", "requeue", "pause", "cancel"]
         if finished:
             options += ["remove", "expire", "retry"]
+        active = list(state.active_jobs())
+        if active:
+            options += ["move", "priority"]
         kind = data.draw(st.sampled_from(options))
         event: dict[str, Any]
         if kind == "submit":
@@ -361,7 +409,21 @@ def valid_events(state: QueueState, data: st.DataObject, steps: int) -> list[dic
         elif kind == "resolve":
             job = data.draw(st.sampled_from(processing))
             count = data.draw(st.integers(0, 3))
-            event = resolve(job.id, [job.target_id * 10 + n for n in range(count)])
+            durations = data.draw(
+                st.none() | st.lists(st.integers(1, 600), min_size=count, max_size=count)
+            )
+            event = resolve(job.id, [job.target_id * 10 + n for n in range(count)], durations)
+        elif kind == "move":
+            job = data.draw(st.sampled_from(active))
+            rank = data.draw(st.sampled_from([state.rank_low - 1, state.rank_high + 1]))
+            event = {"e": "move", "id": job.id, "rank": rank}
+        elif kind == "priority":
+            job = data.draw(st.sampled_from(active))
+            event = {
+                "e": "priority",
+                "id": job.id,
+                "priority": data.draw(st.sampled_from(PRIORITIES)),
+            }
         elif kind == "track":
             job = data.draw(st.sampled_from(processing))
             pending = [t for t in job.tracks if t.status == "pending"]
@@ -369,7 +431,13 @@ def valid_events(state: QueueState, data: st.DataObject, steps: int) -> list[dic
                 continue
             track = data.draw(st.sampled_from(pending))
             if data.draw(st.booleans()):
-                event = done(job.id, track.track_id, size=data.draw(st.integers(0, 10**9)))
+                size = data.draw(st.integers(0, 10**9))
+                delivered = data.draw(
+                    st.sampled_from(
+                        [{}, {"quality": "LOSSLESS", "bit_depth": 16, "sample_rate": 44100}]
+                    )
+                )
+                event = done(job.id, track.track_id, size=size, **delivered)
             else:
                 event = failed(job.id, track.track_id)
         elif kind == "finish":
@@ -413,16 +481,26 @@ def test_snapshot_then_remaining_events_equals_replaying_every_event(
     assert describe(compacted) == describe(replayed)
 
 
-def test_a_snapshot_row_from_before_later_passes_loads_with_none_deferred() -> None:
+def test_a_snapshot_from_before_later_passes_and_ranks_loads_with_defaults() -> None:
     state = album_with_tracks()
-    apply(state, done("1", 11))
+    apply(state, done("1", 11, quality="LOSSLESS"))
+    apply(state, submit("2", "track", 8))
     data = to_snapshot(state)
-    for row in data["jobs"]:
-        row[-1] = [track_row[:10] for track_row in row[-1]]  # the old ten-field rows
+    del data["rank_low"], data["rank_high"]
+    for row in data["jobs"]:  # the first snapshots: 13 job fields, tracks of ten fields
+        row[:] = [*row[:13], [track_row[:10] for track_row in row[13]]]
     restored = from_snapshot(data)
     tracks = restored.jobs["1"].tracks
     assert [(t.passes, t.next_pass_at) for t in tracks] == [(0, None)] * 3
+    assert [(t.duration, t.quality, t.bit_depth, t.sample_rate) for t in tracks] == [
+        (None, None, None, None)
+    ] * 3
     assert tracks[0].status == TrackStatus.COMPLETED
+    assert tracks[0].bytes_done == 100
+    assert [job.rank for job in restored.jobs.values()] == [1, 2]  # rank = seq
+    assert (restored.rank_low, restored.rank_high) == (1, 2)
+    apply(restored, submit("3", "track", 9))
+    assert restored.jobs["3"].rank == 3  # beyond every rank the old snapshot held
 
 
 def test_a_deferred_track_survives_the_snapshot_and_retry_clears_its_passes() -> None:

@@ -366,6 +366,15 @@ def test_socket_activation_serves_the_inherited_socket(
 
 # --- journald --------------------------------------------------------------------------
 
+LINES_WITH_A_SUMMARY = {
+    b"job started",
+    b"job resolved",
+    b"job finished",
+    b"track finished",
+    b"track failed",
+    b"track deferred to a later pass",
+}
+
 
 def test_journal_format_sends_native_protocol_fields(
     make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog, sink: DatagramSink
@@ -382,25 +391,43 @@ def test_journal_format_sends_native_protocol_fields(
         return [e for e in entries if e.get("JOB_ID") == job_id.encode()]
 
     wait_until(
-        lambda: any(e["MESSAGE"] == b"job finished" for e in entries_for_job()),
+        lambda: any(e["EVENT"] == b"job finished" for e in entries_for_job()),
         what="the job's last log line",
     )
     entries = entries_for_job()
     for entry in entries:
         assert entry["SYSLOG_IDENTIFIER"] == b"dlqd"
-        assert entry["EVENT"] == entry["MESSAGE"]
         assert entry["PRIORITY"] in (b"3", b"4", b"6", b"7")
-    started = next(e for e in entries if e["MESSAGE"] == b"job started")
+    started = next(e for e in entries if e["EVENT"] == b"job started")
     assert started["PRIORITY"] == b"6"
     assert started["TARGET_ID"] == str(TWO_DISC_ALBUM_ID).encode()
-    done = [e for e in entries if e["MESSAGE"] == b"track finished"]
+    done = [e for e in entries if e["EVENT"] == b"track finished"]
     assert len(done) == 4 and all(e["TRACK_ID"] and e["OUTCOME"] == b"written" for e in done)
-    failed = next(e for e in entries if e["MESSAGE"] == b"track failed")
+    failed = next(e for e in entries if e["EVENT"] == b"track failed")
     assert failed["PRIORITY"] == b"4"
     assert failed["TRACK_ID"] == str(failing_track).encode()
     assert failed["ERROR_CODE"] == b"UPSTREAM_NOT_FOUND"
-    finish = next(e for e in entries if e["MESSAGE"] == b"job finished")
+    finish = next(e for e in entries if e["EVENT"] == b"job finished")
     assert finish["STATUS"] == b"partial"
+    # MESSAGE reads as a sentence for `journalctl -u dlqd`: job, artist – title, status.
+    assert re.fullmatch(
+        rf"job {job_id} partial: The Examples – Night Lines \(4/5 tracks, [0-9.]+ KiB in \d+ s\); "
+        r"UPSTREAM_NOT_FOUND: .+",
+        finish["MESSAGE"].decode(),
+    ), finish["MESSAGE"]
+    assert started["MESSAGE"].decode() == f"job {job_id} started: The Examples – Night Lines"
+    for entry in done:
+        assert re.fullmatch(
+            rf"job {job_id} track [1-5]/5 completed: The Examples.* – .+ \([0-9.]+ KiB, written\)",
+            entry["MESSAGE"].decode(),
+        ), entry["MESSAGE"]
+    assert re.fullmatch(
+        rf"job {job_id} track 2/5 failed: The Examples, Guest Singer – Shared Ground "
+        r"\(UPSTREAM_NOT_FOUND: .+\)",
+        failed["MESSAGE"].decode(),
+    ), failed["MESSAGE"]
+    other = [e for e in entries if e["EVENT"] not in LINES_WITH_A_SUMMARY]
+    assert all(e["MESSAGE"] == e["EVENT"] for e in other)
     # Nothing fell back to stderr: every event reached the journal socket.
     assert daemon.stop() == 0
     assert not [line for line in daemon.logs().splitlines() if line.startswith("{")]
