@@ -232,7 +232,7 @@ GAIN_DB = Real(-64.0, 64.0)
 PEAK = Real(0.0, 16.0)  # linear amplitude; true peaks may pass 1.0
 BIT_DEPTH = Int(1, 64, strict=False)
 # "LOSSLESS", "HI_RES_LOSSLESS"...: shown and put in file names, so anything else is absent.
-QUALITY_NAME = Text(max_chars=32, shape=re.compile(r"[A-Z][A-Z0-9_]*\Z"))
+QUALITY_NAME = Text(max_chars=256, shape=re.compile(r"[A-Z][A-Z0-9_]{0,31}\Z"))
 DURATION_S = Int(1, 7 * 24 * 3600, strict=False)  # only sizes estimates: out of range is dropped
 SAMPLE_RATE = Int(1, 1_000_000, strict=False)
 

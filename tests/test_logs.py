@@ -43,6 +43,22 @@ def test_an_event_becomes_message_priority_identifier_and_upper_case_fields() ->
     }
 
 
+def test_a_summary_becomes_the_message_and_the_event_name_stays_in_event() -> None:
+    line = "job 17 completed: Artist – Album (12/12 tracks, 412 MiB in 48 s)"
+    entry = encode_journal_entry(
+        {"event": "job finished", "level": "info", "job_id": "17", "status": "completed",
+         "summary": line}
+    )  # fmt: skip
+    fields = parse_journal_entry(entry)
+    assert fields["MESSAGE"] == line.encode()
+    assert (fields["EVENT"], fields["JOB_ID"], fields["STATUS"]) == (
+        b"job finished",
+        b"17",
+        b"completed",
+    )
+    assert "SUMMARY" not in fields and "DLQD_MESSAGE" not in fields
+
+
 def test_levels_map_to_syslog_priorities() -> None:
     def priority(level: str) -> bytes:
         return parse_journal_entry(encode_journal_entry({"event": "x", "level": level}))["PRIORITY"]

@@ -212,6 +212,30 @@ def test_playback_gains_bit_depth_and_rate_out_of_range_are_dropped() -> None:
     assert plan.extra["album_replay_gain"] == "-8.25"
 
 
+def test_durations_are_carried_and_an_insane_one_is_dropped() -> None:
+    data = album_json()
+    data["items"][0]["item"]["duration"] = 241
+    data["items"][1]["item"]["duration"] = 0
+    data["items"][2]["item"]["duration"] = 10**9
+    data["items"][3]["item"]["duration"] = "241"
+    durations = [track.duration for track in album(data).tracks]
+    assert durations == [241, None, None, None, 2]  # the last as the catalog has it
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [("HI_RES_LOSSLESS", "HI_RES_LOSSLESS"), ("HIGH", "HIGH"), ("lossless", None),
+     ("LOSS LESS", None), ("\x1b[31mRED", None), ("X" * 33, None), (7, None)],
+)  # fmt: skip
+def test_the_delivered_quality_is_kept_only_when_it_looks_like_a_quality_name(
+    value: object, kept: str | None
+) -> None:
+    data = playback_json()
+    data["audioQuality"] = value
+    plan = plan_from_playback(data, manifest_url=TRACK_URL)
+    assert plan.extra.get("audio_quality") == kept
+
+
 def test_numbers_of_volumes_over_1000_are_refused_and_0_means_unknown() -> None:
     data = album_json()
     data["numberOfVolumes"] = 1001
