@@ -46,7 +46,7 @@ from dlqd.health import (
 from dlqd.holds import Holds
 from dlqd.journal import JournalCorrupt, JournalFiles
 from dlqd.library_watch import LibraryWatch
-from dlqd.metrics import LiveView, Metrics, run_textfile_writer, speed_sampler
+from dlqd.metrics import LiveView, Metrics, run_textfile_writer
 from dlqd.model import TrackStatus
 from dlqd.retention import run_retention
 from dlqd.safefs import UnsafePathError, describe
@@ -198,6 +198,11 @@ def status_line(ctx: CommandContext, bytes_per_s: float = 0.0) -> str:
     )
 
 
+def _speed(scheduler: Scheduler) -> int:
+    """Every running job's rate together: the figure `stats.speed_bps` gives."""
+    return sum(scheduler.speeds().values())
+
+
 def _rate(bytes_per_s: float) -> str:
     for unit in ("B/s", "KiB/s", "MiB/s"):
         if bytes_per_s < 1024 or unit == "MiB/s":
@@ -305,7 +310,6 @@ async def _run(
     ctx.metrics_text = metrics.text
     ctx.metrics_families = metrics.families
     ctx.metrics_summary = metrics.summary
-    speed = speed_sampler()
     server = ControlServer(
         listener,
         ctx,
@@ -338,7 +342,7 @@ async def _run(
                 block_s = float(os.environ.get("DLQD_DEBUG_BLOCK_S", "5"))
                 await nursery.start(debug_hooks.block_loop_on_sigusr1, block_s)
             if notifier.enabled:
-                nursery.start_soon(notifier.watchdog, lambda: status_line(ctx, speed(store.state)))
+                nursery.start_soon(notifier.watchdog, lambda: status_line(ctx, _speed(scheduler)))
             notifier.send("READY=1")
             log.info("dlqd ready", version=__version__, socket=str(config.daemon.socket))
             signum = await signals.__anext__()

@@ -28,7 +28,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dlqd import __version__
-from dlqd.model import FINISHED_STATUSES, JobStatus, TrackStatus
+from dlqd.model import FINISHED_STATUSES, JobStatus
 from dlqd.state import QueueState
 
 log = structlog.get_logger("dlqd.metrics")
@@ -290,34 +290,3 @@ async def run_textfile_writer(metrics: Metrics, path: Path, interval_s: float) -
                 log.info("metrics textfile written again", path=str(path))
             failing = False
         await trio.sleep(interval_s)
-
-
-def speed_sampler(clock: Callable[[], float] = time.monotonic) -> Callable[[QueueState], float]:
-    """A function giving bytes/s since its previous call, from the tracks downloading now.
-
-    Each call compares every downloading track's `bytes_done` with the last
-    sample; restarts (a retry resets a track to 0) count from zero again.
-    """
-    previous: dict[tuple[str, int], int] = {}
-    last_time = clock()
-
-    def sample(state: QueueState) -> float:
-        nonlocal previous, last_time
-        now = clock()
-        current: dict[tuple[str, int], int] = {}
-        gained = 0
-        for job in state.active_jobs():
-            if job.status != JobStatus.PROCESSING:
-                continue
-            for track in job.tracks:
-                if track.status == TrackStatus.DOWNLOADING:
-                    key = (job.id, track.track_id)
-                    current[key] = track.bytes_done
-                    before = previous.get(key, 0)
-                    restarted = track.bytes_done < before
-                    gained += track.bytes_done if restarted else track.bytes_done - before
-        elapsed = now - last_time
-        previous, last_time = current, now
-        return gained / elapsed if elapsed > 0 else 0.0
-
-    return sample
