@@ -421,6 +421,7 @@ class Scheduler:
                 "track_id": run.track.track_id,
                 "bytes_done": run.track.bytes_done,
                 "bytes_total": run.track.bytes_total,
+                "speed_bps": run.meter.rate(),  # the job's, as `speed_bps` in its job object
             }
         )
 

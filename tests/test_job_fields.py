@@ -19,9 +19,10 @@ from dlqd.catalog import (
     CatalogServer,
 )
 from dlqd.journal import JournalFiles, encode_record
+from dlqd.protocol import read_frame_blocking
 from dlqd.rates import BYTES_PER_SECOND
 from tests.conftest import DaemonFactory
-from tests.support import library_files, wait_until
+from tests.support import library_files, raw_connection, send_request, wait_until
 
 SLOW_BPS = 400_000  # media bytes per second per response: a 600 KB track takes ~1.5 s
 
@@ -34,6 +35,8 @@ def test_a_throttled_album_shows_its_speed_and_a_falling_eta_while_the_next_wait
     daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
     daemon.start()
     upstream.throttle_bps = SLOW_BPS
+    watcher = raw_connection(daemon)
+    assert send_request(watcher, {"v": 1, "id": 1, "cmd": "watch"})["ok"]
     running = daemon.submit("album", running_album)
     waiting = daemon.submit("album", waiting_album)
 
@@ -85,6 +88,16 @@ def test_a_throttled_album_shows_its_speed_and_a_falling_eta_while_the_next_wait
     )
     assert daemon.wait_job(waiting)["status"] == "completed"
     assert daemon.call("stats")["speed_bps"] == 0
+
+    # `watch` progress events carry the job's speed too.
+    progress: list[int] = []
+    while (event := read_frame_blocking(watcher))["event"] != "finish" or (
+        event["job_id"] != running
+    ):
+        if event["event"] == "progress" and event["job_id"] == running:
+            progress.append(event["speed_bps"])
+    watcher.close()
+    assert max(progress) > 0, progress
 
 
 def test_each_track_reports_the_quality_delivered_and_names_use_it(
