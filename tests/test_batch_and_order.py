@@ -3,6 +3,8 @@ order=run), proven on a real daemon over its socket, across restarts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dlqctl.client import Refused
@@ -10,6 +12,7 @@ from dlqd.catalog import Catalog, CatalogServer
 from dlqd.protocol import read_frame_blocking
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, held_daemon, raw_connection, send_request, wait_until
+from tests.test_queue_process import fill_up
 
 SLOW_BPS = 400_000
 
@@ -82,6 +85,32 @@ def test_a_batch_submit_past_the_rate_limit_refuses_only_the_items_over_it(
     # The bucket is empty: the next request is refused as a whole, as a one-job submit is.
     refused = daemon.refused("submit", items=[item(6)])
     assert refused.code == "RATE_LIMITED"
+
+
+def test_a_batch_the_journal_cannot_hold_refuses_every_item_it_held_and_changes_nothing(
+    make_daemon: DaemonFactory, small_fs: Callable[[Path, str], Path], tmp_path: Path
+) -> None:
+    state = small_fs(tmp_path / "tmpfs", "256k")
+    daemon = held_daemon(make_daemon, daemon={"state_dir": str(state / "state")})
+    kept = daemon.submit("track", 1)
+    filler = fill_up(state)
+    # The segment's last page may still have room: submit until the disk says no.
+    for target in range(2, 400, 2):
+        before = daemon.jobs()
+        results = daemon.call("submit", items=[item(1), item(target), item(target + 1)])["results"]
+        if not results[1]["ok"]:
+            break
+    else:
+        raise AssertionError("the full tmpfs never refused a write")
+    assert results[0] == {"type": "track", "target_id": 1, "ok": True, "id": kept, "created": False}
+    for entry in results[1:]:
+        assert entry["error"]["code"] == "JOURNAL_UNAVAILABLE"
+        assert "id" not in entry and entry["ok"] is False
+    assert daemon.jobs() == before  # neither new job is left, in memory or on disk
+    filler.unlink()
+    daemon.kill()
+    daemon.start()
+    assert daemon.jobs() == before
 
 
 # --- batch cancel, retry, remove ---------------------------------------------------------------
