@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dlqctl.client import Refused
-from dlqd.catalog import Catalog, CatalogServer
+from dlqd.catalog import SINGLE_TRACK_ID, UNKNOWN_ID, Catalog, CatalogServer
 from dlqd.protocol import read_frame_blocking
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, held_daemon, raw_connection, send_request, wait_until
@@ -154,6 +154,25 @@ def test_batch_cancel_retry_and_remove_by_ids_and_by_selector(make_daemon: Daemo
     daemon.kill()
     daemon.start()
     assert daemon.jobs() == []  # every removal was journaled
+
+
+def test_a_batch_retry_warns_per_job_when_it_failed_on_the_upstreams_final_answer(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream)
+    daemon.start()
+    missing = daemon.submit("track", UNKNOWN_ID)
+    upstream.inject("media", "status", None, status=503, track_id=SINGLE_TRACK_ID)
+    passing_fault = daemon.submit("track", SINGLE_TRACK_ID)
+    for job_id in (missing, passing_fault):
+        assert daemon.wait_job(job_id)["status"] == "failed"
+    upstream.clear_faults()
+    daemon.call("pause")
+
+    results = daemon.call("retry", ids=[missing, passing_fault])["results"]
+    assert outcomes(results) == [(missing, True, "queued"), (passing_fault, True, "queued")]
+    assert "UPSTREAM_NOT_FOUND" in results[0]["warning"]
+    assert "warning" not in results[1]  # a transient failure may well pass now
 
 
 def test_a_batch_cancel_stops_the_running_tracks_first(
