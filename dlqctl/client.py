@@ -2,19 +2,30 @@
 
 Used by the dlqctl commands, and by tests and benchmarks that talk to a real
 daemon. Imports only the shared protocol module (and through it msgpack).
+Every wait on the daemon is bounded by the connection's timeout, except the
+wait for the next `watch` event, whose bound the caller chooses.
 """
 
 from __future__ import annotations
 
+import errno
+import select
 import socket
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dlqd.protocol import PROTOCOL_VERSION, encode_frame, read_frame_blocking
 
+PIPELINE_WINDOW = 32  # requests in flight at once in `call_many`
+
 
 class Unreachable(Exception):
     """The daemon's socket does not answer."""
+
+
+class NotPermitted(Unreachable):
+    """The socket exists but this user may not use it (file mode, or dlqd's peer check)."""
 
 
 class Refused(Exception):
@@ -29,6 +40,7 @@ class Client:
 
     def __init__(self, path: str, timeout_s: float = 30.0):
         self.path = path
+        self.timeout_s = timeout_s
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout_s)
         self._next_id = 1
@@ -37,27 +49,82 @@ class Client:
         except OSError as exc:
             self._sock.close()
             reason = exc.strerror or str(exc)
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise NotPermitted(
+                    f"permission denied on dlqd's socket {path}: this user may not use it "
+                    "(see daemon.socket_mode and daemon.allowed_gids)"
+                ) from None
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {timeout_s:g} s"
             raise Unreachable(f"cannot reach dlqd at {path}: {reason} (is it running?)") from None
 
     def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        request_id = self._next_id
-        self._next_id += 1
-        frame = {"v": PROTOCOL_VERSION, "id": request_id, "cmd": cmd, "args": args or {}}
+        return self._result(self._exchange([(cmd, args or {})])[0])
+
+    def call_many(self, cmd: str, each_args: Sequence[dict[str, Any]]) -> list[Any]:
+        """`cmd` once per args, pipelined on this connection: a `Refused` per refusal.
+
+        A few requests stay in flight, so a long list costs about one round
+        trip per window rather than one per request, and neither side's
+        socket buffer can fill up while the other waits.
+        """
+        answers = self._exchange([(cmd, args) for args in each_args])
+        outcomes: list[Any] = []
+        for answer in answers:
+            try:
+                outcomes.append(self._result(answer))
+            except Refused as refusal:
+                outcomes.append(refusal)
+        if len(outcomes) < len(each_args):
+            raise Unreachable(f"lost the connection to dlqd at {self.path} mid-way")
+        return outcomes
+
+    def _exchange(self, requests: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        pending: deque[bytes] = deque()
+        for cmd, args in requests:
+            frame = {"v": PROTOCOL_VERSION, "id": self._next_id, "cmd": cmd, "args": args}
+            self._next_id += 1
+            pending.append(encode_frame(frame))
+        answers: list[dict[str, Any]] = []
+        in_flight = 0
         send_error: OSError | None = None
+        while pending or in_flight:
+            while pending and in_flight < PIPELINE_WINDOW and send_error is None:
+                try:
+                    self._sock.sendall(pending.popleft())
+                except TimeoutError:
+                    raise Unreachable(
+                        f"dlqd at {self.path} does not read requests "
+                        f"(nothing taken within {self.timeout_s:g} s)"
+                    ) from None
+                except OSError as exc:
+                    send_error = exc  # a daemon that refused us at accept left its answer to read
+                in_flight += 1
+            answers.append(self._read_answer(send_error))
+            in_flight -= 1
+            if send_error is not None:
+                break
+        return answers
+
+    def _read_answer(self, send_error: OSError | None) -> dict[str, Any]:
         try:
-            self._sock.sendall(encode_frame(frame))
-        except TimeoutError as exc:
-            raise Unreachable(f"dlqd at {self.path} does not read requests: {exc}") from None
-        except OSError as exc:
-            send_error = exc  # a daemon that refused us at accept has left its answer to read
-        try:
-            response = read_frame_blocking(self._sock)
+            return read_frame_blocking(self._sock)
+        except TimeoutError:
+            raise Unreachable(
+                f"dlqd at {self.path} did not answer within {self.timeout_s:g} s (--timeout)"
+            ) from None
         except (OSError, ConnectionError) as exc:
             reason = send_error or exc
             raise Unreachable(f"lost the connection to dlqd at {self.path}: {reason}") from None
+
+    def _result(self, response: dict[str, Any]) -> Any:
         if not response.get("ok"):
             error = response.get("error") or {}
-            raise Refused(str(error.get("code", "UNKNOWN")), str(error.get("message", "")))
+            code = str(error.get("code", "UNKNOWN"))
+            message = str(error.get("message", ""))
+            if code == "PERMISSION_DENIED" and response.get("id") is None:
+                raise NotPermitted(f"permission denied by dlqd at {self.path}: {message}")
+            raise Refused(code, message)
         return response.get("result")
 
     def list_all(self, statuses: list[str] | None = None) -> list[dict[str, Any]]:
@@ -77,12 +144,27 @@ class Client:
 
     def events(self) -> Iterator[dict[str, Any]]:
         """After `watch`: each event frame until the daemon closes."""
-        self._sock.settimeout(None)
         while True:
             try:
-                yield read_frame_blocking(self._sock)
-            except ConnectionError:
+                event = self.next_event(None)
+            except Unreachable:
                 return
+            if event is not None:
+                yield event
+
+    def next_event(self, timeout_s: float | None) -> dict[str, Any] | None:
+        """After `watch`: the next event, or None when none came within `timeout_s`.
+
+        Raises Unreachable when the daemon went away.
+        """
+        readable, _, _ = select.select([self._sock], [], [], timeout_s)
+        if not readable:
+            return None
+        self._sock.settimeout(self.timeout_s)  # a frame that has begun must finish in time
+        try:
+            return read_frame_blocking(self._sock)
+        except OSError as exc:  # TimeoutError and ConnectionError included
+            raise Unreachable(f"lost the watch stream from dlqd at {self.path}: {exc}") from None
 
     def close(self) -> None:
         self._sock.close()

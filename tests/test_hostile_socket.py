@@ -399,7 +399,9 @@ def test_list_pages_return_every_job_exactly_once_and_dlqctl_ls_follows_them(
     code, out, _ = dlqctl(daemon.socket, "--json", "ls")
     listed = json.loads(out)
     assert code == 0
-    assert [job["id"] for job in listed] == [job_id for job_id in by_age if job_id != gone]
+    history = [job_id for job_id in by_age if job_id in set(cancelled)]
+    queue = [job_id for job_id in by_age if job_id not in set(cancelled) and job_id != gone]
+    assert [job["id"] for job in listed] == history + queue  # finished, then the run order
     code, out, _ = dlqctl(daemon.socket, "ls")
     assert code == 0
     assert len(out.splitlines()) == 1 + 1199  # the header, then every job

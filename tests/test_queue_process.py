@@ -411,7 +411,7 @@ def test_dlqctl_json_documents_and_exit_codes(make_daemon: DaemonFactory, tmp_pa
     assert stats["worker"]["running"] is False
 
     code, out, err = dlqctl(daemon.socket, "--json", "show", "999")
-    assert (code, out) == (1, "")
+    assert (code, json.loads(out)["error"]["code"]) == (1, "NOT_FOUND")
     assert err.startswith("error: NOT_FOUND: ")
 
     code, _, err = dlqctl(daemon.socket, "add", "track", "not-a-number")
@@ -422,7 +422,7 @@ def test_dlqctl_json_documents_and_exit_codes(make_daemon: DaemonFactory, tmp_pa
     assert code == 2
 
     code, out, err = dlqctl(tmp_path / "none.sock", "--json", "stats")
-    assert (code, out) == (3, "")
+    assert (code, json.loads(out)["error"]["code"]) == (3, "UNREACHABLE")
     assert "cannot reach dlqd" in err
     assert [job["id"] for job in daemon.jobs()] == [added["id"], jobs[1]["id"]]
 

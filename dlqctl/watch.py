@@ -1,0 +1,441 @@
+"""`dlqctl watch [JOB]`: follow the queue, or one job, until it is done — across daemon restarts.
+
+Owns the watch loop: one connection carries dlqd's event stream, a second
+asks for the facts the events do not carry (speed, ETA, n/m, holds). Three
+ways to show them: on a terminal a live table redrawn in place (`Screen`),
+otherwise one plain line per event (`EventLines`), or with `--json` the
+events themselves (`JsonEvents`). When dlqd goes away the loop says so and
+reconnects with backoff (`--no-reconnect`: exit 3).
+Exit: 0 when the queue is idle (nothing queued or processing) or the
+followed job completed; 1 when the followed job ended otherwise or is gone.
+Never: parses the command line or handles Ctrl-C (`__main__` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TextIO
+
+from dlqctl import render, text
+from dlqctl.client import Client, NotPermitted, Refused, Unreachable
+from dlqctl.commands import queue_in_run_order
+
+EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 3
+FINISHED = ("completed", "partial", "failed", "cancelled")
+TICK_S = 1.0  # the live table is refreshed at least this often, events or not
+REDRAW_MIN_S = 0.25  # ...and at most this often
+PROGRESS_LINE_S = 5.0  # plain lines: at most one progress line per job this often
+RECENT_FINISHED = 5  # finished jobs shown under the live table
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # waits between reconnection attempts; the last repeats
+QUEUE_EVENTS = ("finish", "cancel", "pause", "remove", "hold", "release")  # may end the watch
+ACTIVE = ("processing", "queued", "paused")
+EVENT_VERBS = {
+    "submit": "submitted",
+    "resolve": "resolved",
+    "start": "started",
+    "finish": "finished",
+    "cancel": "cancelled",
+    "pause": "paused",
+    "resume": "resumed",
+    "requeue": "requeued",
+    "retry": "retried",
+    "remove": "removed",
+    "move": "moved",
+    "priority": "given a new priority",
+}
+
+
+@dataclass
+class Snapshot:
+    """What the daemon said at one moment: enough to draw the table and decide to stop."""
+
+    stats: dict[str, Any]
+    queue: list[dict[str, Any]] = field(default_factory=list)  # active jobs, run order
+    recent: list[dict[str, Any]] = field(default_factory=list)  # finished, newest last
+    job: dict[str, Any] | None = None  # the followed job
+
+    @property
+    def idle(self) -> bool:
+        counts = self.stats.get("queue", {})
+        return not counts.get("queued") and not counts.get("processing")
+
+
+class View(Protocol):
+    wants_jobs: bool  # does `event` need the job the event is about?
+    wants_table: bool  # does `show` need the queue and the recent jobs?
+
+    def show(self, snapshot: Snapshot) -> None: ...
+    def event(self, event: dict[str, Any], job: dict[str, Any] | None) -> None: ...
+    def finished(self, snapshot: Snapshot) -> None: ...
+    def lost(self, reason: str, retry_in: float) -> None: ...
+    def back(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Watch:
+    """One `dlqctl watch` run: connections, snapshots, the exit decision."""
+
+    def __init__(self, args: argparse.Namespace, connect: Callable[[], Client], view: View):
+        self.job_id: str | None = args.job
+        self.reconnect = not args.no_reconnect
+        self.connect = connect
+        self.view = view
+        self.last_progress_line: dict[str, float] = {}
+        self.connected_once = False
+        self.failures = 0  # reconnection attempts since the daemon went away
+
+    def run(self) -> int:
+        while True:
+            try:
+                return self._session()
+            except Unreachable as exc:
+                if not self.connected_once or not self.reconnect or isinstance(exc, NotPermitted):
+                    raise
+                wait = BACKOFF_S[min(self.failures, len(BACKOFF_S) - 1)]
+                self.failures += 1
+                self.view.lost(str(exc), wait)
+                time.sleep(wait)
+
+    def _session(self) -> int:
+        """Watch over one pair of connections: an exit code, or Unreachable when dlqd goes."""
+        with self.connect() as stream, self.connect() as requests:
+            stream.call("watch")  # subscribe before the first snapshot: no event falls between
+            snapshot = self._snapshot(requests)
+            self.connected_once, self.failures = True, 0
+            self.view.back()
+            self.view.show(snapshot)
+            refreshed = time.monotonic()
+            stale = False
+            while (done := self._outcome(snapshot)) is None:
+                event = stream.next_event(TICK_S)
+                now = time.monotonic()
+                if event is not None and self._concerns_us(event):
+                    stale = True
+                    self.view.event(event, self._event_job(requests, event, now))
+                    if event.get("event") in QUEUE_EVENTS:
+                        refreshed = 0.0  # ask now whether the watch is over
+                if now - refreshed >= (REDRAW_MIN_S if stale else TICK_S):
+                    snapshot = self._snapshot(requests)
+                    refreshed, stale = now, False
+                    self.view.show(snapshot)
+            self.view.finished(snapshot)
+            return done
+
+    def _concerns_us(self, event: dict[str, Any]) -> bool:
+        return self.job_id is None or event.get("job_id") in (None, self.job_id)
+
+    def _event_job(
+        self, client: Client, event: dict[str, Any], now: float
+    ) -> dict[str, Any] | None:
+        """The job an event is about, when the view prints a line for it (progress: rarely)."""
+        job_id = event.get("job_id")
+        if not self.view.wants_jobs or not isinstance(job_id, str):
+            return None
+        if event.get("event") == "progress":
+            if now - self.last_progress_line.get(job_id, 0.0) < PROGRESS_LINE_S:
+                return None
+            self.last_progress_line[job_id] = now
+        try:
+            return dict(client.call("get", {"id": job_id})["job"])
+        except Refused:
+            return None  # removed meanwhile: the line says what the event says
+
+    def _snapshot(self, client: Client) -> Snapshot:
+        snapshot = Snapshot(client.call("stats"))
+        if self.job_id is not None:
+            try:
+                snapshot.job = client.call("get", {"id": self.job_id})["job"]
+            except Refused as refusal:
+                if refusal.code != "NOT_FOUND":
+                    raise
+        elif self.view.wants_table:
+            snapshot.queue = queue_in_run_order(client, ACTIVE)
+            finished = client.call("list", {"status": list(FINISHED), "limit": 50})["jobs"]
+            by_end = sorted(finished, key=lambda job: job.get("finished_at") or "")
+            snapshot.recent = by_end[-RECENT_FINISHED:]
+        return snapshot
+
+    def _outcome(self, snapshot: Snapshot) -> int | None:
+        """The exit code when the watch is over, else None."""
+        if self.job_id is None:
+            return EXIT_OK if snapshot.idle else None
+        if snapshot.job is None:
+            raise Refused("NOT_FOUND", f"no job with id {self.job_id!r} (removed?)")
+        status = snapshot.job["status"]
+        if status in FINISHED:
+            return EXIT_OK if status == "completed" else EXIT_FAILED
+        return None
+
+
+# --- the facts of one job, as one line -------------------------------------------------
+
+
+def job_facts(job: dict[str, Any]) -> str:
+    """`processing 45%, 5/12 tracks, 1.2 MiB/s, ETA 0:42 — Artist – Album` (escaped)."""
+    job = text.printable_doc(job)  # idempotent: escapes leave no control character behind
+    parts = [f"{job['status']} {render.progress_cell(job, 0).strip()}"]
+    if render.tracks_done(job) != "-":
+        parts.append(f"{render.tracks_done(job)} tracks")
+    if job["status"] == "processing":
+        parts.append(text.rate(job.get("speed_bps")))
+        parts.append(f"ETA {render.eta_cell(job)}")
+    return ", ".join(parts) + f" — {render.label(job)}"
+
+
+def event_line(event: dict[str, Any], job: dict[str, Any] | None) -> str | None:
+    """One plain line for an event; None for progress without its job (not due yet) and holds."""
+    kind = str(event.get("event"))
+    job_id = text.printable(str(event.get("job_id", "")))
+    if kind in ("hold", "release"):
+        return None  # the hold lines that follow say which and why
+    if not job_id:
+        return f"queue: {text.printable(kind)}"
+    if job is None:
+        return None if kind == "progress" else f"job {job_id}: {text.printable(kind)}"
+    job = text.printable_doc(job)
+    facts = job_facts(job)
+    if kind == "track_done":
+        title = _track_title(job, event.get("track_id"))
+        return f"job {job_id}: track {title} {text.printable(str(event.get('outcome')))}; {facts}"
+    if kind == "track_failed":
+        error = event.get("error") or {}
+        title = _track_title(job, event.get("track_id"))
+        code = text.printable(str(error.get("code")))
+        return f"job {job_id}: track {title} failed {code}; {facts}"
+    if kind == "progress":
+        return f"job {job_id}: {facts}"
+    return f"job {job_id} {EVENT_VERBS.get(kind, text.printable(kind))}: {facts}"
+
+
+def _track_title(job: dict[str, Any], track_id: Any) -> str:
+    for track in job.get("tracks") or []:
+        if track.get("track_id") == track_id:
+            return f"{track.get('number', '?')} “{track.get('title') or track_id}”"
+    return str(track_id)
+
+
+def _clock() -> str:
+    return datetime.now().strftime("%H:%M:%S")
+
+
+# --- the three views --------------------------------------------------------------------
+
+
+class EventLines:
+    """Not a terminal: one plain line per event on stdout; connection news on stderr."""
+
+    wants_jobs = True
+    wants_table = False
+
+    def __init__(self, out: TextIO, err: TextIO):
+        self.out, self.err = out, err
+        self.shown_holds: tuple[str, ...] = ()
+        self.reconnecting = False
+        self.finish_shown = False  # the followed job's end already has its line
+
+    def _print(self, line: str) -> None:
+        print(f"{_clock()} {line}", file=self.out, flush=True)
+
+    def show(self, snapshot: Snapshot) -> None:
+        holds = tuple(
+            render.hold_lines(text.printable_doc(snapshot.stats.get("holds") or []), time.time())
+        )
+        if holds != self.shown_holds:  # the holds are news only when they change
+            for line in holds or ("queue: not held any more",):
+                self._print(line)
+            self.shown_holds = holds
+
+    def event(self, event: dict[str, Any], job: dict[str, Any] | None) -> None:
+        line = event_line(event, job)
+        if line is not None:
+            self._print(line)
+        self.finish_shown |= event.get("event") == "finish"
+
+    def finished(self, snapshot: Snapshot) -> None:
+        if snapshot.job is None:
+            self._print("queue: idle")
+        elif not self.finish_shown:
+            self._print(f"job {text.printable(snapshot.job['id'])}: {job_facts(snapshot.job)}")
+
+    def lost(self, reason: str, retry_in: float) -> None:
+        message = f"dlqd went away ({text.printable(reason)}); reconnecting in {retry_in:g} s"
+        print(f"dlqctl: {message}", file=self.err, flush=True)
+        self.reconnecting = True
+
+    def back(self) -> None:
+        if self.reconnecting:
+            print("dlqctl: reconnected to dlqd", file=self.err, flush=True)
+            self.reconnecting = False
+
+    def close(self) -> None:
+        pass
+
+
+class JsonEvents:
+    """`--json`: each event as one JSON line, and dlqctl's own `disconnected`, `reconnected`,
+    `idle` (the queue is idle) and `finish` (the followed job had finished while unseen)."""
+
+    wants_jobs = False
+    wants_table = False
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.reconnecting = False
+        self.finish_shown = False
+
+    def _print(self, document: dict[str, Any]) -> None:
+        print(json.dumps(document, ensure_ascii=False), file=self.out, flush=True)
+
+    def show(self, snapshot: Snapshot) -> None:
+        pass
+
+    def event(self, event: dict[str, Any], job: dict[str, Any] | None) -> None:
+        self._print(event)
+        self.finish_shown |= event.get("event") == "finish"
+
+    def finished(self, snapshot: Snapshot) -> None:
+        job = snapshot.job
+        if job is None:
+            self._print({"event": "idle"})
+        elif not self.finish_shown:
+            self._print(
+                {
+                    "event": "finish",
+                    "job_id": job["id"],
+                    "status": job["status"],
+                    "error": job["error"],
+                }
+            )
+
+    def lost(self, reason: str, retry_in: float) -> None:
+        self._print({"event": "disconnected", "reason": reason, "retry_in_s": retry_in})
+        self.reconnecting = True
+
+    def back(self) -> None:
+        if self.reconnecting:
+            self._print({"event": "reconnected"})
+            self.reconnecting = False
+
+    def close(self) -> None:
+        pass
+
+
+class Screen:
+    """A terminal: the live table, redrawn in place (cursor up, rewrite, clear the rest)."""
+
+    wants_jobs = False
+    wants_table = True
+
+    def __init__(self, job_id: str | None, out: TextIO):
+        self.job_id = job_id
+        self.out = out
+        self.drawn = 0  # lines of the last frame, which the next one overwrites
+        self.snapshot: Snapshot | None = None
+        self.notice = ""
+        self.out.write("\x1b[?25l")  # hide the cursor while the table moves
+
+    def show(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._draw()
+
+    def event(self, event: dict[str, Any], job: dict[str, Any] | None) -> None:
+        pass  # the next snapshot shows what it changed
+
+    def finished(self, snapshot: Snapshot) -> None:
+        self.show(snapshot)
+
+    def lost(self, reason: str, retry_in: float) -> None:
+        self.notice = f"dlqd went away ({text.printable(reason)}); reconnecting in {retry_in:g} s"
+        self._draw()
+
+    def back(self) -> None:
+        self.notice = ""
+
+    def close(self) -> None:
+        self.out.write("\x1b[?25h")
+        self.out.flush()
+
+    def _draw(self) -> None:
+        size = shutil.get_terminal_size()
+        width, height = size.columns - 1, max(3, size.lines - 1)  # never wrap, never scroll
+        lines = self._frame(width, height)[:height]
+        up = f"\x1b[{self.drawn}F" if self.drawn else "\r"
+        body = "".join(text.fit(line, width).rstrip() + "\x1b[K\n" for line in lines)
+        self.out.write(up + body + "\x1b[J")
+        self.out.flush()
+        self.drawn = len(lines)
+
+    def _frame(self, width: int, height: int) -> list[str]:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return [self.notice or "connecting to dlqd…"]
+        stats = text.printable_doc(snapshot.stats)
+        lines = [_headline(stats)]
+        if self.notice:
+            lines.append(self.notice)
+        lines.extend(render.hold_lines(stats.get("holds") or [], time.time()))
+        if self.job_id is not None:
+            return lines + _job_lines(self.job_id, snapshot.job, width)
+        queue = [text.printable_doc(job) for job in snapshot.queue]
+        recent = [text.printable_doc(job) for job in snapshot.recent]
+        table = render.job_table(queue + recent, width)
+        if not table:
+            return [*lines, "nothing queued"]
+        header, rows = table[0], table[1:]
+        active = rows[: len(queue)]
+        room = max(2, height - len(lines) - 1 - (1 + len(recent) if recent else 0))
+        if len(active) > room:
+            active = [*active[: room - 1], f"… and {len(queue) - room + 1} more in the queue"]
+        lines += [header, *active]
+        if recent:
+            lines += ["recently finished:", *rows[len(queue) :]]
+        return lines
+
+
+def _headline(stats: dict[str, Any]) -> str:
+    """`dlqd 12:03:04 · 1 processing, 3 queued · 1.2 MiB/s · 2/4 slots`."""
+    counts = stats.get("queue", {})
+    worker = stats.get("worker", {})
+    parts = [f"{counts.get(s)} {s}" for s in ("processing", "queued", "paused") if counts.get(s)]
+    slots = f"{worker.get('active_tracks', '?')}/{worker.get('max_concurrent', '?')} slots"
+    summary = ", ".join(parts) or "idle"
+    return f"dlqd {_clock()} · {summary} · {text.rate(stats.get('speed_bps'))} · {slots}"
+
+
+def _job_lines(job_id: str, job: dict[str, Any] | None, width: int) -> list[str]:
+    """The followed job's row, then one line per track downloading now."""
+    if job is None:
+        return [f"job {text.printable(job_id)} is gone"]
+    job = text.printable_doc(job)
+    lines = render.job_table([job], width)
+    for track in job.get("tracks") or []:
+        if track.get("status") != "downloading":
+            continue
+        done, total = track.get("bytes_done") or 0, track.get("bytes_total") or 0
+        fraction = done / total if total else 0.0
+        lines.append(
+            f"  ↓ {track.get('number', '?'):>3} {text.bar(fraction, 10)} {text.percent(fraction)}"
+            f"  {text.size(done)} of {text.size(total)}  {track.get('title') or track['track_id']}"
+        )
+    return lines
+
+
+def watch(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
+    view: View
+    if args.json:
+        view = JsonEvents(sys.stdout)
+    elif sys.stdout.isatty():
+        view = Screen(args.job, sys.stdout)
+    else:
+        view = EventLines(sys.stdout, sys.stderr)
+    try:
+        return Watch(args, connect, view).run()
+    finally:
+        view.close()
