@@ -277,3 +277,114 @@ def test_completion_scripts_are_generated_from_the_parser() -> None:
     if Path("/usr/bin/zsh").exists() or Path("/bin/zsh").exists():
         checked = subprocess.run(["zsh", "-n"], input=zsh.stdout, capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
+
+
+# --- add: several ids, share links, stdin ------------------------------------------
+
+
+ALBUM_LINKS = {
+    "https://tidal.com/browse/album/501": 501,
+    "http://tidal.com/album/502?u": 502,
+    "https://www.tidal.com/browse/album/503/u": 503,
+    "tidal.com/browse/album/504": 504,
+    "listen.tidal.com/album/505": 505,
+    "https://listen.tidal.com/album/506?utm_source=share&play=true#top": 506,
+    "HTTPS://TIDAL.COM/BROWSE/ALBUM/507": 507,
+    "508": 508,
+}
+TRACK_LINKS = {
+    "https://listen.tidal.com/track/601": 601,
+    "tidal.com/browse/track/602?u": 602,
+    "https://tidal.com/track/603/u": 603,
+    "https://listen.tidal.com/album/9/track/604": 604,  # a track shown inside its album
+}
+
+
+def test_add_takes_several_ids_and_every_share_link_form(make_daemon: DaemonFactory) -> None:
+    daemon = held_daemon(make_daemon)
+    albums = ctl(daemon, "add", "album", *ALBUM_LINKS, "--priority", "high")
+    assert albums.returncode == 0, albums.stderr
+    tracks = ctl(daemon, "add", "track", *TRACK_LINKS, "--quality", "HIGH", "--json")
+    assert tracks.returncode == 0, tracks.stderr
+
+    jobs = daemon.jobs()
+    assert [(j["type"], j["target_id"]) for j in jobs] == [
+        *(("album", target) for target in ALBUM_LINKS.values()),
+        *(("track", target) for target in TRACK_LINKS.values()),
+    ]
+    assert {j["priority"] for j in jobs[:8]} == {"high"}
+    assert {j["quality"] for j in jobs[8:]} == {"HIGH"}
+    assert albums.stdout.splitlines() == [
+        f"queued job {job['id']}: album {job['target_id']}" for job in jobs[:8]
+    ]
+    entries = json_of(tracks)["results"]
+    assert [(e["ok"], e["id"], e["created"], e["target_id"]) for e in entries] == [
+        (True, job["id"], True, job["target_id"]) for job in jobs[8:]
+    ]
+
+
+def test_add_reads_ids_and_links_from_stdin(make_daemon: DaemonFactory) -> None:
+    daemon = held_daemon(make_daemon)
+    listing = "\n".join(
+        [
+            "# my wish list",
+            "701  https://tidal.com/browse/album/702?u",
+            "",
+            "listen.tidal.com/album/703   # from a friend",
+            "701",  # already queued by the line above: the same job again
+        ]
+    )
+    done = ctl(daemon, "add", "album", "700", "-", stdin=listing)
+    assert done.returncode == 0, done.stderr
+    jobs = daemon.jobs()
+    assert [job["target_id"] for job in jobs] == [700, 701, 702, 703]
+    assert done.stdout.splitlines() == [
+        *(f"queued job {job['id']}: album {job['target_id']}" for job in jobs),
+        f"already queued as job {jobs[1]['id']}: album 701",
+    ]
+    nothing = ctl(daemon, "--json", "add", "album", "-", stdin="# nothing today\n")
+    assert (nothing.returncode, json_of(nothing)) == (0, {"results": []})
+
+
+def test_add_refuses_what_is_not_an_id_or_a_link_of_that_type(make_daemon: DaemonFactory) -> None:
+    daemon = held_daemon(make_daemon)
+    for bad in (
+        "https://tidal.com/browse/track/5",  # a track link given to add album
+        "https://example.com/album/5",
+        "https://tidal.com/browse/playlist/5",
+        "0",
+        "2147483648",
+        "12abc",
+    ):
+        done = ctl(daemon, "--json", "add", "album", "1", bad)
+        assert done.returncode == 2, (bad, done.stderr)
+        assert json_of(done)["error"]["code"] == "USAGE"
+    track_link = ctl(daemon, "add", "album", "https://tidal.com/browse/track/5")
+    assert "is not a TIDAL album link (it is a track link)" in track_link.stderr
+    assert daemon.jobs() == []  # nothing is queued when one input is wrong
+
+
+def test_add_prints_one_line_per_job_and_exits_1_when_any_is_refused(
+    make_daemon: DaemonFactory,
+) -> None:
+    daemon = held_daemon(make_daemon, limits={"max_queue": 2})
+    done = ctl(daemon, "add", "album", "801", "802", "803", "801")
+    assert done.returncode == 1
+    first, second = daemon.jobs()
+    assert done.stdout.splitlines() == [
+        f"queued job {first['id']}: album 801",
+        f"queued job {second['id']}: album 802",
+        f"already queued as job {first['id']}: album 801",
+    ]
+    assert done.stderr.startswith("album 803: error: QUEUE_FULL: ")
+    as_json = ctl(daemon, "--json", "add", "album", "804", "801")
+    assert as_json.returncode == 1
+    refused, repeated = json_of(as_json)["results"]
+    assert (refused["ok"], refused["error"]["code"], refused["target_id"]) == (
+        False,
+        "QUEUE_FULL",
+        804,
+    )
+    assert (repeated["ok"], repeated["created"], repeated["id"]) == (True, False, first["id"])
+    single = ctl(daemon, "--json", "add", "album", "805")  # one id: the one-job form
+    assert (single.returncode, json_of(single)["error"]["code"]) == (1, "QUEUE_FULL")
