@@ -22,6 +22,9 @@ from typing import Any
 import pytest
 
 from dlqd.catalog import (
+    BIG_ALBUM_ID,
+    SINGLE_ALBUM_ID,
+    SINGLE_TRACK_ID,
     TWO_DISC_ALBUM_ID,
     Catalog,
     CatalogServer,
@@ -388,3 +391,83 @@ def test_add_prints_one_line_per_job_and_exits_1_when_any_is_refused(
     assert (repeated["ok"], repeated["created"], repeated["id"]) == (True, False, first["id"])
     single = ctl(daemon, "--json", "add", "album", "805")  # one id: the one-job form
     assert (single.returncode, json_of(single)["error"]["code"]) == (1, "QUEUE_FULL")
+
+
+# --- ls: the table, run order, filters -------------------------------------------------
+
+HEADERS = ["ID", "STATUS", "PROGRESS", "TRACKS", "SPEED", "ETA", "QUALITY", "ARTIST – TITLE"]
+
+
+def table_ids(out: str) -> list[str]:
+    return [line.split()[0] for line in out.splitlines()[1:]]
+
+
+def test_ls_shows_the_history_then_the_queue_in_run_order(make_daemon: DaemonFactory) -> None:
+    daemon = held_daemon(make_daemon)
+    low = daemon.submit("album", 901, priority="low")
+    normal_old = daemon.submit("album", 902)
+    high = daemon.submit("track", 903, priority="high")
+    normal_new = daemon.submit("album", 904)
+    gone = daemon.submit("album", 905, priority="high")
+    daemon.call("cancel", id=gone)
+
+    done = ctl(daemon, "ls")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].split() == " ".join(HEADERS).split()
+    assert table_ids(done.stdout) == [gone, high, normal_old, normal_new, low]
+    listed = json_of(ctl(daemon, "ls", "--json"))  # the same jobs, in the same order
+    assert [job["id"] for job in listed] == [gone, high, normal_old, normal_new, low]
+    queued = json_of(ctl(daemon, "--json", "ls", "--status", "queued"))
+    assert [job["id"] for job in queued] == [high, normal_old, normal_new, low]
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert "album 902" in rows[normal_old]  # not resolved yet: its type and id
+    assert "track 903" in rows[high]
+
+
+def test_ls_fits_the_terminal_width(make_daemon: DaemonFactory) -> None:
+    daemon = held_daemon(make_daemon)
+    daemon.submit("album", 910)
+    wide = run("--socket", str(daemon.socket), "ls", env=clean_env(COLUMNS="160"))
+    narrow = run("--socket", str(daemon.socket), "ls", env=clean_env(COLUMNS="60"))
+    assert "█" in wide.stdout or "·" in wide.stdout  # room for the bar
+    assert "album 910" in wide.stdout
+    assert all(len(line) <= 60 for line in narrow.stdout.splitlines()), narrow.stdout
+    assert "·" not in narrow.stdout  # the bar gave its room to the title first
+
+
+def test_ls_filters_by_status_type_artist_album_and_since(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream)
+    daemon.start()
+    night = daemon.submit("album", TWO_DISC_ALBUM_ID)
+    lone = daemon.submit("album", SINGLE_ALBUM_ID)
+    track = daemon.submit("track", SINGLE_TRACK_ID)
+    big = daemon.submit("album", BIG_ALBUM_ID)
+    for job_id in (night, lone, track, big):
+        assert daemon.wait_job(job_id)["status"] == "completed"
+    daemon.call("pause")
+    queued = daemon.submit("album", 999)
+
+    def ids(*args: str) -> list[str]:
+        done = ctl(daemon, "--json", "ls", *args)
+        assert done.returncode == 0, done.stderr
+        return [job["id"] for job in json_of(done)]
+
+    assert ids() == [night, lone, track, big, queued]
+    assert ids("--status", "completed") == [night, lone, track, big]
+    assert ids("--status", "queued", "--status", "failed") == [queued]
+    assert ids("--type", "track") == [track]
+    assert ids("--type", "album", "--status", "completed") == [night, lone, big]
+    assert ids("--artist", "the EXAMPLES") == [night, lone, track]
+    assert ids("--artist", "long", "--album", "hundred") == [big]
+    assert ids("--album", "lone signal") == [lone]  # an album job's own title
+    assert ids("--since", "2h") == [night, lone, track, big, queued]
+    assert ids("--since", "2999-01-01") == [queued]  # the queue is always current
+    assert ids("--since", "1970-01-02", "--status", "completed") == [night, lone, track, big]
+    text = ctl(daemon, "ls", "--artist", "examples", "--status", "completed")
+    assert table_ids(text.stdout) == [night, lone, track]
+    assert "The Examples – Night Lines" in text.stdout
+    assert "2/2" not in text.stdout and "5/5" in text.stdout  # tracks n/m
+    nothing = ctl(daemon, "ls", "--artist", "nobody at all")
+    assert (nothing.returncode, nothing.stdout) == (0, "no jobs\n")
