@@ -90,6 +90,7 @@ class Watch:
         self.last_progress_line: dict[str, float] = {}
         self.connected_once = False
         self.failures = 0  # reconnection attempts since the daemon went away
+        self.unfinished: set[str] = set()  # active jobs whose end the view has not shown
 
     def run(self) -> int:
         while True:
@@ -107,9 +108,13 @@ class Watch:
         """Watch over one pair of connections: an exit code, or Unreachable when dlqd goes."""
         with self.connect() as stream, self.connect() as requests:
             stream.call("watch")  # subscribe before the first snapshot: no event falls between
-            snapshot = self._snapshot(requests)
-            self.connected_once, self.failures = True, 0
+            reconnected, self.connected_once, self.failures = self.connected_once, True, 0
             self.view.back()
+            if self.job_id is None:
+                if reconnected:
+                    self._tell_unseen_ends(requests)
+                self.unfinished.update(job["id"] for job in requests.list_all(list(ACTIVE)))
+            snapshot = self._snapshot(requests)
             self.view.show(snapshot)
             refreshed = time.monotonic()
             stale = False
@@ -118,6 +123,7 @@ class Watch:
                 now = time.monotonic()
                 if event is not None and self._concerns_us(event):
                     stale = True
+                    self._note(event)
                     self.view.event(event, self._event_job(requests, event, now))
                     if event.get("event") in QUEUE_EVENTS:
                         refreshed = 0.0  # ask now whether the watch is over
@@ -127,6 +133,29 @@ class Watch:
                     self.view.show(snapshot)
             self.view.finished(snapshot)
             return done
+
+    def _note(self, event: dict[str, Any]) -> None:
+        """Keep `unfinished` current: the jobs whose end the view has not shown yet."""
+        job_id = event.get("job_id")
+        if isinstance(job_id, str):
+            if event.get("event") in ("finish", "remove"):
+                self.unfinished.discard(job_id)
+            else:
+                self.unfinished.add(job_id)
+
+    def _tell_unseen_ends(self, client: Client) -> None:
+        """After a reconnection: a `finish` for each job that ended while dlqd was away."""
+        for job_id in sorted(self.unfinished, key=lambda text: (len(text), text)):
+            try:
+                job = client.call("get", {"id": job_id})["job"]
+            except Refused:
+                self.unfinished.discard(job_id)  # removed meanwhile
+                continue
+            if job["status"] in FINISHED:
+                ended = {"event": "finish", "job_id": job_id}
+                ended.update(status=job["status"], error=job["error"])
+                self.view.event(ended, job)
+                self.unfinished.discard(job_id)
 
     def _concerns_us(self, event: dict[str, Any]) -> bool:
         return self.job_id is None or event.get("job_id") in (None, self.job_id)
@@ -261,8 +290,9 @@ class EventLines:
     def finished(self, snapshot: Snapshot) -> None:
         if snapshot.job is None:
             self._print("queue: idle")
-        elif not self.finish_shown:
-            self._print(f"job {text.printable(snapshot.job['id'])}: {job_facts(snapshot.job)}")
+        elif not self.finish_shown:  # it ended unseen: before the watch, or while dlqd was away
+            line = event_line({"event": "finish", "job_id": snapshot.job["id"]}, snapshot.job)
+            self._print(str(line))
 
     def lost(self, reason: str, retry_in: float) -> None:
         message = f"dlqd went away ({text.printable(reason)}); reconnecting in {retry_in:g} s"

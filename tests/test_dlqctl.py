@@ -10,15 +10,23 @@ restart and on a pseudo-terminal read back through a terminal emulator.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from pathlib import Path
 from typing import Any
 
+import pyte
 import pytest
 
 from dlqd.catalog import (
@@ -26,11 +34,12 @@ from dlqd.catalog import (
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,
     TWO_DISC_ALBUM_ID,
+    UNKNOWN_ID,
     Catalog,
     CatalogServer,
 )
 from tests.conftest import DaemonFactory
-from tests.support import REPO, DaemonProcess, as_nobody, held_daemon
+from tests.support import REPO, DaemonProcess, as_nobody, held_daemon, wait_until
 
 DLQCTL = str(Path(sys.executable).with_name("dlqctl"))  # the console script pip installed
 SLOW_BPS = 200_000
@@ -64,6 +73,63 @@ def ctl(daemon: DaemonProcess, *args: str, stdin: str = "") -> subprocess.Comple
 
 def json_of(done: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(done.stdout)
+
+
+class Running:
+    """A dlqctl process left running (watch), its output collected line by line as it comes."""
+
+    def __init__(self, daemon: DaemonProcess, *args: str):
+        self.proc = subprocess.Popen(
+            [DLQCTL, "--socket", str(daemon.socket), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.readers = [
+            threading.Thread(target=self._collect, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _collect(stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def wait_out(self, needle: str, what: str = "") -> str:
+        return wait_until(
+            lambda: next((line for line in self.out if needle in line), None),
+            timeout=60,
+            what=what or f"{needle!r} on stdout of {self.proc.args}: {self.out} {self.err}",
+        )
+
+    def wait_err(self, needle: str) -> str:
+        return wait_until(
+            lambda: next((line for line in self.err if needle in line), None),
+            timeout=60,
+            what=f"{needle!r} on stderr of {self.proc.args}: {self.err}",
+        )
+
+    def exit_code(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout=10)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def has_speed_fields(daemon: DaemonProcess) -> bool:
+    """The daemon reports speed and ETA (issue 10's job fields)."""
+    return "speed_bps" in daemon.call("stats")
 
 
 # --- scripting comfort ---------------------------------------------------------------
@@ -471,3 +537,211 @@ def test_ls_filters_by_status_type_artist_album_and_since(
     assert "2/2" not in text.stdout and "5/5" in text.stdout  # tracks n/m
     nothing = ctl(daemon, "ls", "--artist", "nobody at all")
     assert (nothing.returncode, nothing.stdout) == (0, "no jobs\n")
+
+
+# --- watch ---------------------------------------------------------------------------------
+
+
+def test_watch_on_an_idle_queue_says_so_and_exits_0(make_daemon: DaemonFactory) -> None:
+    daemon = make_daemon()
+    daemon.start()
+    done = ctl(daemon, "watch")
+    assert done.returncode == 0
+    assert done.stdout.rstrip().endswith("queue: idle")
+    as_json = ctl(daemon, "watch", "--json")
+    assert (as_json.returncode, json_of(as_json)) == (0, {"event": "idle"})
+
+
+def test_watch_job_exits_with_the_jobs_outcome(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
+    upstream.throttle_bps = SLOW_BPS
+    completes = daemon.submit("album", catalog.add_album(2, 300_000))
+    fails = daemon.submit("album", UNKNOWN_ID, priority="low")  # UPSTREAM_NOT_FOUND
+    following = Running(daemon, "watch", completes)
+    following_failure = Running(daemon, "watch", fails)
+    try:
+        following.wait_out(f"job {completes}")  # it follows the job while it runs
+        upstream.throttle_bps = None
+        assert following.exit_code() == 0
+        assert following_failure.exit_code() == 1
+    finally:
+        following.stop()
+        following_failure.stop()
+    assert f"job {completes} finished: completed" in following.out[-1]
+    assert all(f"job {fails}" not in line for line in following.out)  # only the followed job
+    assert f"job {fails} finished: failed" in following_failure.out[-1]
+
+    already = ctl(daemon, "watch", completes, "--json")  # finished before watch began
+    assert already.returncode == 0
+    assert json_of(already) == {
+        "event": "finish",
+        "job_id": completes,
+        "status": "completed",
+        "error": None,
+    }
+    assert ctl(daemon, "watch", fails).returncode == 1
+    missing = ctl(daemon, "watch", "999", "--json")
+    assert (missing.returncode, json_of(missing)["error"]["code"]) == (1, "NOT_FOUND")
+
+
+def test_watch_job_exits_1_when_the_job_is_cancelled(make_daemon: DaemonFactory) -> None:
+    daemon = held_daemon(make_daemon)
+    job_id = daemon.submit("album", TWO_DISC_ALBUM_ID)
+    watcher = Running(daemon, "watch", job_id)
+    try:
+        watcher.wait_out("held: user")  # up, and showing why nothing moves
+        daemon.call("cancel", id=job_id)
+        assert watcher.exit_code() == 1
+    finally:
+        watcher.stop()
+    assert f"job {job_id} finished: cancelled" in watcher.out[-1]
+
+
+def test_watch_without_a_terminal_prints_one_line_per_event_with_the_facts(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    album_id = catalog.add_album(3, 300_000)
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
+    if not has_speed_fields(daemon):
+        pytest.skip("this daemon does not report speed_bps/eta_s yet (issue 10's job fields)")
+    upstream.throttle_bps = SLOW_BPS
+    job_id = daemon.submit("album", album_id)
+    watcher = Running(daemon, "watch")
+    try:
+        progress = watcher.wait_out("KiB/s, ETA ", "a progress line with speed and ETA")
+        upstream.throttle_bps = None
+        assert watcher.exit_code() == 0
+    finally:
+        watcher.stop()
+    assert re.search(
+        rf"job {job_id}: processing +\d+%, \d/3 tracks, [\d.]+ KiB/s, ETA \d", progress
+    )
+    assert any(re.search(rf"job {job_id}: track 1 “Load 1” written; .* 1/3 tracks", line)
+               for line in watcher.out)  # fmt: skip
+    assert f"job {job_id} finished: completed 100%, 3/3 tracks — Bench Ensemble" in "\n".join(
+        watcher.out
+    )
+    assert watcher.out[-1].endswith("queue: idle")
+    progress_lines = [line for line in watcher.out if f"job {job_id}: processing" in line]
+    assert len(progress_lines) < 10  # a few per job, not one per 64 KiB
+
+
+def test_watch_reconnects_after_a_daemon_restart_and_goes_on(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    album_id = catalog.add_album(3, 300_000)
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
+    upstream.throttle_bps = SLOW_BPS
+    job_id = daemon.submit("album", album_id)
+    lines = Running(daemon, "watch")
+    events = Running(daemon, "watch", "--json")
+    gives_up = Running(daemon, "watch", "--no-reconnect")
+    try:
+        for watcher in (lines, events, gives_up):
+            wait_until(lambda w=watcher: w.out, what="the watchers to print their first event")
+        assert daemon.stop() == 0  # a clean restart: SIGTERM, drain, exit
+
+        assert gives_up.exit_code() == 3
+        assert any("lost the watch stream" in line for line in gives_up.err), gives_up.err
+        lines.wait_err("dlqd went away")
+        events.wait_out('"event": "disconnected"')
+        assert lines.proc.poll() is None and events.proc.poll() is None  # still waiting
+
+        daemon.start()
+        upstream.throttle_bps = None
+        assert lines.exit_code() == 0
+        assert events.exit_code() == 0
+    finally:
+        for watcher in (lines, events, gives_up):
+            watcher.stop()
+    assert "dlqctl: reconnected to dlqd" in lines.err
+    assert f"job {job_id} finished: completed" in "\n".join(lines.out)
+    assert lines.out[-1].endswith("queue: idle")
+    kinds = [json.loads(line)["event"] for line in events.out]
+    assert kinds.index("disconnected") < kinds.index("reconnected") < kinds.index("finish")
+    assert kinds[-1] == "idle"
+
+
+class Terminal:
+    """dlqctl on a pseudo-terminal, its output fed to a terminal emulator (pyte) as it comes."""
+
+    def __init__(self, daemon: DaemonProcess, *args: str, columns: int = 120, lines: int = 24):
+        self.screen = pyte.Screen(columns, lines)
+        self.stream = pyte.ByteStream(self.screen)
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+        env = clean_env(TERM="xterm")
+        del env["COLUMNS"]  # the size comes from the terminal itself
+        self.proc = subprocess.Popen(
+            [DLQCTL, "--socket", str(daemon.socket), *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+        )
+        os.close(slave)
+
+    def pump(self) -> list[str]:
+        """Take what dlqctl wrote so far; the screen as it now reads."""
+        while select.select([self.master], [], [], 0.05)[0]:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: the program ended and the terminal closed
+                break
+            if not data:
+                break
+            self.stream.feed(data)
+        return [line.rstrip() for line in self.screen.display]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
+
+def test_watch_on_a_terminal_redraws_speed_eta_and_tracks_in_place(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    album_id = catalog.add_album(4, 300_000)
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
+    if not has_speed_fields(daemon):
+        pytest.skip("this daemon does not report speed_bps/eta_s yet (issue 10's job fields)")
+    upstream.throttle_bps = SLOW_BPS
+    job_id = daemon.submit("album", album_id)
+    row = re.compile(
+        rf"^{job_id} +processing +\S+ +\d+% +(?P<done>\d)/4 +(?P<speed>[\d.]+ KiB/s) +"
+        r"(?P<eta>\d+s|\d+:\d\d) +LOSSLESS +Bench Ensemble – Bench Album"
+    )
+    terminal = Terminal(daemon, "watch")
+    seen: list[tuple[str, str, str]] = []  # (tracks done, speed, ETA) as the screen showed them
+
+    def screen_moved_on() -> bool:
+        screen = terminal.pump()
+        rows = [line for line in screen if line.startswith(f"{job_id} ")]
+        assert len(rows) <= 1, screen  # redrawn in place: never a second, scrolled copy
+        assert screen[0].startswith("dlqd ") and "1 processing" in screen[0], screen
+        match = row.match(rows[0]) if rows else None
+        if match is not None and (not seen or seen[-1] != match.groups()):
+            seen.append(match.group("done", "speed", "eta"))
+        return len({done for done, _, _ in seen}) >= 2  # n/m advanced on the same row
+
+    try:
+        wait_until(screen_moved_on, timeout=60, what=f"the live row of job {job_id} to advance")
+        assert len({eta for _, _, eta in seen}) >= 2  # the ETA is recomputed as it goes
+        upstream.throttle_bps = None
+        assert wait_until(lambda: terminal.pump() and terminal.proc.poll() is not None) is True
+        assert terminal.proc.returncode == 0  # the queue went idle
+        final = terminal.pump()
+    finally:
+        terminal.close()
+    assert "recently finished:" in final
+    finished = final[final.index("recently finished:") + 1]
+    assert re.match(rf"^{job_id} +completed +█+ 100% +4/4 ", finished), final
+    assert not terminal.screen.cursor.hidden  # the cursor is given back
