@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, NoReturn
 
 from dlqctl import render, text
@@ -198,21 +199,26 @@ def _act_many(
     except Refused as refusal:
         if not _lacks_batch_forms(refusal):
             raise
-    if selector is not None:  # an older daemon: select here, then act on each job
-        ids = [job["id"] for job in client.list_all(list(selected_statuses))]
+    # An older daemon: select here, then one pipelined request per job.
+    known: dict[str, dict[str, Any]] = {}  # the jobs as read before acting on them
+    if selector is not None:
+        known = {job["id"]: job for job in client.list_all(list(selected_statuses))}
+        ids = list(known)
     ids = list(dict.fromkeys(ids))
+    if cmd == "remove" and selector is None:  # its answer names the job only: read it first
+        found = client.call_many("get", [{"id": job_id} for job_id in ids])
+        known = {i: a["job"] for i, a in zip(ids, found, strict=True) if isinstance(a, dict)}
     answers = client.call_many(cmd, [{"id": job_id} for job_id in ids])
     return [
-        _entry({"id": job_id}, answer, _job_facts)
+        _entry({"id": job_id}, answer, partial(_job_facts, known=known.get(job_id)))
         for job_id, answer in zip(ids, answers, strict=True)
     ]
 
 
-def _job_facts(result: dict[str, Any]) -> dict[str, Any]:
-    if "job" not in result:
-        return {}
-    job = result["job"]
-    return {"status": job["status"], "title": job["title"], "artist": job["artist"]}
+def _job_facts(result: dict[str, Any], known: dict[str, Any] | None) -> dict[str, Any]:
+    """An entry's facts from the job in a one-job answer, else from the job read before."""
+    job = result.get("job") or known or {}
+    return {key: job.get(key, "") for key in ("status", "title", "artist")}
 
 
 def _entry(
