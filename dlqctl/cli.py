@@ -13,10 +13,11 @@ import argparse
 import json
 import math
 import sys
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from dlqd import __version__
-from dlqd.model import PRIORITIES, QUALITIES, JobStatus
+from dlqd.model import PRIORITIES, QUALITIES, JobStatus, canonical_choice
 
 DEFAULT_SOCKET = "/run/dlqd/dlqd.sock"
 DEFAULT_TIMEOUT_S = 10.0
@@ -38,6 +39,24 @@ class Parser(argparse.ArgumentParser):
             print(json.dumps({"error": {"code": "USAGE", "message": message}}), flush=True)
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def one_of(choices: Sequence[str]) -> dict[str, Any]:
+    """argparse options for an enum: typed in any case, shown and listed in lower case.
+
+    The converter keeps the listed spellings as `.choices`, for shell completion.
+    """
+    listed = [choice.lower() for choice in choices]
+
+    def convert(text: str) -> str:
+        found = canonical_choice(text, choices)
+        if found is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(listed)}")
+        return found
+
+    convert.__name__ = "choice"  # argparse names the type in some messages
+    convert.choices = listed  # type: ignore[attr-defined]
+    return {"type": convert, "metavar": "{" + ",".join(listed) + "}"}
 
 
 def _seconds(text: str) -> float:
@@ -88,16 +107,16 @@ def build_parser() -> Parser:
         return sub
 
     add = command("add", "queue tracks or albums by id or TIDAL share link")
-    add.add_argument("type", choices=ADD_TYPES)
+    add.add_argument("type", **one_of(ADD_TYPES))
     add.add_argument(
         "targets", nargs="+", metavar="ID|URL", help="ids or share links; - reads them from stdin"
     )
-    add.add_argument("--quality", choices=QUALITIES, default="LOSSLESS")
-    add.add_argument("--priority", choices=PRIORITIES, default="normal")
+    add.add_argument("--quality", **one_of(QUALITIES), default="LOSSLESS")
+    add.add_argument("--priority", **one_of(PRIORITIES), default="normal")
 
     ls = command("ls", "list jobs in run order (all, or those the filters pick)")
-    ls.add_argument("--status", action="append", choices=JOB_STATUSES, help="repeatable")
-    ls.add_argument("--type", action="append", choices=ADD_TYPES, help="repeatable")
+    ls.add_argument("--status", action="append", **one_of(JOB_STATUSES), help="repeatable")
+    ls.add_argument("--type", action="append", **one_of(ADD_TYPES), help="repeatable")
     ls.add_argument("--artist", metavar="TEXT", help="artist contains TEXT (any case)")
     ls.add_argument("--album", metavar="TEXT", help="album title contains TEXT (any case)")
     ls.add_argument(
@@ -116,7 +135,7 @@ def build_parser() -> Parser:
     rm.add_argument("jobs", nargs="*", metavar="JOB")
     rm.add_argument("--finished", action="store_true", help="every completed job (or --status)")
     rm.add_argument(
-        "--status", action="append", choices=FINISHED_STATUSES, help="with --finished; repeatable"
+        "--status", action="append", **one_of(FINISHED_STATUSES), help="with --finished; repeatable"
     )
 
     retry = command("retry", "re-queue the unfinished tracks of partial, failed or cancelled jobs")
@@ -133,15 +152,15 @@ def build_parser() -> Parser:
 
     move = command("move", "move a queued job in the run order")
     move.add_argument("job", metavar="JOB")
-    move.add_argument("where", choices=MOVES)
+    move.add_argument("where", **one_of(MOVES))
 
     priority = command("priority", "change a queued job's priority")
     priority.add_argument("job", metavar="JOB")
-    priority.add_argument("level", choices=PRIORITIES)
+    priority.add_argument("level", **one_of(PRIORITIES))
 
     command("stats", "queue and worker counts, speed and holds")
     command("health", "exit 0 when healthy, 1 when not (and why)")
-    command("metrics", "metrics in the Prometheus text format")
+    command("metrics", "metrics in the Prometheus text format (--json: parsed families)")
 
     watch = command("watch", "live progress until the queue is idle, or until JOB finishes")
     watch.add_argument("job", nargs="?", metavar="JOB")

@@ -151,21 +151,26 @@ def _act(
     """`cmd` on the given jobs, or on those `selector` picks; one line per job."""
     if selector is None and len(args.jobs) == 1:  # one job: the one-job form and its answer
         result = client.call(cmd, {"id": args.jobs[0]})
-        out.emit(result, lambda r: _single_line(cmd, args.jobs[0], r))
+        out.emit(result, lambda r: _single_line(cmd, r))
+        if "warning" in result:  # retry: it will most likely fail the same way
+            out.problem(f"warning: {text.printable(result['warning'])}")
         return EXIT_OK
     entries = _act_many(client, cmd, args.jobs, selector, selected_statuses)
     for entry in entries:
+        job = f"job {text.printable(entry['id'])}"
         if not entry["ok"]:
-            out.problem(f"job {text.printable(entry['id'])}: {_error_text(entry['error'])}")
+            out.problem(f"{job}: {_error_text(entry['error'])}")
+        elif "warning" in entry:
+            out.problem(f"{job}: warning: {text.printable(entry['warning'])}")
     out.emit({"results": entries}, lambda doc: _act_lines(cmd, doc["results"]))
     return _batch_exit(entries)
 
 
-def _single_line(cmd: str, job_id: str, result: dict[str, Any]) -> str:
+def _single_line(cmd: str, result: dict[str, Any]) -> str:
+    """`removed job 4`, `job 4: queued`: the lines dlqctl always printed for one job."""
     if cmd == "remove":
         return f"removed job {result['removed']}"
-    job = result["job"]
-    return f"job {job['id']}: {job['status']}: {render.label(job)}"
+    return f"job {result['job']['id']}: {result['job']['status']}"
 
 
 def _act_lines(cmd: str, entries: list[dict[str, Any]]) -> list[str]:
@@ -218,7 +223,8 @@ def _act_many(
 def _job_facts(result: dict[str, Any], known: dict[str, Any] | None) -> dict[str, Any]:
     """An entry's facts from the job in a one-job answer, else from the job read before."""
     job = result.get("job") or known or {}
-    return {key: job.get(key, "") for key in ("status", "title", "artist")}
+    facts = {key: job.get(key, "") for key in ("status", "title", "artist")}
+    return facts | ({"warning": result["warning"]} if "warning" in result else {})
 
 
 def _entry(
@@ -333,7 +339,7 @@ def health(args: argparse.Namespace, client: Client, out: Output) -> int:
 def metrics(args: argparse.Namespace, client: Client, out: Output) -> int:
     result = client.call("metrics")
     if out.as_json:
-        out.emit(result, lambda _: "")
+        out.emit(result["families"], lambda _: "")
     else:
         lines = result["text"].rstrip("\n").split("\n")
         print("\n".join(text.printable(line) for line in lines), flush=True)

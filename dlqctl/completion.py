@@ -31,6 +31,12 @@ class Command:
     )  # name, choices, many
 
 
+def _choices_of(action: argparse.Action) -> list[str]:
+    """An argument's choices: argparse's own, or those of an any-case enum (`cli.one_of`)."""
+    listed = action.choices or getattr(action.type, "choices", None) or ()
+    return [str(choice) for choice in listed]
+
+
 def _describe(parser: argparse.ArgumentParser) -> tuple[list[Option], list[Command]]:
     """The parser's global options and its commands, each with its options and positionals."""
 
@@ -44,7 +50,7 @@ def _describe(parser: argparse.ArgumentParser) -> tuple[list[Option], list[Comma
                     flags=list(action.option_strings),
                     help=action.help or "",
                     takes_value=action.nargs != 0,
-                    choices=[str(c) for c in action.choices or ()],
+                    choices=_choices_of(action),
                     is_path=action.metavar == "PATH",
                 )
             )
@@ -61,7 +67,7 @@ def _describe(parser: argparse.ArgumentParser) -> tuple[list[Option], list[Comma
                 if positional.option_strings or isinstance(positional, argparse._HelpAction):
                     continue
                 many = positional.nargs in ("*", "+")
-                choices = [str(c) for c in positional.choices or ()]
+                choices = _choices_of(positional)
                 command.positionals.append((positional.dest, choices, many))
             commands.append(command)
     return options_of(parser), commands

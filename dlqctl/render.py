@@ -195,6 +195,7 @@ def render_stats(stats: dict[str, Any], now: float) -> str:
 def render_health(health: dict[str, Any]) -> str:
     head = "healthy" if health["ok"] else "UNHEALTHY: " + ", ".join(health.get("problems", []))
     lines = [f"{head} (dlqd {health['version']}, up {health['uptime_s']:.0f} s)"]
+    lines.extend(f"  note: {note}" for note in health.get("notes", []))
     for name, check in sorted(health.get("checks", {}).items()):
         flat = {k: v for k, v in check.items() if k != "ok" and not isinstance(v, dict)}
         details = ", ".join(f"{k}={v}" for k, v in flat.items())

@@ -186,7 +186,7 @@ def test_usage_errors_exit_2(make_daemon: DaemonFactory) -> None:
     for args in (
         [],
         ["frobnicate"],
-        ["add", "track", "5", "--quality", "lossless"],
+        ["add", "track", "5", "--quality", "lossy"],
         ["ls", "--since", "yesterday-ish"],
         ["retry"],  # neither JOB nor --failed
         ["cancel", "4", "--all"],  # both
@@ -336,7 +336,7 @@ def test_completion_scripts_are_generated_from_the_parser() -> None:
     assert set(complete("dlqctl", "ls", "--status", "")) == {
         "queued", "paused", "processing", "completed", "partial", "failed", "cancelled"
     }  # fmt: skip
-    assert complete("dlqctl", "add", "album", "5", "--quality", "HI") == ["HIGH", "HI_RES_LOSSLESS"]
+    assert complete("dlqctl", "add", "album", "5", "--quality", "hi") == ["high", "hi_res_lossless"]
     assert complete("dlqctl", "move", "3", "to") == ["top"]
     assert "--no-reconnect" in complete("dlqctl", "watch", "--")
     zsh = run("completion", "zsh")
