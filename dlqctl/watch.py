@@ -246,7 +246,8 @@ def event_line(event: dict[str, Any], job: dict[str, Any] | None) -> str | None:
 def _track_title(job: dict[str, Any], track_id: Any) -> str:
     for track in job.get("tracks") or []:
         if track.get("track_id") == track_id:
-            return f"{track.get('number', '?')} “{track.get('title') or track_id}”"
+            number = f"{track.get('disc', 1)}-{track.get('number', 0):02d}"  # as `show` lists it
+            return f"{number} “{track.get('title') or track_id}”"
     return str(track_id)
 
 
@@ -268,6 +269,7 @@ class EventLines:
         self.shown_holds: tuple[str, ...] = ()
         self.reconnecting = False
         self.finish_shown = False  # the followed job's end already has its line
+        self.job_shown = False  # the followed job's first line is out
 
     def _print(self, line: str) -> None:
         print(f"{_clock()} {line}", file=self.out, flush=True)
@@ -280,6 +282,9 @@ class EventLines:
             for line in holds or ("queue: not held any more",):
                 self._print(line)
             self.shown_holds = holds
+        if snapshot.job is not None and not self.job_shown:  # where the followed job stands
+            self._print(f"job {text.printable(snapshot.job['id'])}: {job_facts(snapshot.job)}")
+            self.job_shown = True
 
     def event(self, event: dict[str, Any], job: dict[str, Any] | None) -> None:
         line = event_line(event, job)
@@ -417,9 +422,9 @@ class Screen:
         recent = [text.printable_doc(job) for job in snapshot.recent]
         table = render.job_table(queue + recent, width)
         if not table:
-            return [*lines, "nothing queued"]
+            return [*lines, "(nothing queued)"]
         header, rows = table[0], table[1:]
-        active = rows[: len(queue)]
+        active = rows[: len(queue)] or ["(nothing queued)"]
         room = max(2, height - len(lines) - 1 - (1 + len(recent) if recent else 0))
         if len(active) > room:
             active = [*active[: room - 1], f"… and {len(queue) - room + 1} more in the queue"]

@@ -620,7 +620,7 @@ def test_watch_without_a_terminal_prints_one_line_per_event_with_the_facts(
     assert re.search(
         rf"job {job_id}: processing +\d+%, \d/3 tracks, [\d.]+ KiB/s, ETA \d", progress
     )
-    assert any(re.search(rf"job {job_id}: track 1 “Load 1” written; .* 1/3 tracks", line)
+    assert any(re.search(rf"job {job_id}: track 1-01 “Load 1” written; .* 1/3 tracks", line)
                for line in watcher.out)  # fmt: skip
     assert f"job {job_id} finished: completed 100%, 3/3 tracks — Bench Ensemble" in "\n".join(
         watcher.out
