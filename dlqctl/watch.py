@@ -372,6 +372,7 @@ class Screen:
         self.job_id = job_id
         self.out = out
         self.drawn = 0  # lines of the last frame, which the next one overwrites
+        self.size = shutil.get_terminal_size()  # the terminal's size at the last frame
         self.snapshot: Snapshot | None = None
         self.notice = ""
         self.out.write("\x1b[?25l")  # hide the cursor while the table moves
@@ -401,7 +402,11 @@ class Screen:
         size = shutil.get_terminal_size()
         width, height = size.columns - 1, max(3, size.lines - 1)  # never wrap, never scroll
         lines = self._frame(width, height)[:height]
-        up = f"\x1b[{self.drawn}F" if self.drawn else "\r"
+        if size != self.size and self.drawn:  # resized: the old frame may have wrapped
+            up = "\x1b[H\x1b[2J"  # start again from a clear screen
+        else:
+            up = f"\x1b[{self.drawn}F" if self.drawn else "\r"
+        self.size = size
         body = "".join(text.fit(line, width).rstrip() + "\x1b[K\n" for line in lines)
         self.out.write(up + body + "\x1b[J")
         self.out.flush()

@@ -9,7 +9,7 @@ import sys
 
 def test_dlqctl_imports_neither_trio_nor_httpx_nor_structlog() -> None:
     probe = (
-        "import json, sys, dlqctl.__main__; "
+        "import json, sys, dlqctl.__main__, dlqctl.watch, dlqctl.completion; "
         "print(json.dumps(sorted(m for m in ('trio', 'httpx', 'httpcore', 'structlog', "
         "'mutagen') if m in sys.modules)))"
     )
@@ -17,3 +17,14 @@ def test_dlqctl_imports_neither_trio_nor_httpx_nor_structlog() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(output) == []
+
+
+def test_dlqctl_uses_only_the_shared_protocol_codes_and_model_of_dlqd() -> None:
+    probe = (
+        "import json, sys, dlqctl.__main__, dlqctl.watch, dlqctl.completion; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('dlqd'))))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert set(json.loads(output)) <= {"dlqd", "dlqd.protocol", "dlqd.codes", "dlqd.model"}
