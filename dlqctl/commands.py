@@ -42,7 +42,11 @@ class Output:
             print(json.dumps(document, ensure_ascii=False), flush=True)
             return
         shown = lines(text.printable_doc(document))
-        print(shown if isinstance(shown, str) else "\n".join(shown), flush=True)
+        if not isinstance(shown, str):
+            if not shown:
+                return  # nothing to say on stdout (every item refused: stderr has them)
+            shown = "\n".join(shown)
+        print(shown, flush=True)
 
     def problem(self, line: str) -> None:
         """A failed item of a batch, on stderr (already escaped by the caller)."""
@@ -103,11 +107,14 @@ def _submit_many(client: Client, items: list[dict[str, Any]]) -> list[dict[str, 
         chunk = items[start : start + BATCH_MAX_ITEMS]
         try:
             entries.extend(client.call("submit", {"items": chunk})["results"])
+            continue
         except Refused as refusal:
-            if not _lacks_batch_forms(refusal):
-                raise
-            for item, answer in zip(chunk, client.call_many("submit", chunk), strict=True):
+            # A whole batch refused (RATE_LIMITED: not one item fits) is a refusal of each
+            # item, reported with the others; a daemon without batch forms gets them one by one.
+            answers = client.call_many("submit", chunk) if _lacks_batch_forms(refusal) else None
+            for index, item in enumerate(chunk):
                 head = {"type": item["type"], "target_id": item["target_id"]}
+                answer = refusal if answers is None else answers[index]
                 entries.append(_entry(head, answer, lambda result: result))
     return entries
 
@@ -230,7 +237,7 @@ def _job_facts(result: dict[str, Any], known: dict[str, Any] | None) -> dict[str
 def _entry(
     head: dict[str, Any], answer: Any, facts: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> dict[str, Any]:
-    """A batch-form entry made from a one-job answer (for a daemon without batch forms)."""
+    """A batch-form entry made from a one-job answer or a refusal of the whole batch."""
     if isinstance(answer, Refused):
         return {**head, "ok": False, "error": {"code": answer.code, "message": answer.message}}
     return {**head, "ok": True, **facts(answer)}

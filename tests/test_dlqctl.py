@@ -457,6 +457,12 @@ def test_add_prints_one_line_per_job_and_exits_1_when_any_is_refused(
     assert (repeated["ok"], repeated["created"], repeated["id"]) == (True, False, first["id"])
     single = ctl(daemon, "--json", "add", "album", "805")  # one id: the one-job form
     assert (single.returncode, json_of(single)["error"]["code"]) == (1, "QUEUE_FULL")
+    none_fit = ctl(daemon, "add", "album", "806", "807")
+    assert (none_fit.returncode, none_fit.stdout) == (1, "")  # no blank line either
+    assert [line.split(": ")[:2] for line in none_fit.stderr.splitlines()] == [
+        ["album 806", "error"],
+        ["album 807", "error"],
+    ]
 
 
 # --- ls: the table, run order, filters -------------------------------------------------
