@@ -68,7 +68,7 @@ def heaviest_imports(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50, help="runs per command (default 50)")
-    parser.add_argument("--jobs", type=int, default=300, help="queued jobs for ls (default 300)")
+    parser.add_argument("--jobs", type=int, default=300, help="queued jobs for ls (≤ 1000)")
     options = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DLQD_")}
     env["COLUMNS"] = "120"
@@ -87,7 +87,7 @@ def main() -> None:
                     {"type": "album", "target_id": n, "quality": "LOSSLESS"}
                     for n in range(1, options.jobs + 1)
                 ]
-                client.call_many("submit", items)
+                client.call("submit", {"items": items})
             socket_path = str(daemon.socket)
             commands = {
                 "`python -c pass`": [sys.executable, "-c", "pass"],

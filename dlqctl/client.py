@@ -11,13 +11,10 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from dlqd.protocol import PROTOCOL_VERSION, encode_frame, read_frame_blocking
-
-PIPELINE_WINDOW = 32  # requests in flight at once in `call_many`
 
 
 class Unreachable(Exception):
@@ -59,56 +56,21 @@ class Client:
             raise Unreachable(f"cannot reach dlqd at {path}: {reason} (is it running?)") from None
 
     def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        return self._result(self._exchange([(cmd, args or {})])[0])
-
-    def call_many(self, cmd: str, each_args: Sequence[dict[str, Any]]) -> list[Any]:
-        """`cmd` once per args, pipelined on this connection: a `Refused` per refusal.
-
-        A few requests stay in flight, so a long list costs about one round
-        trip per window rather than one per request, and neither side's
-        socket buffer can fill up while the other waits.
-        """
-        answers = self._exchange([(cmd, args) for args in each_args])
-        outcomes: list[Any] = []
-        for answer in answers:
-            try:
-                outcomes.append(self._result(answer))
-            except Refused as refusal:
-                outcomes.append(refusal)
-        if len(outcomes) < len(each_args):
-            raise Unreachable(f"lost the connection to dlqd at {self.path} mid-way")
-        return outcomes
-
-    def _exchange(self, requests: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        pending: deque[bytes] = deque()
-        for cmd, args in requests:
-            frame = {"v": PROTOCOL_VERSION, "id": self._next_id, "cmd": cmd, "args": args}
-            self._next_id += 1
-            pending.append(encode_frame(frame))
-        answers: list[dict[str, Any]] = []
-        in_flight = 0
+        request_id = self._next_id
+        self._next_id += 1
+        frame = {"v": PROTOCOL_VERSION, "id": request_id, "cmd": cmd, "args": args or {}}
         send_error: OSError | None = None
-        while pending or in_flight:
-            while pending and in_flight < PIPELINE_WINDOW and send_error is None:
-                try:
-                    self._sock.sendall(pending.popleft())
-                except TimeoutError:
-                    raise Unreachable(
-                        f"dlqd at {self.path} does not read requests "
-                        f"(nothing taken within {self.timeout_s:g} s)"
-                    ) from None
-                except OSError as exc:
-                    send_error = exc  # a daemon that refused us at accept left its answer to read
-                in_flight += 1
-            answers.append(self._read_answer(send_error))
-            in_flight -= 1
-            if send_error is not None:
-                break
-        return answers
-
-    def _read_answer(self, send_error: OSError | None) -> dict[str, Any]:
         try:
-            return read_frame_blocking(self._sock)
+            self._sock.sendall(encode_frame(frame))
+        except TimeoutError:
+            raise Unreachable(
+                f"dlqd at {self.path} does not read requests "
+                f"(nothing taken within {self.timeout_s:g} s)"
+            ) from None
+        except OSError as exc:
+            send_error = exc  # a daemon that refused us at accept has left its answer to read
+        try:
+            response = read_frame_blocking(self._sock)
         except TimeoutError:
             raise Unreachable(
                 f"dlqd at {self.path} did not answer within {self.timeout_s:g} s (--timeout)"
@@ -116,6 +78,7 @@ class Client:
         except (OSError, ConnectionError) as exc:
             reason = send_error or exc
             raise Unreachable(f"lost the connection to dlqd at {self.path}: {reason}") from None
+        return self._result(response)
 
     def _result(self, response: dict[str, Any]) -> Any:
         if not response.get("ok"):

@@ -3,8 +3,8 @@
 Owns the mapping from parsed arguments to protocol calls (docs/protocol.md)
 and the exit code of each command: 0 ok, 1 refused or some item failed
 (or `health` found a problem). Acting on many jobs takes one request (the
-batch forms); an older daemon without them gets one pipelined request per
-job on one connection. Text output escapes every string the daemon sent.
+batch forms, 1000 ids or items each). Text output escapes every string the
+daemon sent.
 Never: parses the command line, or decides how errors and signals end the
 process (`__main__` does).
 """
@@ -17,7 +17,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from typing import Any, NoReturn
 
 from dlqctl import render, text
@@ -27,7 +26,6 @@ from dlqctl.targets import BadTarget, parse_target, read_targets
 
 EXIT_OK, EXIT_FAILED = 0, 1
 BATCH_MAX_ITEMS = 1000  # the daemon takes at most this many ids or items per request
-PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 
 
 class Output:
@@ -102,20 +100,18 @@ def _submit_lines(entries: list[dict[str, Any]]) -> list[str]:
 
 
 def _submit_many(client: Client, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batch submit's entries, 1000 items per request."""
     entries: list[dict[str, Any]] = []
     for start in range(0, len(items), BATCH_MAX_ITEMS):
         chunk = items[start : start + BATCH_MAX_ITEMS]
         try:
             entries.extend(client.call("submit", {"items": chunk})["results"])
-            continue
-        except Refused as refusal:
-            # A whole batch refused (RATE_LIMITED: not one item fits) is a refusal of each
-            # item, reported with the others; a daemon without batch forms gets them one by one.
-            answers = client.call_many("submit", chunk) if _lacks_batch_forms(refusal) else None
-            for index, item in enumerate(chunk):
-                head = {"type": item["type"], "target_id": item["target_id"]}
-                answer = refusal if answers is None else answers[index]
-                entries.append(_entry(head, answer, lambda result: result))
+        except Refused as refusal:  # refused as a whole (RATE_LIMITED: not one item fits)
+            error = {"code": refusal.code, "message": refusal.message}
+            entries.extend(
+                {"type": item["type"], "target_id": item["target_id"], "ok": False, "error": error}
+                for item in chunk
+            )
     return entries
 
 
@@ -124,22 +120,20 @@ def _submit_many(client: Client, items: list[dict[str, Any]]) -> list[dict[str, 
 
 def cancel(args: argparse.Namespace, client: Client, out: Output) -> int:
     _one_form(args, args.all, "--all")
-    return _act(args, client, out, "cancel", {"all": True} if args.all else None, ACTIVE)
+    return _act(args, client, out, "cancel", {"all": True} if args.all else None)
 
 
 def retry(args: argparse.Namespace, client: Client, out: Output) -> int:
     _one_form(args, args.failed, "--failed")
-    selected = ("partial", "failed", "cancelled")
-    return _act(args, client, out, "retry", {"failed": True} if args.failed else None, selected)
+    return _act(args, client, out, "retry", {"failed": True} if args.failed else None)
 
 
 def rm(args: argparse.Namespace, client: Client, out: Output) -> int:
     _one_form(args, args.finished, "--finished")
     if args.status and not args.finished:
         usage(args, "--status goes with --finished")
-    statuses = tuple(args.status or ("completed",))
-    selector = {"finished": True, "status": list(statuses)} if args.finished else None
-    return _act(args, client, out, "remove", selector, statuses)
+    selector = {"finished": True, "status": args.status or ["completed"]} if args.finished else None
+    return _act(args, client, out, "remove", selector)
 
 
 def _one_form(args: argparse.Namespace, selector: bool, flag: str) -> None:
@@ -148,12 +142,7 @@ def _one_form(args: argparse.Namespace, selector: bool, flag: str) -> None:
 
 
 def _act(
-    args: argparse.Namespace,
-    client: Client,
-    out: Output,
-    cmd: str,
-    selector: dict[str, Any] | None,
-    selected_statuses: Sequence[str],
+    args: argparse.Namespace, client: Client, out: Output, cmd: str, selector: dict[str, Any] | None
 ) -> int:
     """`cmd` on the given jobs, or on those `selector` picks; one line per job."""
     if selector is None and len(args.jobs) == 1:  # one job: the one-job form and its answer
@@ -162,7 +151,7 @@ def _act(
         if "warning" in result:  # retry: it will most likely fail the same way
             out.problem(f"warning: {text.printable(result['warning'])}")
         return EXIT_OK
-    entries = _act_many(client, cmd, args.jobs, selector, selected_statuses)
+    entries = _act_many(client, cmd, args.jobs, selector)
     for entry in entries:
         job = f"job {text.printable(entry['id'])}"
         if not entry["ok"]:
@@ -193,59 +182,17 @@ def _act_lines(cmd: str, entries: list[dict[str, Any]]) -> list[str]:
 
 
 def _act_many(
-    client: Client,
-    cmd: str,
-    ids: Sequence[str],
-    selector: dict[str, Any] | None,
-    selected_statuses: Sequence[str],
+    client: Client, cmd: str, ids: Sequence[str], selector: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
-    try:
-        if selector is not None:
-            return list(client.call(cmd, selector)["results"])
-        entries: list[dict[str, Any]] = []
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), BATCH_MAX_ITEMS):
-            chunk = unique[start : start + BATCH_MAX_ITEMS]
-            entries.extend(client.call(cmd, {"ids": chunk})["results"])
-        return entries
-    except Refused as refusal:
-        if not _lacks_batch_forms(refusal):
-            raise
-    # An older daemon: select here, then one pipelined request per job.
-    known: dict[str, dict[str, Any]] = {}  # the jobs as read before acting on them
+    """The batch form's entries: for the selection, or for the ids, 1000 per request."""
     if selector is not None:
-        known = {job["id"]: job for job in client.list_all(list(selected_statuses))}
-        ids = list(known)
-    ids = list(dict.fromkeys(ids))
-    if cmd == "remove" and selector is None:  # its answer names the job only: read it first
-        found = client.call_many("get", [{"id": job_id} for job_id in ids])
-        known = {i: a["job"] for i, a in zip(ids, found, strict=True) if isinstance(a, dict)}
-    answers = client.call_many(cmd, [{"id": job_id} for job_id in ids])
-    return [
-        _entry({"id": job_id}, answer, partial(_job_facts, known=known.get(job_id)))
-        for job_id, answer in zip(ids, answers, strict=True)
-    ]
-
-
-def _job_facts(result: dict[str, Any], known: dict[str, Any] | None) -> dict[str, Any]:
-    """An entry's facts from the job in a one-job answer, else from the job read before."""
-    job = result.get("job") or known or {}
-    facts = {key: job.get(key, "") for key in ("status", "title", "artist")}
-    return facts | ({"warning": result["warning"]} if "warning" in result else {})
-
-
-def _entry(
-    head: dict[str, Any], answer: Any, facts: Callable[[dict[str, Any]], dict[str, Any]]
-) -> dict[str, Any]:
-    """A batch-form entry made from a one-job answer or a refusal of the whole batch."""
-    if isinstance(answer, Refused):
-        return {**head, "ok": False, "error": {"code": answer.code, "message": answer.message}}
-    return {**head, "ok": True, **facts(answer)}
-
-
-def _lacks_batch_forms(refusal: Refused) -> bool:
-    """The daemon predates the batch forms (it calls their arguments unknown)."""
-    return refusal.code == "INVALID_ARGUMENT" and "unknown argument" in refusal.message
+        return list(client.call(cmd, selector)["results"])
+    entries: list[dict[str, Any]] = []
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), BATCH_MAX_ITEMS):
+        chunk = unique[start : start + BATCH_MAX_ITEMS]
+        entries.extend(client.call(cmd, {"ids": chunk})["results"])
+    return entries
 
 
 def _batch_exit(entries: Sequence[dict[str, Any]]) -> int:
@@ -282,14 +229,8 @@ def jobs_in_run_order(client: Client, statuses: Sequence[str] | None) -> list[di
 
 
 def queue_in_run_order(client: Client, statuses: Sequence[str]) -> list[dict[str, Any]]:
-    try:
-        return list(client.call("list", {"order": "run", "status": list(statuses)})["jobs"])
-    except Refused as refusal:
-        if refusal.code != "INVALID_ARGUMENT":
-            raise
-    # An older daemon lists by id only: its run order is priority, then oldest first.
-    queue = client.list_all(list(statuses))
-    return sorted(queue, key=lambda job: PRIORITY_RANK.get(job.get("priority", ""), 1))
+    """The active jobs with one of `statuses`, the one that runs first first."""
+    return list(client.call("list", {"order": "run", "status": list(statuses)})["jobs"])
 
 
 def show(args: argparse.Namespace, client: Client, out: Output) -> int:

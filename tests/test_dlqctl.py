@@ -127,11 +127,6 @@ class Running:
         self.proc.wait()
 
 
-def has_speed_fields(daemon: DaemonProcess) -> bool:
-    """The daemon reports speed and ETA (issue 10's job fields)."""
-    return "speed_bps" in daemon.call("stats")
-
-
 # --- scripting comfort ---------------------------------------------------------------
 
 
@@ -612,8 +607,6 @@ def test_watch_without_a_terminal_prints_one_line_per_event_with_the_facts(
     album_id = catalog.add_album(3, 300_000)
     daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
     daemon.start()
-    if not has_speed_fields(daemon):
-        pytest.skip("this daemon does not report speed_bps/eta_s yet (issue 10's job fields)")
     upstream.throttle_bps = SLOW_BPS
     job_id = daemon.submit("album", album_id)
     watcher = Running(daemon, "watch")
@@ -717,8 +710,6 @@ def test_watch_on_a_terminal_redraws_speed_eta_and_tracks_in_place(
     album_id = catalog.add_album(4, 300_000)
     daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
     daemon.start()
-    if not has_speed_fields(daemon):
-        pytest.skip("this daemon does not report speed_bps/eta_s yet (issue 10's job fields)")
     upstream.throttle_bps = SLOW_BPS
     job_id = daemon.submit("album", album_id)
     row = re.compile(
@@ -803,14 +794,7 @@ def test_cancel_retry_and_rm_act_on_several_jobs_or_a_selection(
 
 def test_move_and_priority_change_the_run_order_ls_shows(make_daemon: DaemonFactory) -> None:
     daemon = held_daemon(make_daemon)
-    if "position" not in daemon.call("get", id=daemon.submit("album", 21))["job"]:
-        pytest.skip("this daemon has no run order to change yet (issue 10's move/priority)")
-    a, b, c, d = (
-        "1",
-        daemon.submit("album", 22),
-        daemon.submit("album", 23),
-        daemon.submit("album", 24),
-    )
+    a, b, c, d = (daemon.submit("album", target) for target in (21, 22, 23, 24))
 
     def order() -> list[str]:
         return [job["id"] for job in json_of(ctl(daemon, "--json", "ls"))]
