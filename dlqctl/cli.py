@@ -17,15 +17,14 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from dlqd import __version__
-from dlqd.model import PRIORITIES, QUALITIES, JobStatus, canonical_choice
+from dlqd.model import FINISHED_STATUSES, MOVES, PRIORITIES, QUALITIES, JobStatus, canonical_choice
 
 DEFAULT_SOCKET = "/run/dlqd/dlqd.sock"
 DEFAULT_TIMEOUT_S = 10.0
 EXIT_USAGE = 2
 JOB_STATUSES = tuple(str(status) for status in JobStatus)
-FINISHED_STATUSES = ("completed", "partial", "failed", "cancelled")
+FINISHED = tuple(str(status) for status in JobStatus if status in FINISHED_STATUSES)
 ADD_TYPES = ("track", "album")
-MOVES = ("top", "bottom", "up", "down")
 SHELLS = ("bash", "zsh")
 
 
@@ -135,7 +134,7 @@ def build_parser() -> Parser:
     rm.add_argument("jobs", nargs="*", metavar="JOB")
     rm.add_argument("--finished", action="store_true", help="every completed job (or --status)")
     rm.add_argument(
-        "--status", action="append", **one_of(FINISHED_STATUSES), help="with --finished; repeatable"
+        "--status", action="append", **one_of(FINISHED), help="with --finished; repeatable"
     )
 
     retry = command("retry", "re-queue the unfinished tracks of partial, failed or cancelled jobs")
