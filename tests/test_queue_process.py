@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from dlqctl.client import Client, Refused
+from dlqctl.client import Client, NotPermitted, Refused
 from dlqd.journal import SEGMENT_HEADER, iter_records, list_segments, segment_path
 from dlqd.protocol import read_frame_blocking
 from tests.conftest import DaemonFactory
@@ -517,6 +517,8 @@ def call_as_nobody(socket_path: Path) -> dict[str, Any]:
                 return {"ok": True, "result": client.call("stats")}
         except Refused as exc:
             return {"ok": False, "code": exc.code, "message": exc.message}
+        except NotPermitted as exc:  # dlqd's PERMISSION_DENIED, as the client reports it
+            return {"ok": False, "code": "PERMISSION_DENIED", "message": str(exc)}
 
     outcome = as_nobody(call_stats)
     assert "child_error" not in outcome, outcome
