@@ -186,18 +186,20 @@ class Source:
         await self.circuit.run(self._probe, task_status=task_status)
 
     async def _probe(self, base: str) -> None:
-        """Ask `base` the latest request in its cheapest form; any answer below 500 but 429 is up.
+        """Ask `base` the latest request in its cheapest form; any whole answer below 500 is up.
 
-        The body is not read: the status says whether the upstream is back.
+        The body is read (within the metadata cap), not parsed: a connection
+        cut inside it is a failure, whatever the status said.
         """
         path, params = self._probe_request
         url = f"{base}{path}"
         with map_httpx_errors(url):
             async with self.client.stream("GET", url, params=params) as response:
+                answered = str(response.url)
                 if response.status_code >= 500 or response.status_code == 429:
-                    raise from_http_status(
-                        response.status_code, str(response.url), response.headers.get("Retry-After")
-                    )
+                    retry_after = response.headers.get("Retry-After")
+                    raise from_http_status(response.status_code, answered, retry_after)
+                await read_capped(response, answered, self._max_metadata_bytes, "body")
 
     # -- requests with failover ------------------------------------------------
 
