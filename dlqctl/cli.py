@@ -143,11 +143,16 @@ def build_parser() -> Parser:
         "--failed", action="store_true", help="every partial, failed or cancelled job"
     )
 
-    for name, text in (
-        ("pause", "pause a job, or with no JOB hold the whole queue"),
-        ("resume", "resume a job, or with no JOB release the queue"),
-    ):
-        command(name, text).add_argument("job", nargs="?", metavar="JOB")
+    command("pause", "pause a job, or with no JOB hold the whole queue").add_argument(
+        "job", nargs="?", metavar="JOB"
+    )
+    resume = command("resume", "resume a job, or with no JOB release the queue")
+    resume.add_argument("job", nargs="?", metavar="JOB")
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="without JOB: also cut an upstream backoff short (probe now, end a 429 hold)",
+    )
 
     move = command("move", "move a queued job in the run order")
     move.add_argument("job", metavar="JOB")

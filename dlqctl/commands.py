@@ -243,7 +243,11 @@ def show(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 
 def pause_or_resume(args: argparse.Namespace, client: Client, out: Output) -> int:
-    result = client.call(args.command, {"id": args.job} if args.job else {})
+    force = getattr(args, "force", False)
+    if force and args.job:
+        usage(args, "resume --force acts on the whole queue: give no JOB")
+    call_args = {"id": args.job} if args.job else {"force": True} if force else {}
+    result = client.call(args.command, call_args)
     what = f"job {args.job}" if args.job else "queue"
     out.emit(result, lambda _: f"{what} {'paused' if args.command == 'pause' else 'resumed'}")
     return EXIT_OK

@@ -38,6 +38,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -515,7 +516,7 @@ def _populate(c: Catalog) -> None:
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request as received; header names are lower-cased."""
+    """One request as received; header names are lower-cased, `at` is when (Unix time)."""
 
     method: str
     path: str
@@ -524,6 +525,7 @@ class RequestRecord:
     headers: dict[str, str]
     track_id: int | None
     album_id: int | None
+    at: float = field(default_factory=time.time)
 
 
 @dataclass

@@ -54,6 +54,7 @@ class CommandContext:
     metrics_text: Callable[[], str] = str
     metrics_families: Callable[[], list[dict[str, Any]]] = list
     metrics_summary: Callable[[], dict[str, Any]] = dict
+    force_upstream: Callable[[], None] = lambda: None  # `resume --force`: probe now, end a 429 hold
 
 
 def _get_job(ctx: CommandContext, job_id: str) -> Job:
@@ -463,9 +464,12 @@ async def pause(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def resume(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
+    """A job, or the `user` hold; with `force` also the upstream's backoff (fault holds stay)."""
     if "id" not in args:
         if ctx.store.state.held:
             await ctx.store.commit({"e": "release"})
+        if args.get("force"):
+            ctx.force_upstream()
         return {}
     job = _get_job(ctx, args["id"])
     if job.status in FINISHED_STATUSES:

@@ -2,7 +2,8 @@
 
 One nursery holds the journal writer, the scheduler, the control server, the
 library watch (its re-checks while the library or its disk holds the queue), the
-retention sweeper, the metrics textfile writer and the systemd watchdog.
+upstream circuit's probes, the retention sweeper, the metrics textfile writer
+and the systemd watchdog.
 Start-up refuses clearly (exit 1) when the library or the state dir is not a
 directory, when the socket path is taken (by a live daemon, or by anything
 that is not a stale socket), when another daemon holds the state dir, when
@@ -15,6 +16,7 @@ and exit 0.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import socket
@@ -30,6 +32,7 @@ import trio
 
 from dlqd import __version__, debug_hooks
 from dlqd.backlog import BacklogWarnings
+from dlqd.circuit import UpstreamCircuit
 from dlqd.commands import CommandContext, queue_counts
 from dlqd.config import Config
 from dlqd.control import ControlServer, SocketFile, SocketInUse, SocketPathTaken, bind_unix_socket
@@ -257,16 +260,23 @@ async def _run(
     backlog.observe()  # a queue recovered long warns at once
     store.on_commit(backlog.observe)
     upstream = config.upstream
+    holds = Holds(user_held=lambda: store.state.held, on_change=store.notify_changed)
     source = Source(
         upstream.base_url,
         upstream.cover_base_url,
         upstream.connect_timeout_s,
         upstream.read_timeout_s,
         upstream.user_agent,
+        circuit=functools.partial(
+            UpstreamCircuit,
+            holds=holds,
+            failure_threshold=upstream.failure_threshold,
+            max_cooldown_s=upstream.max_cooldown_s,
+            max_retry_after_s=upstream.max_retry_after_s,
+        ),
         max_job_tracks=config.limits.max_job_tracks,
         max_metadata_bytes=config.limits.max_metadata_mb * 1024 * 1024,
     )
-    holds = Holds(user_held=lambda: store.state.held, on_change=store.notify_changed)
     watch = LibraryWatch(
         config.daemon.library,
         holds,
@@ -302,6 +312,7 @@ async def _run(
     )
     ctx = CommandContext(store=store, scheduler=scheduler, max_queue=config.limits.max_queue)
     ctx.health_checks = lambda: health_checks(ctx, config, source, backlog)
+    ctx.force_upstream = source.circuit.force
     metrics.live = LiveView(
         state=lambda: store.state,
         active_tracks=lambda: scheduler.active_tracks,
@@ -326,6 +337,7 @@ async def _run(
             await nursery.start(server.serve)
             await nursery.start(scheduler.run)
             await nursery.start(watch.run)
+            await nursery.start(source.run_circuit)
             nursery.start_soon(
                 lambda: run_retention(
                     store,

@@ -288,6 +288,8 @@ async def fetch_to_file(
         except DlqdError as exc:
             if exc.code in (ErrorCode.DISK_FULL, ErrorCode.FILESYSTEM_ERROR):
                 raise  # the disk, not the URL: another URL cannot help
+            if exc.code == ErrorCode.UPSTREAM_RATE_LIMITED:
+                raise  # a 429 holds the whole upstream: ask no other URL now
             errors.append(exc)
     # A 404 anywhere means the manifest is stale: let the caller refetch it.
     expired = [exc for exc in errors if isinstance(exc, MediaNotFoundError)]

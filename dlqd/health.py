@@ -2,8 +2,9 @@
 
 Checks only read: the scheduler's heartbeat, whether the journal can take a
 record, free space against `limits.min_free_mb` (and the library's holds),
-and what the upstream bases last did. A check never repairs anything; `dlqd.commands.health` turns
-the dicts into the protocol result (unhealthy when any `ok` is false).
+and what the upstream bases last did (as the upstream circuit counts it). A
+check never repairs anything; `dlqd.commands.health` turns the dicts into the
+protocol result (unhealthy when any `ok` is false).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dlqd.circuit import BaseReport
 from dlqd.holds import Hold, HoldReason
-from dlqd.source import BaseReport
 
 # The scheduler wakes at least every 5 s even when idle; six missed wake-ups is a stuck loop.
 HEARTBEAT_LIMIT_S = 30.0
@@ -79,13 +80,16 @@ def holds_check(faults: list[Hold]) -> dict[str, Any]:
 
 
 def upstream_check(reports: dict[str, BaseReport], now: float | None = None) -> dict[str, Any]:
-    """Bad only when every base is being passed over (3 failures in a row, within 60 s).
+    """Bad when no base answered its latest request: each is down, or failing on its way there.
 
-    One sick base of several is a degradation failover handles, shown but not fatal.
+    It agrees with the circuit (`dlqd.circuit`): a base that is down shows when
+    it is probed next. One failing base of several is a degradation failover
+    handles, shown but not fatal.
     """
     now = time.time() if now is None else now
     bases = {url: _describe_base(report, now) for url, report in reports.items()}
-    return {"ok": any(not r.skipped for r in reports.values()), "bases": bases}
+    answering = any(report.consecutive_failures == 0 for report in reports.values())
+    return {"ok": answering, "bases": bases}
 
 
 def _describe_base(report: BaseReport, now: float) -> dict[str, Any]:
@@ -93,13 +97,16 @@ def _describe_base(report: BaseReport, now: float) -> dict[str, Any]:
         "last_success": _rfc3339(report.last_success),
         "last_failure": _rfc3339(report.last_failure),
         "consecutive_failures": report.consecutive_failures,
-        "skipped": report.skipped,
+        "down": report.down,
     }
     if report.last_success is not None:
         described["last_success_age_s"] = round(now - report.last_success, 1)
     if report.last_failure is not None:
         described["last_failure_age_s"] = round(now - report.last_failure, 1)
         described["last_error"] = report.last_error
+    if report.next_probe is not None:
+        described["next_probe"] = _rfc3339(report.next_probe)
+        described["next_probe_in_s"] = round(max(0.0, report.next_probe - now), 1)
     return described
 
 

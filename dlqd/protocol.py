@@ -146,6 +146,12 @@ def _list_cursor(value: Any) -> str:
     return job_id
 
 
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid(f"{name} must be true or false; got {type(value).__name__}")
+    return value
+
+
 _ALL_STATUSES = tuple(str(status) for status in JobStatus)
 _FINISHED_STATUSES = tuple(str(status) for status in JobStatus if status in FINISHED_STATUSES)
 
@@ -250,6 +256,12 @@ def _check_form(forms: tuple[str, ...], extra: dict[str, str] | None = None) -> 
     return check
 
 
+def _check_resume(args: dict[str, Any]) -> dict[str, Any]:
+    if "force" in args and "id" in args:
+        raise _invalid("resume: force acts on the whole queue, not with id")
+    return args
+
+
 # Per command: required and optional argument validators; then, for commands
 # with several forms, one check over the whole (validated) argument map.
 _SPECS: dict[str, tuple[dict[str, _Validator], dict[str, _Validator]]] = {
@@ -286,7 +298,7 @@ _SPECS: dict[str, tuple[dict[str, _Validator], dict[str, _Validator]]] = {
         },
     ),
     "pause": ({}, {"id": _job_id}),
-    "resume": ({}, {"id": _job_id}),
+    "resume": ({}, {"id": _job_id, "force": lambda v: _flag(v, "force")}),
     "move": ({"id": _job_id, "to": lambda v: _choice(v, "to", MOVES)}, {}),
     "priority": ({"id": _job_id, "priority": lambda v: _choice(v, "priority", PRIORITIES)}, {}),
     "stats": ({}, {}),
@@ -300,6 +312,7 @@ _FORMS: dict[str, _FormCheck] = {
     "cancel": _check_form(("id", "ids", "all")),
     "retry": _check_form(("id", "ids", "failed")),
     "remove": _check_form(("id", "ids", "finished"), {"status": "finished"}),
+    "resume": lambda cmd, args: _check_resume(args),
 }
 COMMANDS = tuple(_SPECS)
 

@@ -1,14 +1,16 @@
 """The upstream API of DESIGN §6: metadata, album paging, playback plans, covers, failover.
 
 Owns the daemon's one `httpx.AsyncClient`, the order in which upstream bases
-are tried, and turning the upstream's answers into `TrackMeta` / `AlbumMeta` /
-`MediaPlan`. Bodies are read within `max_metadata_bytes` (dlqd.bodies) and
-decoded in a worker thread, as manifests are parsed, so no upstream answer can
+are tried (those the `UpstreamCircuit` counts as up, in order; none at all
+while it holds the queue), the probe request it sends to a down base, and
+turning the upstream's answers into `TrackMeta` / `AlbumMeta` / `MediaPlan`.
+Bodies are read within `max_metadata_bytes` (dlqd.bodies) and decoded in a
+worker thread, as manifests are parsed, so no upstream answer can
 fill memory or hold the event loop; every JSON body is then checked into a
 typed record by `upstream_schema` before anything here looks at it. Never
 writes files, never puts a URL's query string in a message, and never retries
 a failed request over time: backoff belongs to the scheduler, which asks the
-raised `DlqdError`.
+raised `DlqdError` (a `QueueHeld` while the circuit holds the queue).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,7 +26,9 @@ import httpx
 import trio
 
 from dlqd.bodies import ACCEPT_ENCODING, read_capped
+from dlqd.circuit import BASE_FAILURES, BaseReport, UpstreamCircuit
 from dlqd.errors import DlqdError, ErrorCode, from_http_status, map_httpx_errors, redact_url
+from dlqd.holds import QueueHeld
 from dlqd.manifest import plan_from_playback
 from dlqd.meta import AlbumMeta, MediaPlan, TrackMeta
 from dlqd.upstream_schema import (
@@ -45,8 +48,6 @@ from dlqd.upstream_schema import (
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 PAGE_SIZE = 100
-FAILURES_BEFORE_SKIP = 3
-SKIP_FOR_S = 60.0
 MAX_COVER_BYTES = 16 * 1024 * 1024
 MAX_JOB_TRACKS = 5000  # limits.max_job_tracks
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # limits.max_metadata_mb
@@ -56,11 +57,6 @@ MAX_METADATA_BYTES = 16 * 1024 * 1024  # limits.max_metadata_mb
 # capped body within ~40 MiB.
 MAX_JSON_VALUES = 500_000
 MAX_REDIRECTS = 10  # more is a loop: TooManyRedirects, UPSTREAM_BAD_RESPONSE
-# A base that answers this way has failed (failover, and it counts towards
-# skipping it); any other error is an answer, raised as it is.
-_BASE_FAILURES = frozenset(
-    {ErrorCode.NETWORK_ERROR, ErrorCode.TIMEOUT, ErrorCode.UPSTREAM_UNAVAILABLE}
-)
 
 JSON = Mapping[str, Any]
 
@@ -69,33 +65,15 @@ def _bad(message: str) -> DlqdError:
     return DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, message)
 
 
-@dataclasses.dataclass
-class _BaseHealth:
-    """Consecutive failures of one base and until when it is passed over."""
-
-    failures: int = 0
-    skip_until: float = float("-inf")
-
-
-@dataclasses.dataclass
-class BaseReport:
-    """What `dlqctl health` shows for one base: wall-clock times of its last answer and failure."""
-
-    last_success: float | None = None  # Unix time
-    last_failure: float | None = None
-    last_error: str | None = None
-    consecutive_failures: int = 0
-    skipped: bool = False
-
-
 class Source:
-    """One upstream client per daemon; bases are tried in order, sick ones last.
+    """One upstream client per daemon; the bases that are up are tried in order.
 
-    A base with `FAILURES_BEFORE_SKIP` consecutive failures (connection errors,
-    timeouts, 5xx) is tried only after every healthy base for `SKIP_FOR_S`
-    seconds; it is never ruled out entirely, so a single-base setup keeps
-    working the moment its upstream is back. 404 and 429 are answers, not
-    failures: they are raised without trying another base.
+    A connection error, timeout or 5xx moves on to the next base and counts
+    against the base in the circuit, which stops sending it requests once it
+    is down (`upstream.failure_threshold` in a row) and probes it instead.
+    404 and other 4xx are answers, raised without trying another base; a 429
+    holds the whole upstream (`rate_limited`). While the circuit holds the
+    queue every request raises `QueueHeld` before anything is sent.
     """
 
     def __init__(
@@ -107,17 +85,17 @@ class Source:
         user_agent: str,
         client: httpx.AsyncClient | None = None,
         *,
-        clock: Callable[[], float] = trio.current_time,
+        circuit: Callable[[Sequence[str]], UpstreamCircuit] = UpstreamCircuit,
         max_job_tracks: int = MAX_JOB_TRACKS,
         max_metadata_bytes: int = MAX_METADATA_BYTES,
     ) -> None:
         if not base_urls:
             raise ValueError("at least one upstream base URL is required")
         self._bases = [url.rstrip("/") for url in base_urls]
-        self._health = {base: _BaseHealth() for base in self._bases}
-        self._reports = {base: BaseReport() for base in self._bases}
+        self.circuit = circuit(self._bases)
+        # What a probe asks a down base: the latest request, in its cheapest form.
+        self._probe_request: tuple[str, dict[str, int | str]] = ("/info/", {"id": 1})
         self._cover_base_url = cover_base_url.rstrip("/")
-        self._clock = clock
         self._max_job_tracks = max_job_tracks
         self._max_metadata_bytes = max_metadata_bytes
         self._owns_client = client is None
@@ -187,55 +165,68 @@ class Source:
                     )
                 return bytes(await read_capped(response, url, MAX_COVER_BYTES, "cover"))
 
-    # -- requests with failover ------------------------------------------------
+    # -- the circuit ---------------------------------------------------------------
 
-    def _bases_in_order(self) -> list[str]:
-        now = self._clock()
-        healthy = [b for b in self._bases if self._health[b].skip_until <= now]
-        sick = [b for b in self._bases if self._health[b].skip_until > now]
-        return healthy + sick
+    def check_open(self) -> None:
+        """Raise QueueHeld while the upstream may not be asked (down, or rate limited)."""
+        self.circuit.check_open()
+
+    def rate_limited(self, error: DlqdError) -> QueueHeld:
+        """A 429 met outside Source (a media request): the upstream-wide hold to raise."""
+        return self.circuit.rate_limited(error)
 
     def base_reports(self) -> dict[str, BaseReport]:
-        """Per base URL: last success and failure, and whether it is being passed over now."""
-        now = self._clock()
-        return {
-            base: dataclasses.replace(
-                self._reports[base],
-                consecutive_failures=self._health[base].failures,
-                skipped=self._health[base].skip_until > now,
-            )
-            for base in self._bases
-        }
+        """Per base URL: last success and failure, whether it is down and when it is probed."""
+        return self.circuit.reports()
 
-    def _record_failure(self, base: str, error: DlqdError) -> None:
-        report = self._reports[base]
-        report.last_failure = time.time()
-        report.last_error = f"{error.code}: {error.message}"
-        health = self._health[base]
-        health.failures += 1
-        if health.failures >= FAILURES_BEFORE_SKIP:
-            health.skip_until = self._clock() + SKIP_FOR_S
+    async def run_circuit(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The circuit's probes (sent with this client) and timers, for the daemon's life."""
+        await self.circuit.run(self._probe, task_status=task_status)
 
-    def _record_success(self, base: str) -> None:
-        self._health[base] = _BaseHealth()
-        self._reports[base].last_success = time.time()
+    async def _probe(self, base: str) -> None:
+        """Ask `base` the latest request in its cheapest form; any whole answer below 500 is up.
+
+        The body is read (within the metadata cap), not parsed: a connection
+        cut inside it is a failure, whatever the status said.
+        """
+        path, params = self._probe_request
+        url = f"{base}{path}"
+        with map_httpx_errors(url):
+            async with self.client.stream("GET", url, params=params) as response:
+                answered = str(response.url)
+                if response.status_code >= 500 or response.status_code == 429:
+                    retry_after = response.headers.get("Retry-After")
+                    raise from_http_status(response.status_code, answered, retry_after)
+                await read_capped(response, answered, self._max_metadata_bytes, "body")
+
+    # -- requests with failover ------------------------------------------------
 
     async def _get_data(self, path: str, params: Mapping[str, int | str]) -> tuple[JSON, str]:
         """GET `path` from the first base that answers; the envelope's `data` and the URL."""
+        self._probe_request = _probe_form(path, params)
         last_error: DlqdError | None = None
-        for base in self._bases_in_order():
+        for base in self._bases:
+            self.circuit.check_open()  # also between bases: a hold may have begun meanwhile
+            if self.circuit.is_down(base):
+                continue
             try:
                 body, url = await self._get_body(f"{base}{path}", params)
             except DlqdError as exc:
-                if exc.code not in _BASE_FAILURES:
-                    self._record_success(base)
+                if exc.code == ErrorCode.UPSTREAM_RATE_LIMITED:
+                    self.circuit.answered(base)
+                    raise self.circuit.rate_limited(exc) from exc
+                if exc.code not in BASE_FAILURES:
+                    self.circuit.answered(base)
                     raise
-                self._record_failure(base, exc)
-                last_error = exc
+                last_error = self.circuit.failed(base, exc)
+                if isinstance(last_error, QueueHeld):
+                    raise last_error from exc
                 continue
-            self._record_success(base)
+            self.circuit.succeeded(base)
             return await trio.to_thread.run_sync(_envelope_data, body, url), url
-        assert last_error is not None  # there is at least one base
+        assert last_error is not None  # a base was up, or check_open raised
         raise last_error
 
     async def _get_body(self, url: str, params: Mapping[str, int | str]) -> tuple[bytearray, str]:
@@ -286,6 +277,15 @@ class Source:
             # An empty or repeated page would otherwise loop forever.
             if len(tracks) >= page.number_of_tracks or new_tracks == 0:
                 return first, tracks
+
+
+def _probe_form(path: str, params: Mapping[str, int | str]) -> tuple[str, dict[str, int | str]]:
+    """The cheapest request about the same item: /info/ for a playback, one page of an album."""
+    if path == "/track/":
+        return "/info/", {"id": params["id"]}
+    if path == "/album/":
+        return "/album/", {"id": params["id"], "limit": 1, "offset": 0}
+    return path, dict(params)
 
 
 def with_playback_gains(meta: TrackMeta, plan: MediaPlan) -> TrackMeta:

@@ -196,6 +196,7 @@ class DownloadWork:
                 _remove(sidecar_path(temp))
 
     async def _one_try(self, run: TrackRun, temp: Path) -> TrackResult:
+        self.source.check_open()  # nothing goes upstream while the upstream holds the queue
         resumable = True  # until the plan says otherwise: a partial left so far is a prefix
         try:
             await self._preflight()
@@ -274,16 +275,21 @@ class DownloadWork:
         return None
 
     async def _fetch(self, plan: MediaPlan, temp: Path, run: TrackRun) -> int:
-        result = await fetch_to_file(
-            self.source.client,
-            plan,
-            temp,
-            progress=run.progress,
-            read_timeout_s=self.read_timeout_s,
-            bandwidth=self._shared_bandwidth(),
-            max_bytes=self.max_track_bytes,
-            floor=self.free_space,
-        )
+        try:
+            result = await fetch_to_file(
+                self.source.client,
+                plan,
+                temp,
+                progress=run.progress,
+                read_timeout_s=self.read_timeout_s,
+                bandwidth=self._shared_bandwidth(),
+                max_bytes=self.max_track_bytes,
+                floor=self.free_space,
+            )
+        except DlqdError as exc:
+            if exc.code == ErrorCode.UPSTREAM_RATE_LIMITED:  # a 429 holds the whole upstream
+                raise self.source.rate_limited(exc) from exc
+            raise
         return result.total
 
     def _shared_bandwidth(self) -> TokenBucket | None:

@@ -68,6 +68,8 @@ SUBMIT = {"type": "album", "target_id": 123, "quality": "LOSSLESS"}
         ("pause", {"id": "3"}, {"id": "3"}),
         ("resume", {}, {}),
         ("resume", {"id": "3"}, {"id": "3"}),
+        ("resume", {"force": True}, {"force": True}),
+        ("resume", {"force": False}, {"force": False}),
         ("stats", {}, {}),
         ("health", {}, {}),
         ("metrics", {}, {}),
@@ -197,6 +199,10 @@ def test_bad_submit_arguments_are_invalid_argument(args: dict, mentions: str) ->
         ("list", {"before": " 42"}),
         ("list", {"before": "\u0664\u0662"}),  # Arabic-Indic digits are not a job id
         ("list", {"before": "9" * 65}),
+        ("resume", {"force": 1}),  # a bool, not an integer
+        ("resume", {"force": "yes"}),
+        ("resume", {"id": "3", "force": True}),  # force acts on the whole queue only
+        ("pause", {"force": True}),
         ("stats", {"x": 1}),
         ("health", {"deep": True}),
         ("metrics", {"format": "json"}),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from dlqd import audio
 from dlqd.catalog import (
@@ -27,8 +29,10 @@ from dlqd.catalog import (
     Catalog,
     CatalogServer,
 )
+from dlqd.circuit import UpstreamCircuit
 from dlqd.errors import DlqdError, ErrorCode
-from dlqd.source import SKIP_FOR_S, Source, with_playback_gains
+from dlqd.holds import HoldReason, Holds, QueueHeld
+from dlqd.source import Source, with_playback_gains
 from tests.support import unread_json_response
 
 
@@ -66,14 +70,6 @@ def dead_base_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def expect_code(code: ErrorCode, call: Any) -> DlqdError:
@@ -179,10 +175,28 @@ async def test_unknown_ids_are_not_found(source: Source) -> None:
     await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, source.media_plan(UNKNOWN_ID, "LOSSLESS"))
 
 
-async def test_429_carries_retry_after(source: Source, server: CatalogServer) -> None:
+async def test_429_holds_the_whole_upstream_for_retry_after_and_sends_nothing_meanwhile(
+    server: CatalogServer,
+) -> None:
+    holds = Holds(user_held=lambda: False, clock=lambda: 5000.0)
+    upstream = make_source(
+        [server.base_url],
+        server.cover_base_url,
+        circuit=functools.partial(UpstreamCircuit, holds=holds, wall_clock=lambda: 5000.0),
+    )
     server.inject("info", "status", status=429, retry_after=7)
-    error = await expect_code(ErrorCode.UPSTREAM_RATE_LIMITED, source.track_meta(SINGLE_TRACK_ID))
-    assert error.retry_after == 7.0 and error.transient
+    try:
+        first = await expect_code(
+            ErrorCode.UPSTREAM_RATE_LIMITED, upstream.track_meta(SINGLE_TRACK_ID)
+        )
+        second = await expect_code(ErrorCode.UPSTREAM_RATE_LIMITED, upstream.album(SINGLE_ALBUM_ID))
+    finally:
+        await upstream.aclose()
+    assert isinstance(first, QueueHeld) and isinstance(second, QueueHeld)
+    assert first.reason == second.reason == HoldReason.RATE_LIMITED
+    assert len(server.requests) == 1  # the second call sent nothing
+    (hold,) = holds.faults()
+    assert (hold.reason, hold.since, hold.until) == (HoldReason.RATE_LIMITED, 5000.0, 5007.0)
 
 
 async def test_5xx_is_unavailable(source: Source, server: CatalogServer) -> None:
@@ -219,35 +233,32 @@ async def test_fails_over_to_the_second_base_when_the_first_is_down(
     assert meta.album_id == SINGLE_ALBUM_ID
 
 
-async def test_a_base_failing_three_times_is_skipped_for_60_s(
+async def test_a_base_is_down_after_failure_threshold_failures_and_gets_no_more_requests(
     server: CatalogServer, other_server: CatalogServer
 ) -> None:
     server.inject("album", "status", times=None, status=503)
-    clock = FakeClock()
     upstream = make_source(
-        [server.base_url, other_server.base_url], server.cover_base_url, clock=clock
+        [server.base_url, other_server.base_url],
+        server.cover_base_url,
+        circuit=functools.partial(UpstreamCircuit, failure_threshold=3),
     )
     try:
-        for _ in range(3):
-            await upstream.album(SINGLE_ALBUM_ID)
-        assert len(server.requests_for("album")) == 3
-        await upstream.album(SINGLE_ALBUM_ID)
-        assert len(server.requests_for("album")) == 3  # skipped
-        clock.now += SKIP_FOR_S + 1
-        await upstream.album(SINGLE_ALBUM_ID)
-        assert len(server.requests_for("album")) == 4  # tried again, failed again
-        await upstream.album(SINGLE_ALBUM_ID)
-        assert len(server.requests_for("album")) == 4  # and skipped again at once
+        for _ in range(5):
+            await upstream.album(SINGLE_ALBUM_ID)  # every call fails over and succeeds
+        reports = upstream.base_reports()
     finally:
         await upstream.aclose()
-    assert len(other_server.requests_for("album")) == 6
+    assert len(server.requests_for("album")) == 3
+    assert len(other_server.requests_for("album")) == 5
+    down, up = reports[server.base_url], reports[other_server.base_url]
+    assert down.down and down.consecutive_failures == 3 and down.next_probe is not None
+    assert down.last_error is not None and "server error (503)" in down.last_error
+    assert not up.down and up.consecutive_failures == 0 and up.next_probe is None
 
 
-async def test_a_skipped_base_is_still_tried_when_no_other_answers(
-    server: CatalogServer,
-) -> None:
+async def test_a_failing_base_below_the_threshold_is_still_asked(server: CatalogServer) -> None:
     server.inject("album", "status", times=3, status=503)
-    upstream = make_source([server.base_url], server.cover_base_url, clock=FakeClock())
+    upstream = make_source([server.base_url], server.cover_base_url)  # threshold 5
     try:
         for _ in range(3):
             await expect_code(ErrorCode.UPSTREAM_UNAVAILABLE, upstream.album(SINGLE_ALBUM_ID))
@@ -255,6 +266,74 @@ async def test_a_skipped_base_is_still_tried_when_no_other_answers(
     finally:
         await upstream.aclose()
     assert album.album_id == SINGLE_ALBUM_ID
+    assert upstream.base_reports()[server.base_url].consecutive_failures == 0
+
+
+async def test_the_failure_that_takes_the_last_base_down_holds_the_queue_and_then_nothing_is_sent(
+    server: CatalogServer,
+) -> None:
+    server.inject("info", "reset", times=None)
+    holds = Holds(user_held=lambda: False)
+    upstream = make_source(
+        [server.base_url],
+        server.cover_base_url,
+        circuit=functools.partial(UpstreamCircuit, holds=holds, failure_threshold=2),
+    )
+    try:
+        await expect_code(ErrorCode.NETWORK_ERROR, upstream.track_meta(SINGLE_TRACK_ID))
+        assert holds.faults() == []
+        completing = await expect_code(
+            ErrorCode.UPSTREAM_UNAVAILABLE, upstream.track_meta(SINGLE_TRACK_ID)
+        )
+        later = await expect_code(
+            ErrorCode.UPSTREAM_UNAVAILABLE, upstream.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
+        )
+        with pytest.raises(QueueHeld):
+            upstream.check_open()
+    finally:
+        await upstream.aclose()
+    assert isinstance(completing, QueueHeld) and isinstance(later, QueueHeld)
+    assert len(server.requests) == 2  # the third call never reached the network
+    (hold,) = holds.faults()
+    assert hold.reason == HoldReason.UPSTREAM_UNAVAILABLE
+    assert hold.until is not None and hold.until > hold.since
+    assert server.base_url in hold.detail and "NETWORK_ERROR" in hold.detail
+
+
+async def test_a_probe_that_gets_an_answer_brings_the_base_back_and_releases_the_hold(
+    server: CatalogServer,
+) -> None:
+    server.inject("track", "status", times=None, status=502)
+    holds = Holds(user_held=lambda: False)
+    upstream = make_source(
+        [server.base_url],
+        server.cover_base_url,
+        circuit=functools.partial(
+            UpstreamCircuit, holds=holds, failure_threshold=1, max_cooldown_s=0.05
+        ),
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(upstream.run_circuit)
+            await expect_code(
+                ErrorCode.UPSTREAM_UNAVAILABLE, upstream.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
+            )
+            assert [hold.reason for hold in holds.faults()] == [HoldReason.UPSTREAM_UNAVAILABLE]
+            # The probe asks /info/ about the same track: cheaper than a playback.
+            server.inject("info", "status", times=2, status=503)
+            with trio.fail_after(10):
+                while holds.faults():
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        server.clear_faults()
+        plan = await upstream.media_plan(SINGLE_TRACK_ID, "LOSSLESS")
+    finally:
+        await upstream.aclose()
+    assert plan.urls
+    probes = server.requests_for("info")
+    assert len(probes) == 3  # two failed probes, then one answered
+    assert all(probe.query == {"id": str(SINGLE_TRACK_ID)} for probe in probes)
+    assert not upstream.base_reports()[server.base_url].down
 
 
 async def test_404_is_an_answer_not_a_reason_to_fail_over(
