@@ -151,6 +151,8 @@ class Scheduler:
         self._resolving: dict[str, _Task] = {}
         self._tracks: dict[TrackKey, _Task] = {}
         self._meters: dict[str, RateMeter] = {}  # per job: its download rate
+        # A job whose metadata read ends on a transient error gets later passes too.
+        self._resolve_passes = _LaterPasses(requeue_after_s, max_passes)
         self._stopped_jobs: Counter[str] = Counter()  # jobs a command holds still
         store.on_rebuild(self._stop_everything)
 
@@ -185,7 +187,8 @@ class Scheduler:
         return any(hold.reason in FAULT_REASONS for hold in self.holds.faults())
 
     def _idle_wait(self) -> float:
-        due = next_pass_due(self.store.state.active_jobs())
+        dues = [next_pass_due(self.store.state.active_jobs()), *self._resolve_passes.due()]
+        due = min((d for d in dues if d is not None), default=None)
         if due is None:
             return IDLE_WAKE_S
         return min(IDLE_WAKE_S, max(0.0, due - self.clock()) + 0.01)
@@ -201,6 +204,7 @@ class Scheduler:
             del self._names[job_id]
         for job_id in [j for j in self._meters if jobs.get(j) is None or not _active(jobs[j])]:
             del self._meters[job_id]
+        self._resolve_passes.keep_only(lambda j: j in jobs and _active(jobs[j]))
 
     def speeds(self) -> dict[str, int]:
         """Bytes per second of each job with running tracks, over the last few seconds."""
@@ -210,8 +214,13 @@ class Scheduler:
     # --- resolving ----------------------------------------------------------------
 
     def _start_resolves(self, nursery: trio.Nursery) -> None:
+        now = self.clock()
         for job in resolve_order(self._startable_jobs()):
-            if job.id not in self._metas and job.id not in self._resolving:
+            if (
+                job.id not in self._metas
+                and job.id not in self._resolving
+                and self._resolve_passes.ready(job.id, now)
+            ):
                 task = _Task()
                 self._resolving[job.id] = task
                 nursery.start_soon(self._resolve, job.id, task)
@@ -242,9 +251,19 @@ class Scheduler:
                     await self.store.wait_changed()
                 continue
             except DlqdError as exc:
+                later = self._resolve_passes
+                if exc.code in DEFERRABLE_CODES and later.defer(job_id, self.clock()):
+                    log_.warning(
+                        "resolve deferred to a later pass",
+                        error_code=str(exc.code),
+                        error=exc.message,
+                        due_in_s=self.requeue_after_s,
+                    )
+                    return
                 await self._fail_unresolved(job_id, exc.to_dict(), log_)
                 return
             break
+        self._resolve_passes.forget(job_id)
         job = self.store.state.jobs[job_id]
         if not job.title or [(t.track_id, t.duration) for t in job.tracks] != [
             (m.track_id, m.duration) for m in resolved.tracks
@@ -530,6 +549,44 @@ class Scheduler:
             task.scope.cancel()
         self._metas.clear()
         self._names.clear()
+
+
+class _LaterPasses:
+    """Later passes of jobs whose resolve ended on a transient error (in memory only).
+
+    Like a track's, a job's metadata read that runs out of retries during an
+    outage is tried again after `requeue_after_s`, for up to `max_passes`
+    passes, instead of failing the job; a restart starts the count afresh.
+    """
+
+    def __init__(self, requeue_after_s: float, max_passes: int) -> None:
+        self._requeue_after_s = requeue_after_s
+        self._max_passes = max_passes
+        self._passes: dict[str, int] = {}
+        self._due: dict[str, float] = {}
+
+    def defer(self, job_id: str, now: float) -> bool:
+        """Schedule another pass; False when the job has had all of its passes."""
+        passes = self._passes.get(job_id, 0) + 1
+        if passes >= self._max_passes:
+            return False
+        self._passes[job_id] = passes
+        self._due[job_id] = now + self._requeue_after_s
+        return True
+
+    def ready(self, job_id: str, now: float) -> bool:
+        return self._due.get(job_id, now) <= now
+
+    def due(self) -> list[float]:
+        return list(self._due.values())
+
+    def forget(self, job_id: str) -> None:
+        self._passes.pop(job_id, None)
+        self._due.pop(job_id, None)
+
+    def keep_only(self, wanted: Callable[[str], bool]) -> None:
+        for job_id in [j for j in self._passes if not wanted(j)]:
+            self.forget(job_id)
 
 
 def _active(job: Job) -> bool:

@@ -271,3 +271,26 @@ def test_a_track_out_of_passes_fails_its_job(
     track = job["tracks"][0]
     assert (track["status"], track["passes"]) == ("failed", 1)
     assert track["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+
+
+def test_a_job_whose_metadata_read_runs_out_of_retries_is_resolved_on_a_later_pass(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    # Before the upstream counts as down (failure_threshold above the tries), a
+    # lone job's /album/ reads use up its retries: a later pass, not a failure.
+    album_id = catalog.add_album(1)
+    upstream.inject("album", "status", 2, status=503, album_id=album_id)
+    daemon = make_daemon(
+        upstream=upstream,
+        settings={
+            "upstream": {"failure_threshold": 100},
+            "worker": {"max_retries": 1, "max_passes": 3, "requeue_after_s": 0.5},
+        },
+    )
+    daemon.start()
+    job_id = daemon.submit("album", album_id)
+    assert upstream.wait_for_request("album", 2)  # the first pass: both tries failed
+    assert daemon.job(job_id)["status"] == "queued"
+    job = daemon.wait_job(job_id, timeout=30)
+    assert job["status"] == "completed"
+    assert "resolve deferred to a later pass" in daemon.logs()
