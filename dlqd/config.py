@@ -357,6 +357,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HooksConfig:
+    """[hooks]: a program run (no shell) when a job finishes, and how long it may take."""
+
+    on_job_finished: Path | None = field(default=None, metadata=_checked_as(_Path(optional=True)))
+    timeout_s: float = field(default=60.0, metadata=_checked_as(_DURATION))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole checked configuration; `Config()` is the built-in defaults."""
 
@@ -367,6 +375,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
 
 
 _SECTIONS: Mapping[str, type[Any]] = {
@@ -377,6 +386,7 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "limits": LimitsConfig,
     "retention": RetentionConfig,
     "metrics": MetricsConfig,
+    "hooks": HooksConfig,
 }
 _KINDS: Mapping[str, Mapping[str, _Kind]] = {
     section: {key.name: key.metadata["kind"] for key in fields(cls)}

@@ -47,6 +47,7 @@ from dlqd.health import (
     upstream_check,
 )
 from dlqd.holds import Holds
+from dlqd.hooks import HookRunner
 from dlqd.journal import JournalCorrupt, JournalFiles
 from dlqd.library_watch import LibraryWatch
 from dlqd.metrics import LiveView, Metrics, run_textfile_writer
@@ -309,6 +310,15 @@ async def _run(
         requeue_after_s=config.worker.requeue_after_s,
         max_passes=config.worker.max_passes,
         observe_track_seconds=metrics.observe_track_seconds,
+        hook_on_finish=config.hooks.on_job_finished is not None,
+    )
+    hooks = HookRunner(
+        store,
+        config.hooks.on_job_finished,
+        timeout_s=config.hooks.timeout_s,
+        library=config.daemon.library,
+        state_dir=config.daemon.state_dir,
+        on_failure=metrics.count_hook_failure,
     )
     ctx = CommandContext(store=store, scheduler=scheduler, max_queue=config.limits.max_queue)
     ctx.health_checks = lambda: health_checks(ctx, config, source, backlog)
@@ -338,6 +348,7 @@ async def _run(
             await nursery.start(scheduler.run)
             await nursery.start(watch.run)
             await nursery.start(source.run_circuit)
+            await nursery.start(hooks.run)
             nursery.start_soon(
                 lambda: run_retention(
                     store,

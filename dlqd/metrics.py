@@ -3,10 +3,11 @@
 Counters move on journaled facts — `observe_event` is handed each event once
 it is durable (submits, finishes, cancels, finished or failed tracks, and
 how long each job took from its submit or retry to its final status) — plus
-two hooks for what is not journaled: retries (`count_retry`) and how long a
-track took (`observe_track_seconds`). Gauges (jobs by status, active tracks,
-the oldest queued job's age, journal size) are read from the live queue when
-the text is rendered. The text is served by `dlqctl metrics` and, when
+calls for what is not journaled: retries (`count_retry`), how long a track
+took (`observe_track_seconds`) and failed completion hooks
+(`count_hook_failure`). Gauges (jobs by status, active tracks, the oldest
+queued job's age, journal size) are read from the live queue when the text
+is rendered. The text is served by `dlqctl metrics` and, when
 `[metrics] textfile` is set, written atomically for node_exporter's textfile
 collector. This module never changes the queue and never logs per event.
 
@@ -91,6 +92,12 @@ class Metrics:
             "dlqd_retries",
             "Retries of upstream requests and track downloads, by the error that caused them.",
             ["error_code"],
+            registry=r,
+        )
+        self.hook_failures = Counter(
+            "dlqd_hook_failures",
+            "Completion hooks that failed: exit status not 0, killed at their timeout, or not "
+            "started.",
             registry=r,
         )
         self.jobs = Gauge(
@@ -186,6 +193,9 @@ class Metrics:
 
     def count_retry(self, error_code: str) -> None:
         self.retries.labels(error_code=error_code).inc()
+
+    def count_hook_failure(self) -> None:
+        self.hook_failures.inc()
 
     def observe_track_seconds(self, seconds: float) -> None:
         self.track_seconds.observe(max(0.0, seconds))

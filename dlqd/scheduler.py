@@ -133,6 +133,7 @@ class Scheduler:
         resolve_concurrency: int = 2,
         clock: Callable[[], float] = time.time,
         observe_track_seconds: Callable[[float], None] = lambda seconds: None,
+        hook_on_finish: bool = False,
     ):
         self.store = store
         self.work = work
@@ -143,6 +144,8 @@ class Scheduler:
         self.max_passes = max_passes
         self.clock = clock
         self.observe_track_seconds = observe_track_seconds  # the metrics' histogram
+        # A completion hook is configured: each finish record marks it pending (dlqd.hooks).
+        self.hook_on_finish = hook_on_finish
         self.draining = False
         self.heartbeat = trio.current_time()
         self._resolve_limiter = trio.CapacityLimiter(resolve_concurrency)
@@ -486,7 +489,14 @@ class Scheduler:
         *,
         with_events: Sequence[dict[str, object]] = (),
     ) -> None:
-        event = {"e": "finish", "id": job_id, "status": str(status), "error": error}
+        event: dict[str, object] = {
+            "e": "finish",
+            "id": job_id,
+            "status": str(status),
+            "error": error,
+        }
+        if self.hook_on_finish:
+            event["hook"] = True
         await self.store.commit(*with_events, {**event, "at": self.clock()})
         job = self.store.state.jobs[job_id]
         log_.info(

@@ -40,6 +40,10 @@ class QueueState:
     # a rank beyond them, so no two jobs ever share one.
     rank_low: int = 1
     rank_high: int = 0
+    # Finished jobs whose completion hook has not run yet, in the order they finished,
+    # each with the `at` of that finish: `finish` with `hook` adds one, `hook_done` for
+    # the same finish removes it (a retried job that finished again keeps its new one).
+    hooks_pending: dict[str, float] = field(default_factory=dict)
 
     @property
     def active_count(self) -> int:
@@ -215,6 +219,14 @@ def _on_finish(state: QueueState, event: Event) -> None:
     job.error = event["error"]
     job.finished_at = event["at"]
     _leave_active(state, job)
+    if event.get("hook"):  # absent before completion hooks existed: those jobs run none
+        state.hooks_pending[job.id] = event["at"]
+
+
+def _on_hook_done(state: QueueState, event: Event) -> None:
+    """The hook of the job's finish at `finished_at` ran (or failed); the job may be gone."""
+    if state.hooks_pending.get(event["id"]) == event["finished_at"]:
+        del state.hooks_pending[event["id"]]
 
 
 def _on_cancel(state: QueueState, event: Event) -> None:
@@ -254,6 +266,7 @@ def _on_retry(state: QueueState, event: Event) -> None:
     job.status = JobStatus.QUEUED
     job.error = None
     job.finished_at = None
+    state.hooks_pending.pop(job.id, None)  # its next finish decides
     for track in job.tracks:
         if track.status in (TrackStatus.FAILED, TrackStatus.CANCELLED):
             track.status = TrackStatus.PENDING
@@ -267,12 +280,14 @@ def _on_remove(state: QueueState, event: Event) -> None:
     job = _job(state, event)
     _leave_active(state, job)
     del state.jobs[job.id]
+    state.hooks_pending.pop(job.id, None)
 
 
 def _on_expire(state: QueueState, event: Event) -> None:
     """Retention: finished jobs past their age, removed in one record."""
     for job_id in event["ids"]:
         job = state.jobs.pop(job_id, None)
+        state.hooks_pending.pop(job_id, None)
         if job is not None and job.status not in FINISHED_STATUSES:
             raise ReplayError(f"expire names active job {job_id}")
 
@@ -305,6 +320,7 @@ _HANDLERS: dict[str, Callable[[QueueState, Event], None]] = {
     "track_deferred": _on_track_deferred,
     "track_failed": _on_track_failed,
     "finish": _on_finish,
+    "hook_done": _on_hook_done,
     "cancel": _on_cancel,
     "pause": _on_pause,
     "resume": _on_resume,
@@ -394,6 +410,7 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
         "held": state.held,
         "rank_low": state.rank_low,
         "rank_high": state.rank_high,
+        "hooks_pending": [[job_id, at] for job_id, at in state.hooks_pending.items()],
         "jobs": jobs,
     }
 
@@ -415,6 +432,7 @@ def from_snapshot(data: dict[str, Any]) -> QueueState:
         held=data["held"],
         rank_low=data.get("rank_low", 1),
         rank_high=data.get("rank_high", data["next_seq"] - 1),
+        hooks_pending={job_id: at for job_id, at in data.get("hooks_pending", ())},
     )
     jobs = state.jobs
     active_by_key = state.active_by_key

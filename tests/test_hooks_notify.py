@@ -1,0 +1,231 @@
+"""The completion hook (`[hooks]`) and notifications (`[notify]`), with a real daemon.
+
+Hooks are small shell scripts that record what they were given into files
+the test reads; a hook that must block waits for a gate file the test makes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from dlqd.catalog import SINGLE_TRACK_ID, TWO_DISC_ALBUM_ID, CatalogServer
+from dlqd.state import QueueState, apply_all, from_snapshot, to_snapshot
+from tests.conftest import DaemonFactory
+from tests.support import DaemonProcess, wait_until
+
+
+def write_hook(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def hook_daemon(
+    make_daemon: DaemonFactory, upstream: CatalogServer, hook: Path, timeout_s: float = 60
+) -> DaemonProcess:
+    daemon = make_daemon(
+        upstream=upstream,
+        settings={"hooks": {"on_job_finished": str(hook), "timeout_s": timeout_s}},
+    )
+    daemon.start()
+    return daemon
+
+
+def lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def hook_failures(daemon: DaemonProcess) -> float:
+    for family in daemon.call("metrics")["families"]:
+        if family["name"] == "dlqd_hook_failures":
+            return float(family["samples"][0]["value"])
+    raise AssertionError("no dlqd_hook_failures metric")
+
+
+def log_lines_with(daemon: DaemonProcess, text: str) -> list[str]:
+    return [line for line in daemon.logs().splitlines() if text in line]
+
+
+# --- the completion hook ------------------------------------------------------------------
+
+
+def submitted(job_id: str) -> dict[str, object]:
+    return {"e": "submit", "id": job_id, "type": "track", "target_id": int(job_id)}
+
+
+def test_pending_hooks_follow_finish_and_hook_done_records_and_survive_a_snapshot() -> None:
+    state = QueueState()
+    common = {"quality": "LOSSLESS", "priority": "normal", "at": 1.0}
+    finish = {"e": "finish", "status": "completed", "error": None}
+    apply_all(
+        state,
+        [
+            *({**submitted(job_id), **common} for job_id in ("1", "2", "3", "4")),
+            {**finish, "id": "1", "at": 10.0},  # before hooks existed: none pending
+            {**finish, "id": "2", "at": 11.0, "hook": True},
+            {**finish, "id": "3", "at": 12.0, "hook": True},
+            {**finish, "id": "4", "at": 13.0, "hook": True},
+            {"e": "remove", "id": "4"},
+            {"e": "retry", "id": "2", "at": 14.0},
+            {**finish, "id": "2", "at": 15.0, "hook": True},
+            {"e": "hook_done", "id": "2", "finished_at": 11.0},  # the finish before the retry
+        ],
+    )
+    assert state.hooks_pending == {"3": 12.0, "2": 15.0}
+    assert from_snapshot(to_snapshot(state)).hooks_pending == state.hooks_pending
+
+    apply_all(
+        state,
+        [
+            {"e": "hook_done", "id": job_id, "finished_at": at}
+            for job_id, at in [("3", 12.0), ("2", 15.0)]
+        ],
+    )
+    assert state.hooks_pending == {}
+    old_snapshot = {k: v for k, v in to_snapshot(state).items() if k != "hooks_pending"}
+    assert from_snapshot(old_snapshot).hooks_pending == {}
+
+
+def test_hook_runs_once_per_finished_job_with_its_environment_and_file_list(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    hook = write_hook(
+        tmp_path / "hook.sh",
+        f'dir={out}/"$DLQD_JOB_ID.$$"\n'
+        'mkdir "$dir"\n'
+        'env | grep "^DLQD_" | sort > "$dir/env"\n'
+        'cp "$DLQD_FILES" "$dir/files"\n'
+        f'echo "$DLQD_JOB_ID" >> {out}/runs\n',
+    )
+    daemon = hook_daemon(make_daemon, upstream, hook)
+    album = daemon.submit("album", TWO_DISC_ALBUM_ID)
+    track = daemon.submit("track", SINGLE_TRACK_ID)
+    jobs = {job_id: daemon.wait_job(job_id) for job_id in (album, track)}
+    wait_until(lambda: len(lines(out / "runs")) == 2, what="both hooks to run")
+
+    for job_id, job in jobs.items():
+        assert job["status"] == "completed"
+        (run,) = out.glob(f"{job_id}.*")
+        env = dict(line.split("=", 1) for line in lines(run / "env"))
+        listing = env.pop("DLQD_FILES")
+        assert env == {
+            "DLQD_JOB_ID": job_id,
+            "DLQD_STATUS": "completed",
+            "DLQD_TYPE": job["type"],
+            "DLQD_TITLE": job["title"],
+            "DLQD_ARTIST": job["artist"],
+            "DLQD_LIBRARY": str(daemon.library),
+        }
+        assert lines(run / "files") == [t["path"] for t in job["tracks"]]
+        assert all((daemon.library / t["path"]).is_file() for t in job["tracks"])
+        wait_until(lambda path=listing: not Path(path).exists(), what="the list to be removed")
+    assert len(jobs[album]["tracks"]) == 5
+
+    # Once: a restart runs no hook again; a later job's hook runs after any re-run would.
+    daemon.stop()
+    daemon.start()
+    later = daemon.submit("track", SINGLE_TRACK_ID, quality="HIGH")
+    daemon.wait_job(later)
+    wait_until(lambda: len(lines(out / "runs")) == 3, what="the later job's hook")
+    assert sorted(lines(out / "runs")) == sorted([album, track, later])
+    assert hook_failures(daemon) == 0
+
+
+def test_hanging_hook_is_killed_with_its_children_at_its_timeout(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    hook = write_hook(
+        tmp_path / "hook.sh",
+        f"sleep 600 &\necho $! >> {pids}\necho $$ >> {pids}\necho waiting\nwait\n",
+    )
+    daemon = hook_daemon(make_daemon, upstream, hook, timeout_s=1)
+    job_id = daemon.submit("track", SINGLE_TRACK_ID)
+    before = daemon.wait_job(job_id)
+    wait_until(lambda: log_lines_with(daemon, "completion hook killed"), what="the kill")
+
+    (line,) = log_lines_with(daemon, "completion hook killed")
+    assert "waiting" in line and f'"job_id": "{job_id}"' in line
+    assert hook_failures(daemon) == 1
+    wait_until(lambda: not any(alive(int(p)) for p in lines(pids)), what="hook and child gone")
+    assert len(lines(pids)) == 2
+    after = daemon.job(job_id)
+    assert (after["status"], after["finished_at"], after["error"]) == (
+        before["status"],
+        before["finished_at"],
+        before["error"],
+    )
+    assert daemon.call("health")["ok"]
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_failing_hook_is_logged_and_counted_and_the_job_stays_completed(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    hook = write_hook(tmp_path / "hook.sh", "echo 'scan refused' >&2\nexit 3\n")
+    daemon = hook_daemon(make_daemon, upstream, hook)
+    job_id = daemon.submit("track", SINGLE_TRACK_ID)
+    assert daemon.wait_job(job_id)["status"] == "completed"
+    wait_until(lambda: hook_failures(daemon) == 1, what="the failure to be counted")
+
+    (line,) = log_lines_with(daemon, "completion hook failed")
+    assert '"returncode": 3' in line and "scan refused" in line
+    assert daemon.job(job_id)["status"] == "completed"
+
+
+def test_hook_that_cannot_start_is_counted(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    daemon = hook_daemon(make_daemon, upstream, tmp_path / "missing-hook")
+    job_id = daemon.submit("track", SINGLE_TRACK_ID)
+    assert daemon.wait_job(job_id)["status"] == "completed"
+    wait_until(lambda: hook_failures(daemon) == 1, what="the failure to be counted")
+    assert log_lines_with(daemon, "completion hook could not start")
+
+
+def test_hook_pending_at_kill_9_runs_again_after_the_restart(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    hook = write_hook(
+        tmp_path / "hook.sh",
+        f'echo "start $DLQD_JOB_ID $$" >> {runs}\n'
+        f"while [ ! -e {gate} ]; do sleep 0.05; done\n"
+        f'echo "done $DLQD_JOB_ID" >> {runs}\n',
+    )
+    daemon = hook_daemon(make_daemon, upstream, hook)
+    job_id = daemon.submit("track", SINGLE_TRACK_ID)
+    daemon.wait_job(job_id)
+    wait_until(lambda: len(lines(runs)) == 1, what="the hook to start")
+
+    daemon.kill()
+    # The hook has its own session, so it outlives a kill -9 of dlqd: end it as a crash would.
+    orphan = int(lines(runs)[0].split()[2])
+    os.kill(orphan, 9)
+    wait_until(lambda: not alive(orphan), what="the first run to end")
+    daemon.start()
+    wait_until(lambda: len(lines(runs)) == 2, what="the hook to run again")
+    gate.touch()
+    wait_until(lambda: len(lines(runs)) == 3, what="the second run to finish")
+    assert [line.split()[:2] for line in lines(runs)] == [
+        ["start", job_id],
+        ["start", job_id],
+        ["done", job_id],
+    ]
+    assert daemon.job(job_id)["status"] == "completed"
+    assert hook_failures(daemon) == 0
