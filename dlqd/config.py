@@ -364,6 +364,35 @@ class HooksConfig:
     timeout_s: float = field(default=60.0, metadata=_checked_as(_DURATION))
 
 
+class _AppriseUrl(_TextKind):
+    """An apprise URL (ntfy://, json://, mailto://...); apprise itself checks the rest."""
+
+    expected = "an apprise URL such as ntfy://host/topic"
+
+    def convert(self, value: object) -> str:
+        if not isinstance(value, str) or "://" not in value or any(c.isspace() for c in value):
+            raise _Invalid(self.expected)
+        return value
+
+
+NOTIFY_STATUSES = ("completed", "partial", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """[notify]: where finished jobs are announced (apprise URLs) and for which statuses."""
+
+    urls: tuple[str, ...] = field(
+        default=(), metadata=_checked_as(_ListOf(_AppriseUrl(), "a list of apprise URLs"))
+    )
+    on: tuple[str, ...] = field(
+        default=NOTIFY_STATUSES,
+        metadata=_checked_as(
+            _ListOf(_Choice(NOTIFY_STATUSES), "a list of " + ", ".join(NOTIFY_STATUSES))
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole checked configuration; `Config()` is the built-in defaults."""
@@ -376,6 +405,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
 
 _SECTIONS: Mapping[str, type[Any]] = {
@@ -387,6 +417,7 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "retention": RetentionConfig,
     "metrics": MetricsConfig,
     "hooks": HooksConfig,
+    "notify": NotifyConfig,
 }
 _KINDS: Mapping[str, Mapping[str, _Kind]] = {
     section: {key.name: key.metadata["kind"] for key in fields(cls)}

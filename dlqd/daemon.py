@@ -52,6 +52,7 @@ from dlqd.journal import JournalCorrupt, JournalFiles
 from dlqd.library_watch import LibraryWatch
 from dlqd.metrics import LiveView, Metrics, run_textfile_writer
 from dlqd.model import TrackStatus
+from dlqd.notify import Notifications, UnusableUrl, notify_targets
 from dlqd.retention import run_retention
 from dlqd.safefs import UnsafePathError, describe
 from dlqd.scheduler import Scheduler
@@ -257,6 +258,17 @@ async def _run(
     metrics = Metrics()
     store = Store(files, state, config.daemon.journal_compact_bytes)
     store.on_commit(metrics.observe_event)
+    try:
+        targets = notify_targets(config.notify.urls)
+    except UnusableUrl as exc:
+        raise StartupError(str(exc)) from None
+    notifications = Notifications(
+        targets,
+        config.notify.on,
+        lambda job_id: store.state.jobs.get(job_id),  # the state is replaced on a rebuild
+        on_failure=metrics.count_notify_failure,
+    )
+    store.on_commit(notifications.observe_event)
     backlog = BacklogWarnings(config.limits.warn_active_jobs, lambda: store.state.active_count)
     backlog.observe()  # a queue recovered long warns at once
     store.on_commit(backlog.observe)
@@ -349,6 +361,7 @@ async def _run(
             await nursery.start(watch.run)
             await nursery.start(source.run_circuit)
             await nursery.start(hooks.run)
+            await nursery.start(notifications.run)
             nursery.start_soon(
                 lambda: run_retention(
                     store,

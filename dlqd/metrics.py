@@ -4,10 +4,10 @@ Counters move on journaled facts — `observe_event` is handed each event once
 it is durable (submits, finishes, cancels, finished or failed tracks, and
 how long each job took from its submit or retry to its final status) — plus
 calls for what is not journaled: retries (`count_retry`), how long a track
-took (`observe_track_seconds`) and failed completion hooks
-(`count_hook_failure`). Gauges (jobs by status, active tracks, the oldest
-queued job's age, journal size) are read from the live queue when the text
-is rendered. The text is served by `dlqctl metrics` and, when
+took (`observe_track_seconds`), failed completion hooks and notifications
+(`count_hook_failure`, `count_notify_failure`). Gauges (jobs by status,
+active tracks, the oldest queued job's age, journal size) are read from the
+live queue when the text is rendered. The text is served by `dlqctl metrics` and, when
 `[metrics] textfile` is set, written atomically for node_exporter's textfile
 collector. This module never changes the queue and never logs per event.
 
@@ -98,6 +98,11 @@ class Metrics:
             "dlqd_hook_failures",
             "Completion hooks that failed: exit status not 0, killed at their timeout, or not "
             "started.",
+            registry=r,
+        )
+        self.notify_failures = Counter(
+            "dlqd_notify_failures",
+            "Notifications not delivered to at least one of their URLs after their retries.",
             registry=r,
         )
         self.jobs = Gauge(
@@ -196,6 +201,9 @@ class Metrics:
 
     def count_hook_failure(self) -> None:
         self.hook_failures.inc()
+
+    def count_notify_failure(self) -> None:
+        self.notify_failures.inc()
 
     def observe_track_seconds(self, seconds: float) -> None:
         self.track_seconds.observe(max(0.0, seconds))

@@ -11,7 +11,7 @@ def test_dlqctl_imports_neither_trio_nor_httpx_nor_structlog() -> None:
     probe = (
         "import json, sys, dlqctl.__main__, dlqctl.watch, dlqctl.completion; "
         "print(json.dumps(sorted(m for m in ('trio', 'httpx', 'httpcore', 'structlog', "
-        "'mutagen') if m in sys.modules)))"
+        "'mutagen', 'apprise') if m in sys.modules)))"
     )
     output = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

@@ -6,11 +6,22 @@ the test reads; a hook that must block waits for a gate file the test makes.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
 
 from dlqd.catalog import SINGLE_TRACK_ID, TWO_DISC_ALBUM_ID, CatalogServer
+from dlqd.model import Job, JobStatus, Track, TrackStatus
+from dlqd.notify import Notifications, UnusableUrl, job_message, notify_targets
 from dlqd.state import QueueState, apply_all, from_snapshot, to_snapshot
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, wait_until
@@ -229,3 +240,144 @@ def test_hook_pending_at_kill_9_runs_again_after_the_restart(
     ]
     assert daemon.job(job_id)["status"] == "completed"
     assert hook_failures(daemon) == 0
+
+
+# --- notifications ------------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    """A tiny HTTP server on 127.0.0.1 recording each POST; answers `status`."""
+
+    status: int = 200
+    posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    port: int = 0
+
+    def url(self, path: str = "/dlqd") -> str:
+        return f"json://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    box = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            box.posts.append((self.path, json.loads(body)))
+            self.send_response(box.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    box.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield box
+    server.shutdown()
+    server.server_close()
+
+
+def test_notification_reaches_a_json_receiver_with_title_and_body(
+    make_daemon: DaemonFactory, upstream: CatalogServer, receiver: Receiver
+) -> None:
+    failing = 100003
+    upstream.inject("track", "status", times=None, track_id=failing, status=404)
+    daemon = make_daemon(upstream=upstream, settings={"notify": {"urls": [receiver.url()]}})
+    daemon.start()
+    job_id = daemon.submit("album", TWO_DISC_ALBUM_ID)
+    job = daemon.wait_job(job_id)
+    assert job["status"] == "partial"
+    wait_until(lambda: receiver.posts, what="the notification")
+
+    ((path, message),) = receiver.posts
+    assert path == "/dlqd"
+    assert message["title"] == f"dlqd: {job['artist']} – {job['title']} partial"
+    (failed,) = [t for t in job["tracks"] if t["status"] == "failed"]
+    body = message["message"]
+    assert body.startswith(f"{job['artist']} – {job['title']}: 4/5 tracks, ")
+    assert f"{failed['number']:02d} {failed['title']} ({failed['error']['code']})" in body
+    assert f"Job {job_id} (album {TWO_DISC_ALBUM_ID})." in body
+    assert message["type"] == "warning"
+
+
+def test_notify_on_limits_the_statuses_announced(
+    make_daemon: DaemonFactory, upstream: CatalogServer, receiver: Receiver
+) -> None:
+    settings = {"notify": {"urls": [receiver.url()], "on": ["failed"]}}
+    daemon = make_daemon(upstream=upstream, settings=settings)
+    daemon.start()
+    completed = daemon.submit("track", SINGLE_TRACK_ID)
+    daemon.wait_job(completed)
+    failed = daemon.submit("album", 999_999_999)
+    assert daemon.wait_job(failed)["status"] == "failed"
+    wait_until(lambda: receiver.posts, what="the notification")
+    # Sent in finish order: had the completed job been announced, it would come first.
+    assert [m["title"] for _, m in receiver.posts] == ["dlqd: album 999999999 failed"]
+
+
+def test_a_receiver_that_errors_never_fails_the_job(
+    make_daemon: DaemonFactory, upstream: CatalogServer, receiver: Receiver
+) -> None:
+    receiver.status = 500
+    daemon = make_daemon(upstream=upstream, settings={"notify": {"urls": [receiver.url()]}})
+    daemon.start()
+    job_id = daemon.submit("track", SINGLE_TRACK_ID)
+    assert daemon.wait_job(job_id)["status"] == "completed"
+    wait_until(lambda: len(receiver.posts) >= 2, what="a retry of the notification")
+    assert daemon.job(job_id)["status"] == "completed" and daemon.job(job_id)["error"] is None
+    later = daemon.submit("track", SINGLE_TRACK_ID, quality="HIGH")  # the queue goes on
+    assert daemon.wait_job(later)["status"] == "completed"
+    assert daemon.call("health")["ok"]
+
+
+def finished_job(status: JobStatus) -> Job:
+    job = Job("7", 7, "album", 1102, "LOSSLESS", "normal", 100.0, status=status)
+    job.title, job.artist, job.started_at, job.finished_at = "Album", "Artist", 100.0, 148.0
+    job.tracks = [
+        Track(1, "One", status=TrackStatus.COMPLETED, bytes_done=3 << 20, bytes_total=3 << 20),
+        Track(2, "Two", number=2, status=TrackStatus.FAILED, error={"code": "TIMEOUT"}),
+    ]
+    return job
+
+
+async def test_an_undeliverable_notification_is_retried_then_logged_and_counted(
+    receiver: Receiver,
+) -> None:
+    receiver.status = 500
+    failures: list[None] = []
+    job = finished_job(JobStatus.PARTIAL)
+    sender = Notifications(
+        notify_targets([receiver.url()]),
+        ["partial"],
+        {job.id: job}.get,
+        on_failure=lambda: failures.append(None),
+        retry_delays_s=(0.0, 0.0),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sender.run)
+        sender.observe_event({"e": "finish", "id": job.id, "status": "partial"})
+        sender.observe_event({"e": "finish", "id": job.id, "status": "completed"})  # not wanted
+        with trio.fail_after(20):  # polled with a deadline, as wait_until does
+            while not failures:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert len(receiver.posts) == 3  # one try and two retries, all for the partial finish
+    assert failures == [None]
+
+
+def test_job_message_names_sizes_time_and_failed_tracks() -> None:
+    message = job_message(finished_job(JobStatus.PARTIAL))
+    assert message.title == "dlqd: Artist – Album partial"
+    assert message.body == (
+        "Artist – Album: 1/2 tracks, 3.0 MiB in 48 s. Failed: 02 Two (TIMEOUT). Job 7 (album 1102)."
+    )
+
+
+def test_a_url_apprise_cannot_use_is_refused_without_showing_it() -> None:
+    with pytest.raises(UnusableUrl) as refused:
+        notify_targets(["json://127.0.0.1/x", "nosuchscheme://secret-token@host"])
+    assert "#2 nosuchscheme" in str(refused.value) and "secret" not in str(refused.value)
