@@ -23,8 +23,8 @@ import secrets
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal, Protocol
 
@@ -34,7 +34,7 @@ from dlqd.errors import DlqdError, ErrorCode, from_oserror
 from dlqd.meta import TrackMeta
 from dlqd.naming import JobNames, detect_extension, numbered_name
 from dlqd.safefs import UnsafePathError, is_link, open_dir, open_file, open_in, unlink_beneath
-from dlqd.tags import write_tags
+from dlqd.tags import read_source, write_tags
 
 log = structlog.get_logger("dlqd.finalize")
 TMP_DIRNAME = ".dlqd-tmp"
@@ -217,6 +217,92 @@ def finalize_track(
         raise from_oserror(exc, f"finalizing track {meta.track_id}") from exc
     finally:
         _unlink_quietly(temp_path)
+
+
+SKIP_BEFORE_FETCH_MODES = ("skip", "overwrite_if_different")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A name a track may take before its bytes exist: the quality and extension it would have.
+
+    `certain` says the download would take this very name (quality and
+    extension known from the playback info), so under `skip` any file there
+    is enough; an uncertain name skips only a file whose tags prove it the same.
+    """
+
+    quality: str
+    ext: str
+    certain: bool = False
+
+
+def skip_before_fetch(
+    meta: TrackMeta,
+    candidates: Sequence[Candidate],
+    library: Path,
+    files: FilesSettings,
+    names: JobNames | None = None,
+) -> FinalizeResult | None:
+    """The outcome of a track the library already holds, decided before any byte is fetched.
+
+    Under `skip` and `overwrite_if_different`: a regular file at a candidate
+    name whose source tags carry this track id and the candidate's quality is
+    `skipped_identical`; under `skip`, any regular file at a `certain` name is
+    `skipped_exists`. None means download as usual (finalize decides then).
+    Reads only: folders and the file are opened without following links, and a
+    link, an unreadable folder or a broken file is simply not a match. The
+    name taken is held in `names`, as finalize would hold it.
+    """
+    if files.conflict not in SKIP_BEFORE_FETCH_MODES:
+        return None
+    job_names = JobNames() if names is None else names
+    with _library_lock:
+        for candidate in candidates:
+            named = replace(meta, quality=candidate.quality)
+            try:
+                relative = job_names.name_for(files.naming, named, candidate.ext)
+                outcome = _existing_outcome(library, relative, named, candidate, files.conflict)
+            except OSError as exc:
+                log.info("not skipped", track_id=meta.track_id, error=str(exc))
+                continue
+            if outcome is not None:
+                job_names.hold(relative)
+                return FinalizeResult(relative.as_posix(), outcome)
+    return None
+
+
+def _existing_outcome(
+    library: Path, relative: PurePosixPath, meta: TrackMeta, candidate: Candidate, mode: str
+) -> Outcome | None:
+    """`skipped_identical`, `skipped_exists` or None for the file (if any) at `relative`."""
+    with contextlib.ExitStack() as fds:
+        library_fd = _closing(fds, os.open(library, _LIBRARY_FLAGS))
+        folder = _AlbumFolder(library, library_fd, relative.parent, fds)
+        if folder.fd is None:
+            return None
+        try:
+            # O_NONBLOCK: a FIFO planted there must not hang the check (regular files ignore it).
+            fd = open_file(
+                relative.name,
+                os.O_RDONLY | os.O_NONBLOCK,
+                dir_fd=folder.fd,
+                shown=folder.path / relative.name,
+            )
+        except FileNotFoundError:
+            return None
+        _closing(fds, fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None  # a folder or a device: finalize reports it
+        with os.fdopen(os.dup(fd), "rb") as file:
+            source = read_source(file, candidate.ext)
+        if source is not None and (source.track_id, source.quality) == (
+            meta.track_id,
+            meta.quality,
+        ):
+            return "skipped_identical"
+        if mode == "skip" and candidate.certain:
+            return "skipped_exists"
+    return None
 
 
 def _finalize(

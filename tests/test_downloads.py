@@ -95,6 +95,8 @@ def expected_vorbis(catalog: Catalog, track_id: int) -> dict[str, list[str]]:
         "replaygain_track_peak": [f"{track.peak:.6f}"],
         "replaygain_album_gain": [f"{album.replay_gain:.2f} dB"],
         "replaygain_album_peak": [f"{album.peak:.6f}"],
+        "tidal_track_id": [str(track_id)],
+        "tidal_quality": [catalog.effective_quality(track_id, "LOSSLESS")],
     }
 
 
@@ -395,7 +397,9 @@ def test_conflict_mode_decides_what_happens_to_an_existing_different_file(
     assert track["outcome"] == "written"
     existing = daemon.library / track["path"]
     downloaded = existing.read_bytes()
-    tampered = downloaded + b"edited by hand"
+    # Not a file dlqd wrote (no source tags): a file dlqd did write, from this very
+    # track and quality, is skipped before any download (test_skip_and_lyrics.py).
+    tampered = b"edited by hand" + downloaded
     existing.write_bytes(tampered)
     tampered_state = file_state(existing)
 
