@@ -1,9 +1,10 @@
 """Finalize: the only code that writes into the library (DESIGN §7).
 
 Owns: taking a finished temp file from `library/.dlqd-tmp/`, naming it, tagging
-it, deciding what to do about an existing file, and moving it into place
-atomically and durably; `cover.jpg` beside it; the temp directory and its
-start-up sweep. Never leaves a half-written file under a final name, never
+it, deciding what to do about an existing file (also before a download:
+`skip_before_fetch`), and moving it into place atomically and durably;
+`cover.jpg` and the synced lyrics (`.lrc`) beside it; the temp directory and
+its start-up sweep. Never leaves a half-written file under a final name, never
 writes outside the library, and never leaves the temp file behind, whatever
 happens. Never follows a symbolic link below the library: `.dlqd-tmp`, every
 folder on the way to a final name and the final name itself are opened
@@ -39,6 +40,7 @@ from dlqd.tags import read_source, write_tags
 log = structlog.get_logger("dlqd.finalize")
 TMP_DIRNAME = ".dlqd-tmp"
 COVER_FILENAME = "cover.jpg"
+LYRICS_SUFFIX = ".lrc"
 CONFLICT_MODES = ("skip", "overwrite", "overwrite_if_different", "rename")
 COVER_MODES = ("embed", "file", "embed+file", "none")
 MAX_RENAME_NUMBER = 9999
@@ -200,10 +202,13 @@ def finalize_track(
     library: Path,
     files: FilesSettings,
     names: JobNames | None = None,
+    synced_lyrics: str = "",
 ) -> FinalizeResult:
     """Name, tag and move one downloaded track into the library.
 
-    `cover` is the album's JPEG, if any. `names` is the track's job's
+    `cover` is the album's JPEG, if any. `synced_lyrics`, when given, go into
+    a `.lrc` file of the track's name beside it (only when the track is
+    written there; a failure is logged, never the track's). `names` is the track's job's
     `JobNames`, shared by its tracks so no two of them take the same name
     (None: a job of this one track). Raises DlqdError (UNSUPPORTED_FORMAT,
     TAGGING_FAILED, DISK_FULL, FILESYSTEM_ERROR — the latter also for a
@@ -212,7 +217,7 @@ def finalize_track(
     """
     try:
         job_names = JobNames() if names is None else names
-        return _finalize(temp_path, meta, cover, library, files, job_names)
+        return _finalize(temp_path, meta, cover, library, files, job_names, synced_lyrics)
     except OSError as exc:
         raise from_oserror(exc, f"finalizing track {meta.track_id}") from exc
     finally:
@@ -312,6 +317,7 @@ def _finalize(
     library: Path,
     files: FilesSettings,
     names: JobNames,
+    synced_lyrics: str,
 ) -> FinalizeResult:
     cover_modes = files.cover.split("+")
     with contextlib.ExitStack() as fds:
@@ -349,6 +355,12 @@ def _finalize(
                     # The track is already in place: a missing cover.jpg must not report it
                     # failed. The album's next finished track tries again (only if absent).
                     log.warning("cover.jpg not written", folder=str(folder.path), error=str(exc))
+            if synced_lyrics and decision.moves:
+                try:
+                    _write_lyrics_file(folder.create(), decision.path.name, synced_lyrics)
+                except OSError as exc:
+                    # Like the cover: the track is in place, and its words are a decoration.
+                    log.warning("lyrics file not written", folder=str(folder.path), error=str(exc))
     return FinalizeResult(decision.path.as_posix(), decision.outcome)
 
 
@@ -524,6 +536,38 @@ def _write_cover_once(album_fd: int, track_name: str, cover: bytes, library: Pat
                 os.unlink(staging_name, dir_fd=scratch_fd)
     finally:
         os.close(scratch_fd)
+
+
+def lyrics_name(track_name: str) -> str:
+    """The `.lrc` beside a track: its name with the extension swapped ("01 - Song.lrc")."""
+    stem, dot, ext = track_name.rpartition(".")
+    return (stem if dot and ext else track_name) + LYRICS_SUFFIX
+
+
+def _write_lyrics_file(album_fd: int, track_name: str, text: str) -> None:
+    """Put `text` at the track's `.lrc` name, replacing an older one, atomically and durably.
+
+    Staged under a private name in the album folder, fsynced, renamed over
+    the old file, the folder fsynced. A link at the name is left as it is:
+    never followed, never replaced.
+    """
+    name = lyrics_name(track_name)
+    if is_link(name, dir_fd=album_fd):
+        raise UnsafePathError(Path(name), "a symbolic link")
+    staging_name, staging = _create_staging(album_fd, f"{TMP_DIRNAME}-", LYRICS_SUFFIX)
+    try:
+        with staging:
+            staging.write(text.encode("utf-8") + b"\n")
+            staging.flush()
+            track_mode = os.stat(track_name, dir_fd=album_fd, follow_symlinks=False).st_mode
+            os.fchmod(staging.fileno(), stat.S_IMODE(track_mode))
+            os.fsync(staging.fileno())
+        os.replace(staging_name, name, src_dir_fd=album_fd, dst_dir_fd=album_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staging_name, dir_fd=album_fd)
+        raise
+    os.fsync(album_fd)
 
 
 def _lexists(name: str, dir_fd: int) -> bool:

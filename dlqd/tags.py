@@ -123,6 +123,7 @@ TAGS: tuple[TagSpec, ...] = (
         _ITUNES + "REPLAYGAIN_ALBUM_PEAK",
         "TXXX:REPLAYGAIN_ALBUM_PEAK",
     ),
+    TagSpec("lyrics", lambda m: m.lyrics, ("LYRICS",), "\xa9lyr", "USLT"),
     # Where the file came from: what lets a later job skip it without downloading it.
     TagSpec(
         "tidal_track_id",

@@ -39,7 +39,7 @@ from dlqd.finalize import TMP_DIRNAME, Candidate, finalize_track, skip_before_fe
 from dlqd.holds import HoldReason, QueueHeld
 from dlqd.integrity import check_media_integrity
 from dlqd.library_watch import LibraryWatch
-from dlqd.meta import MediaPlan, TrackMeta
+from dlqd.meta import Lyrics, MediaPlan, TrackMeta
 from dlqd.model import Job
 from dlqd.safefs import UnsafePathError, unlink_beneath
 from dlqd.scheduler import ResolvedJob, TrackResult, TrackRun
@@ -243,9 +243,16 @@ class DownloadWork:
         if quality is not None:  # `{quality}` in names: what the file holds
             meta = dataclasses.replace(meta, quality=quality)
         cover = await self._cover(meta)
+        lyrics = await self._lyrics(meta.track_id)
+        synced = ""
+        if lyrics is not None:
+            if self.files.lyrics in ("embed", "both"):
+                meta = dataclasses.replace(meta, lyrics=lyrics.text)
+            if self.files.lyrics in ("lrc", "both"):
+                synced = lyrics.synced
         try:
             final = await trio.to_thread.run_sync(
-                finalize_track, temp, meta, cover, self.library, self.files, run.names
+                finalize_track, temp, meta, cover, self.library, self.files, run.names, synced
             )
         except DlqdError as exc:
             # Finalize tagged (and may have moved) the bytes: nothing intact is left to keep.
@@ -351,6 +358,21 @@ class DownloadWork:
         if len(self._covers) > COVER_CACHE_SIZE:
             self._covers.popitem(last=False)
         return cover
+
+    async def _lyrics(self, track_id: int) -> Lyrics | None:
+        """The track's lyrics as `files.lyrics` wants them; a lyrics problem never fails a track.
+
+        None when the setting is `none`, the track has none (404), or the
+        request fails: one try, not retried, so a broken lyrics route never
+        delays a track by a backoff schedule; the failure is logged.
+        """
+        if self.files.lyrics == "none":
+            return None
+        try:
+            return await self.source.lyrics(track_id)
+        except DlqdError as exc:
+            log.warning("lyrics unavailable", track_id=track_id, error_code=str(exc.code))
+            return None
 
 
 def _asked(tracks: tuple[TrackMeta, ...], quality: str) -> tuple[TrackMeta, ...]:

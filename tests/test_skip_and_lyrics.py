@@ -7,13 +7,26 @@ says which requests were made, and mutagen reads the tags back.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mutagen.flac import FLAC
 from mutagen.mp4 import MP4
 
-from dlqd.catalog import AAC_ONLY_TRACK_ID, SINGLE_TRACK_ID, TWO_DISC_ALBUM_ID, CatalogServer
+from dlqd.catalog import (
+    AAC_ONLY_TRACK_ID,
+    LIVE_TRACK_ID,
+    PLAIN_LYRICS_TRACK_ID,
+    SINGLE_TRACK_ID,
+    SYNCED_LYRICS_TRACK_ID,
+    TWO_DISC_ALBUM_ID,
+    Catalog,
+    CatalogServer,
+    RequestRecord,
+    Scripted,
+)
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, file_digest
 
@@ -189,3 +202,155 @@ def test_a_link_at_the_path_is_never_read_and_fails_the_track_as_before(
     assert job["status"] == "failed"
     assert job["tracks"][0]["error"]["code"] == "FILESYSTEM_ERROR"
     assert path.is_symlink() and outside.read_bytes() == original
+
+
+# --- lyrics --------------------------------------------------------------------------
+
+
+def lrc_beside(library: Path, track_path: str) -> Path:
+    return (library / track_path).with_suffix(".lrc")
+
+
+def lyrics_tag(path: Path) -> list[str] | None:
+    tags = FLAC(path).tags
+    assert tags is not None
+    return tags.get("LYRICS")
+
+
+@pytest.mark.parametrize(
+    ("setting", "embedded", "lrc"),
+    [("embed", True, False), ("lrc", False, True), ("both", True, True), ("none", False, False)],
+)
+def test_lyrics_are_embedded_and_or_written_as_lrc_per_the_setting(
+    make_daemon: DaemonFactory,
+    upstream: CatalogServer,
+    catalog: Catalog,
+    setting: str,
+    embedded: bool,
+    lrc: bool,
+) -> None:
+    spec = catalog.track(SYNCED_LYRICS_TRACK_ID)
+    daemon = start(make_daemon, upstream, lyrics=setting)
+
+    job = finished(daemon, "track", SYNCED_LYRICS_TRACK_ID)
+
+    path = job["tracks"][0]["path"]
+    assert lyrics_tag(daemon.library / path) == ([spec.lyrics] if embedded else None)
+    lrc_file = lrc_beside(daemon.library, path)
+    if lrc:
+        assert lrc_file.read_text(encoding="utf-8") == spec.subtitles + "\n"
+        assert lrc_file.stat().st_mode == (daemon.library / path).stat().st_mode
+    else:
+        assert not lrc_file.exists()
+    asked = upstream.requests_for("lyrics", track_id=SYNCED_LYRICS_TRACK_ID)
+    assert len(asked) == (0 if setting == "none" else 1)
+    assert not [p for p in (daemon.library / path).parent.iterdir() if ".dlqd-tmp" in p.name]
+
+
+def test_lyrics_without_synced_subtitles_write_no_lrc(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    daemon = start(make_daemon, upstream, lyrics="both")
+
+    job = finished(daemon, "track", PLAIN_LYRICS_TRACK_ID)
+
+    path = job["tracks"][0]["path"]
+    assert lyrics_tag(daemon.library / path) == [catalog.track(PLAIN_LYRICS_TRACK_ID).lyrics]
+    assert not lrc_beside(daemon.library, path).exists()
+
+
+def test_a_404_from_lyrics_leaves_the_track_completed_without_lyrics(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = start(make_daemon, upstream, lyrics="both")
+
+    job = finished(daemon, "track", LIVE_TRACK_ID)  # the catalog has no lyrics for it
+
+    [asked] = upstream.requests_for("lyrics", track_id=LIVE_TRACK_ID)
+    assert asked.route == "lyrics"
+    path = job["tracks"][0]["path"]
+    assert lyrics_tag(daemon.library / path) is None
+    assert not lrc_beside(daemon.library, path).exists()
+
+
+def test_lyrics_are_embedded_in_mp4_as_the_lyr_atom(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    body = {
+        "version": "2.0",
+        "lyrics": {"trackId": AAC_ONLY_TRACK_ID, "lyrics": "Lossy words", "subtitles": ""},
+    }
+    upstream.script(
+        "lyrics",
+        lambda _r, _d: Scripted(
+            200, {"Content-Type": "application/json"}, json.dumps(body).encode()
+        ),
+        track_id=AAC_ONLY_TRACK_ID,
+    )
+    daemon = start(make_daemon, upstream)
+
+    job = finished(daemon, "track", AAC_ONLY_TRACK_ID)
+
+    assert MP4(daemon.library / job["tracks"][0]["path"])["\xa9lyr"] == ["Lossy words"]
+
+
+GARBAGE = {
+    "not json": b"<html>lyrics</html>",
+    "no lyrics object": b'{"version": "2.0", "data": {"lyrics": "x"}}',
+    "lyrics not a string": b'{"version": "2.0", "lyrics": {"lyrics": ["x"], "subtitles": 7}}',
+    "lone surrogate": b'{"version": "2.0", "lyrics": {"lyrics": "\\ud800 words"}}',
+    "too long": b'{"version": "2.0", "lyrics": {"lyrics": "' + b"la " * 100_000 + b'"}}',
+    "another track": b'{"version": "2.0", "lyrics": {"trackId": 7, "lyrics": "not ours"}}',
+    "a list": b"[1, 2, 3]",
+}
+
+
+@pytest.mark.parametrize("body", GARBAGE.values(), ids=GARBAGE.keys())
+def test_a_lyrics_route_answering_garbage_leaves_the_track_completed(
+    make_daemon: DaemonFactory, upstream: CatalogServer, body: bytes
+) -> None:
+    def garbage(_record: RequestRecord, _data: Any) -> Scripted:
+        return Scripted(200, {"Content-Type": "application/json"}, body)
+
+    upstream.script("lyrics", garbage)
+    daemon = start(make_daemon, upstream, lyrics="both")
+
+    job = finished(daemon, "track", SYNCED_LYRICS_TRACK_ID)
+
+    path = job["tracks"][0]["path"]
+    assert lyrics_tag(daemon.library / path) is None
+    assert not lrc_beside(daemon.library, path).exists()
+    assert daemon.call("health")["ok"] is True
+
+
+def test_a_failing_lyrics_route_neither_fails_tracks_nor_holds_the_queue(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    # Five tracks, one 503 each: as many as upstream.failure_threshold, were they counted.
+    upstream.inject("lyrics", "status", status=503, times=None)
+    daemon = start(make_daemon, upstream, lyrics="both")
+
+    job = finished(daemon, "album", TWO_DISC_ALBUM_ID)
+
+    for track in job["tracks"]:
+        assert len(upstream.requests_for("lyrics", track_id=track["track_id"])) == 1
+        assert lyrics_tag(daemon.library / track["path"]) is None
+    assert daemon.call("stats")["holds"] == []
+
+
+def test_a_link_at_the_lrc_name_is_neither_followed_nor_replaced(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    daemon = start(make_daemon, upstream, lyrics="lrc")
+    first = finished(daemon, "track", SYNCED_LYRICS_TRACK_ID)
+    lrc_file = lrc_beside(daemon.library, first["tracks"][0]["path"])
+    lrc_file.unlink()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    lrc_file.symlink_to(outside)
+    (daemon.library / first["tracks"][0]["path"]).write_bytes(b"foreign: downloaded again")
+
+    again = finished(daemon, "track", SYNCED_LYRICS_TRACK_ID)
+
+    assert again["tracks"][0]["outcome"] == "overwritten"
+    assert lrc_file.is_symlink() and outside.read_text() == "not yours"
