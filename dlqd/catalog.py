@@ -7,11 +7,13 @@ log for tests, benchmarks and `dlqd demo`.
 Never: imports test code, calls other dlqd modules (it stands in for the outside
 world), writes files, or talks to any host but its own socket.
 
-Routes (every JSON body is `{"version": "2.0", "data": {...}}`; errors are
-`{"detail": ...}` with 400/404):
+Routes (every JSON body is `{"version": "2.0", "data": {...}}` but /lyrics/'s,
+which is `{"version": "2.0", "lyrics": {...}}`; errors are `{"detail": ...}`
+with 400/404):
   GET /info/?id=TRACK_ID
   GET /album/?id=ALBUM_ID&limit=L&offset=N     (limit capped at 100, default 100)
   GET /track/?id=TRACK_ID&quality=Q             (Q in QUALITIES, default LOSSLESS)
+  GET /lyrics/?id=TRACK_ID                      (404 for a track without lyrics)
   GET /media/{a|b}/{track_id}/{quality}.{flac|m4a}?token=T   (BTS urls, two mirrors)
   GET /media/dash/{track_id}/init.mp4?token=T, /media/dash/{track_id}/{n}.m4s?token=T
   GET /images/{cover uuid, "-" -> "/"}/1280x1280.jpg
@@ -52,13 +54,16 @@ from dlqd import audio
 API_VERSION = "2.0"
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
 MAX_PAGE = 100
-ROUTES = ("info", "album", "track", "media", "cover")
+ROUTES = ("info", "album", "track", "lyrics", "media", "cover")
+JSON_ROUTES = ("info", "album", "track", "lyrics")
 FAULTS = ("hang", "stall", "status", "reset", "short", "bad_json", "bad_shape", "bad_manifest")
 HANG_SECONDS = 300.0  # hang/stall last this long unless the server stops first
 
 TWO_DISC_ALBUM_ID = 100
 MULTI_ARTIST_TRACK_ID = 100002  # main + featured artist
 LIVE_TRACK_ID = 100003  # version "Live"; manifest is URL-safe base64 without padding
+SYNCED_LYRICS_TRACK_ID = 100001  # lyrics with synced subtitles
+PLAIN_LYRICS_TRACK_ID = 100002  # lyrics, subtitles empty (the other tracks of 100 have none)
 TWO_MAIN_ARTISTS_TRACK_ID = 100005  # disc 2, two MAIN artists
 BIG_ALBUM_ID = 200
 BIG_ALBUM_TRACKS = 120
@@ -107,6 +112,8 @@ class TrackSpec:
     urlsafe_manifest: bool = False  # URL-safe base64 without padding
     flac_seconds: float = 1.0
     flac_bytes: int | None = None  # when set, the FLAC is about this big instead
+    lyrics: str | None = None  # None: /lyrics/ answers 404
+    subtitles: str = ""  # synced "[mm:ss.xx] line" lines, "" when only plain lyrics exist
 
 
 @dataclass(frozen=True)
@@ -391,6 +398,21 @@ class Catalog:
             "trackPeakAmplitude": t.peak,
         }
 
+    def lyrics_json(self, track_id: int) -> dict[str, Any]:
+        """/lyrics/ `lyrics` object; NotFound when the track has none."""
+        t = self.track(track_id)
+        if t.lyrics is None:
+            raise NotFound(f"lyrics of track {track_id}")
+        return {
+            "trackId": t.id,
+            "lyricsProvider": "Example Lyrics",
+            "providerCommontrackId": str(t.id),
+            "providerLyricsId": str(t.id),
+            "lyrics": t.lyrics,
+            "subtitles": t.subtitles,
+            "isRightToLeft": False,
+        }
+
     def _mpd(self, t: TrackSpec, base_url: str, token: str) -> str:
         durations = audio.DASH_SEGMENT_DURATIONS
         scale = audio.DASH_TIMESCALE
@@ -444,8 +466,18 @@ def _populate(c: Catalog) -> None:
         "Night Lines",
         (examples,),
         [
-            {"title": "Opening", "track_number": 1},
-            {"title": "Shared Ground", "track_number": 2, "artists": (examples, guest)},
+            {
+                "title": "Opening",
+                "track_number": 1,
+                "lyrics": "First light on the night lines\nWe open slow",
+                "subtitles": "[00:00.10] First light on the night lines\n[00:00.60] We open slow",
+            },
+            {
+                "title": "Shared Ground",
+                "track_number": 2,
+                "artists": (examples, guest),
+                "lyrics": "Meet me on the shared ground",
+            },
             {"title": "Third Rail", "track_number": 3, "version": "Live", "urlsafe_manifest": True},
             {"title": "Second Side", "track_number": 1, "volume_number": 2},
             {
@@ -680,7 +712,7 @@ class CatalogServer:
     ) -> None:
         """Make the next `times` matching requests (None: all, until cleared) misbehave.
 
-        route: info|album|track|media|cover; `track_id` matches info/track/media,
+        route: info|album|track|lyrics|media|cover; `track_id` matches info/track/lyrics/media,
         `album_id` album/cover. fault: hang (never answer), stall (headers and
         `after_bytes` of the body, default half, then nothing), status (`status`,
         optional Retry-After), reset (partial body then TCP RST), short (full
@@ -694,7 +726,7 @@ class CatalogServer:
             raise ValueError(f"fault must be one of {FAULTS}")
         if fault == "bad_manifest" and route != "track":
             raise ValueError("bad_manifest applies to the track route only")
-        if fault in ("bad_json", "bad_shape") and route not in ("info", "album", "track"):
+        if fault in ("bad_json", "bad_shape") and route not in JSON_ROUTES:
             raise ValueError(f"{fault} applies to JSON routes only")
         if times is not None and times < 1:
             raise ValueError("times must be positive or None")
@@ -882,7 +914,7 @@ class _HTTPServer(ThreadingHTTPServer):
 _MEDIA_BTS = re.compile(r"^/media/([ab])/(\d+)/([A-Z_]+)\.(flac|m4a)$")
 _MEDIA_DASH = re.compile(r"^/media/dash/(\d+)/(init\.mp4|(\d+)\.m4s)$")
 _COVER = re.compile(r"^/images/((?:[0-9a-f]+/){4}[0-9a-f]+)/1280x1280\.jpg$")
-_JSON_ROUTES = {"/info/": "info", "/album/": "album", "/track/": "track"}
+_JSON_ROUTES = {"/info/": "info", "/album/": "album", "/track/": "track", "/lyrics/": "lyrics"}
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -985,13 +1017,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _catalog_data(self, route: str | None, query: dict[str, str]) -> dict[str, Any] | None:
         """The `data` the catalog would answer on a JSON route, for a script to alter."""
-        if route not in ("info", "album", "track"):
+        if route not in JSON_ROUTES:
             return None
         try:
             response = self._answer(route, "", query, None, None, None)
         except (NotFound, BadRequest):
             return None
-        data = json.loads(response.body).get("data")
+        data = json.loads(response.body).get("lyrics" if route == "lyrics" else "data")
         return data if isinstance(data, dict) else None
 
     def _send_scripted(self, answer: Scripted) -> None:
@@ -1023,10 +1055,13 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> _Response:
         app = self.server.app
         catalog = app.catalog
-        if route in ("info", "album", "track"):
+        if route in JSON_ROUTES:
             ident = _int_param(query, "id")
+            envelope = "lyrics" if route == "lyrics" else "data"
             if route == "info":
                 data = catalog.track_json(ident)
+            elif route == "lyrics":
+                data = catalog.lyrics_json(ident)
             elif route == "album":
                 limit = _int_param(query, "limit", MAX_PAGE)
                 data = catalog.album_json(ident, limit, _int_param(query, "offset", 0))
@@ -1038,10 +1073,10 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and fault.kind == "bad_json":
                 return _Response(200, b'{"version": "2.0", "data": {"id": ', "application/json")
             if fault is not None and fault.kind == "bad_shape":
-                return _json(200, {"version": API_VERSION, "data": {"unexpected": True}})
+                return _json(200, {"version": API_VERSION, envelope: {"unexpected": True}})
             if fault is not None and fault.kind == "bad_manifest":
                 data["manifest"] = "%%% not base64 %%%"
-            return _json(200, {"version": API_VERSION, "data": data})
+            return _json(200, {"version": API_VERSION, envelope: data})
         if route == "cover":
             if album_id is None:
                 raise NotFound(path)

@@ -320,6 +320,9 @@ class FilesConfig:
         default="embed+file", metadata=_checked_as(_Choice(("embed", "file", "embed+file", "none")))
     )
     recheck_s: float = field(default=30.0, metadata=_checked_as(_DURATION))
+    lyrics: str = field(
+        default="embed", metadata=_checked_as(_Choice(("embed", "lrc", "both", "none")))
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
 """Finalize: the only code that writes into the library (DESIGN §7).
 
 Owns: taking a finished temp file from `library/.dlqd-tmp/`, naming it, tagging
-it, deciding what to do about an existing file, and moving it into place
-atomically and durably; `cover.jpg` beside it; the temp directory and its
-start-up sweep. Never leaves a half-written file under a final name, never
+it, deciding what to do about an existing file (also before a download:
+`skip_before_fetch`), and moving it into place atomically and durably;
+`cover.jpg` and the synced lyrics (`.lrc`) beside it; the temp directory and
+its start-up sweep. Never leaves a half-written file under a final name, never
 writes outside the library, and never leaves the temp file behind, whatever
 happens. Never follows a symbolic link below the library: `.dlqd-tmp`, every
 folder on the way to a final name and the final name itself are opened
@@ -23,8 +24,8 @@ import secrets
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal, Protocol
 
@@ -34,11 +35,12 @@ from dlqd.errors import DlqdError, ErrorCode, from_oserror
 from dlqd.meta import TrackMeta
 from dlqd.naming import JobNames, detect_extension, numbered_name
 from dlqd.safefs import UnsafePathError, is_link, open_dir, open_file, open_in, unlink_beneath
-from dlqd.tags import write_tags
+from dlqd.tags import read_source, write_tags
 
 log = structlog.get_logger("dlqd.finalize")
 TMP_DIRNAME = ".dlqd-tmp"
 COVER_FILENAME = "cover.jpg"
+LYRICS_SUFFIX = ".lrc"
 CONFLICT_MODES = ("skip", "overwrite", "overwrite_if_different", "rename")
 COVER_MODES = ("embed", "file", "embed+file", "none")
 MAX_RENAME_NUMBER = 9999
@@ -200,10 +202,13 @@ def finalize_track(
     library: Path,
     files: FilesSettings,
     names: JobNames | None = None,
+    synced_lyrics: str = "",
 ) -> FinalizeResult:
     """Name, tag and move one downloaded track into the library.
 
-    `cover` is the album's JPEG, if any. `names` is the track's job's
+    `cover` is the album's JPEG, if any. `synced_lyrics`, when given, go into
+    a `.lrc` file of the track's name beside it (only when the track is
+    written there; a failure is logged, never the track's). `names` is the track's job's
     `JobNames`, shared by its tracks so no two of them take the same name
     (None: a job of this one track). Raises DlqdError (UNSUPPORTED_FORMAT,
     TAGGING_FAILED, DISK_FULL, FILESYSTEM_ERROR — the latter also for a
@@ -212,11 +217,97 @@ def finalize_track(
     """
     try:
         job_names = JobNames() if names is None else names
-        return _finalize(temp_path, meta, cover, library, files, job_names)
+        return _finalize(temp_path, meta, cover, library, files, job_names, synced_lyrics)
     except OSError as exc:
         raise from_oserror(exc, f"finalizing track {meta.track_id}") from exc
     finally:
         _unlink_quietly(temp_path)
+
+
+SKIP_BEFORE_FETCH_MODES = ("skip", "overwrite_if_different")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A name a track may take before its bytes exist: the quality and extension it would have.
+
+    `certain` says the download would take this very name (quality and
+    extension known from the playback info), so under `skip` any file there
+    is enough; an uncertain name skips only a file whose tags prove it the same.
+    """
+
+    quality: str
+    ext: str
+    certain: bool = False
+
+
+def skip_before_fetch(
+    meta: TrackMeta,
+    candidates: Sequence[Candidate],
+    library: Path,
+    files: FilesSettings,
+    names: JobNames | None = None,
+) -> FinalizeResult | None:
+    """The outcome of a track the library already holds, decided before any byte is fetched.
+
+    Under `skip` and `overwrite_if_different`: a regular file at a candidate
+    name whose source tags carry this track id and the candidate's quality is
+    `skipped_identical`; under `skip`, any regular file at a `certain` name is
+    `skipped_exists`. None means download as usual (finalize decides then).
+    Reads only: folders and the file are opened without following links, and a
+    link, an unreadable folder or a broken file is simply not a match. The
+    name taken is held in `names`, as finalize would hold it.
+    """
+    if files.conflict not in SKIP_BEFORE_FETCH_MODES:
+        return None
+    job_names = JobNames() if names is None else names
+    with _library_lock:
+        for candidate in candidates:
+            named = replace(meta, quality=candidate.quality)
+            try:
+                relative = job_names.name_for(files.naming, named, candidate.ext)
+                outcome = _existing_outcome(library, relative, named, candidate, files.conflict)
+            except OSError as exc:
+                log.info("not skipped", track_id=meta.track_id, error=str(exc))
+                continue
+            if outcome is not None:
+                job_names.hold(relative)
+                return FinalizeResult(relative.as_posix(), outcome)
+    return None
+
+
+def _existing_outcome(
+    library: Path, relative: PurePosixPath, meta: TrackMeta, candidate: Candidate, mode: str
+) -> Outcome | None:
+    """`skipped_identical`, `skipped_exists` or None for the file (if any) at `relative`."""
+    with contextlib.ExitStack() as fds:
+        library_fd = _closing(fds, os.open(library, _LIBRARY_FLAGS))
+        folder = _AlbumFolder(library, library_fd, relative.parent, fds)
+        if folder.fd is None:
+            return None
+        try:
+            # O_NONBLOCK: a FIFO planted there must not hang the check (regular files ignore it).
+            fd = open_file(
+                relative.name,
+                os.O_RDONLY | os.O_NONBLOCK,
+                dir_fd=folder.fd,
+                shown=folder.path / relative.name,
+            )
+        except FileNotFoundError:
+            return None
+        _closing(fds, fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None  # a folder or a device: finalize reports it
+        with os.fdopen(os.dup(fd), "rb") as file:
+            source = read_source(file, candidate.ext)
+        if source is not None and (source.track_id, source.quality) == (
+            meta.track_id,
+            meta.quality,
+        ):
+            return "skipped_identical"
+        if mode == "skip" and candidate.certain:
+            return "skipped_exists"
+    return None
 
 
 def _finalize(
@@ -226,6 +317,7 @@ def _finalize(
     library: Path,
     files: FilesSettings,
     names: JobNames,
+    synced_lyrics: str,
 ) -> FinalizeResult:
     cover_modes = files.cover.split("+")
     with contextlib.ExitStack() as fds:
@@ -263,6 +355,12 @@ def _finalize(
                     # The track is already in place: a missing cover.jpg must not report it
                     # failed. The album's next finished track tries again (only if absent).
                     log.warning("cover.jpg not written", folder=str(folder.path), error=str(exc))
+            if synced_lyrics and decision.moves:
+                try:
+                    _write_lyrics_file(folder.create(), decision.path.name, synced_lyrics)
+                except OSError as exc:
+                    # Like the cover: the track is in place, and its words are a decoration.
+                    log.warning("lyrics file not written", folder=str(folder.path), error=str(exc))
     return FinalizeResult(decision.path.as_posix(), decision.outcome)
 
 
@@ -438,6 +536,38 @@ def _write_cover_once(album_fd: int, track_name: str, cover: bytes, library: Pat
                 os.unlink(staging_name, dir_fd=scratch_fd)
     finally:
         os.close(scratch_fd)
+
+
+def lyrics_name(track_name: str) -> str:
+    """The `.lrc` beside a track: its name with the extension swapped ("01 - Song.lrc")."""
+    stem, dot, ext = track_name.rpartition(".")
+    return (stem if dot and ext else track_name) + LYRICS_SUFFIX
+
+
+def _write_lyrics_file(album_fd: int, track_name: str, text: str) -> None:
+    """Put `text` at the track's `.lrc` name, replacing an older one, atomically and durably.
+
+    Staged under a private name in the album folder, fsynced, renamed over
+    the old file, the folder fsynced. A link at the name is left as it is:
+    never followed, never replaced.
+    """
+    name = lyrics_name(track_name)
+    if is_link(name, dir_fd=album_fd):
+        raise UnsafePathError(Path(name), "a symbolic link")
+    staging_name, staging = _create_staging(album_fd, f"{TMP_DIRNAME}-", LYRICS_SUFFIX)
+    try:
+        with staging:
+            staging.write(text.encode("utf-8") + b"\n")
+            staging.flush()
+            track_mode = os.stat(track_name, dir_fd=album_fd, follow_symlinks=False).st_mode
+            os.fchmod(staging.fileno(), stat.S_IMODE(track_mode))
+            os.fsync(staging.fileno())
+        os.replace(staging_name, name, src_dir_fd=album_fd, dst_dir_fd=album_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staging_name, dir_fd=album_fd)
+        raise
+    os.fsync(album_fd)
 
 
 def _lexists(name: str, dir_fd: int) -> bool:

@@ -35,6 +35,7 @@ class TrackMeta:
     replay_gain_album: float | None = None
     peak_album: float | None = None
     cover_url: str | None = None
+    lyrics: str = ""  # the plain words, when they are to be embedded
 
     @property
     def display_title(self) -> str:
@@ -49,6 +50,14 @@ class TrackMeta:
     @property
     def year(self) -> str:
         return self.date[:4] if len(self.date) >= 4 else ""
+
+
+@dataclass(frozen=True)
+class Lyrics:
+    """A track's words: plain `text`, and `synced` LRC lines ("[mm:ss.xx] line"), "" if none."""
+
+    text: str
+    synced: str
 
 
 @dataclass(frozen=True)

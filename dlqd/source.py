@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,11 +31,12 @@ from dlqd.circuit import BASE_FAILURES, BaseReport, UpstreamCircuit
 from dlqd.errors import DlqdError, ErrorCode, from_http_status, map_httpx_errors, redact_url
 from dlqd.holds import QueueHeld
 from dlqd.manifest import plan_from_playback
-from dlqd.meta import AlbumMeta, MediaPlan, TrackMeta
+from dlqd.meta import AlbumMeta, Lyrics, MediaPlan, TrackMeta
 from dlqd.upstream_schema import (
     AlbumPage,
     TrackInfo,
     UpstreamArtist,
+    UpstreamLyrics,
     UpstreamTrack,
     parse,
     parse_album_page,
@@ -145,6 +147,36 @@ class Source:
         data, url = await self._get_data("/track/", {"id": track_id, "quality": quality})
         # Base64 and MPD parsing: off the event loop.
         return await trio.to_thread.run_sync(lambda: plan_from_playback(data, manifest_url=url))
+
+    async def lyrics(self, track_id: int) -> Lyrics | None:
+        """The track's lyrics, or None when the upstream has none (404) or they are empty.
+
+        Best effort and outside the circuit: lyrics only decorate a track, so
+        a `/lyrics/` route that fails (many proxies' lyrics provider does) must
+        never count a base as down, hold the queue or become its probe. One try
+        per base that is up; a failure raises `DlqdError` for the caller to log.
+        `/lyrics/` answers `{"version", "lyrics": {...}}`, without the `data`
+        envelope of the other routes.
+        """
+        self.circuit.check_open()
+        failure = DlqdError(ErrorCode.UPSTREAM_UNAVAILABLE, "no upstream base is up")
+        for base in self._bases:
+            if self.circuit.is_down(base):
+                continue
+            try:
+                body, url = await self._get_body(f"{base}/lyrics/", {"id": track_id})
+            except DlqdError as exc:
+                if exc.code == ErrorCode.UPSTREAM_NOT_FOUND:
+                    return None
+                failure = exc
+                continue
+            data = await trio.to_thread.run_sync(_envelope_data, body, url, "lyrics")
+            record = parse(UpstreamLyrics, data, f"/lyrics/ of track {track_id}")
+            if record.track_id not in (None, track_id):
+                raise _bad(f"/lyrics/ answered for track {track_id} with another track's")
+            lyrics = Lyrics(text=_plain_text(record.text), synced=_plain_text(record.subtitles))
+            return lyrics if lyrics.text or lyrics.synced else None
+        raise failure
 
     def cover_url(self, cover_uuid: str) -> str:
         return f"{self._cover_base_url}/{cover_uuid.replace('-', '/')}/1280x1280.jpg"
@@ -303,18 +335,28 @@ def with_playback_gains(meta: TrackMeta, plan: MediaPlan) -> TrackMeta:
     )
 
 
-def _envelope_data(body: bytearray, url: str) -> JSON:
-    """`data` of `{"version", "data"}`. Runs in a worker thread: bodies may be large."""
+def _envelope_data(body: bytearray, url: str, key: str = "data") -> JSON:
+    """`data` of `{"version", "data"}` (or another `key`). Runs in a worker thread."""
     if _json_values_bound(body) > MAX_JSON_VALUES:
         raise _bad(f"{redact_url(url)}: body may hold more than {MAX_JSON_VALUES} JSON values")
     try:
         envelope = json.loads(body)
     except (ValueError, RecursionError):
         raise _bad(f"{redact_url(url)}: body is not JSON") from None
-    data = envelope.get("data") if isinstance(envelope, dict) else None
+    data = envelope.get(key) if isinstance(envelope, dict) else None
     if not isinstance(data, dict):
-        raise _bad(f"{redact_url(url)}: no data object in the response")
+        raise _bad(f"{redact_url(url)}: no {key} object in the response")
     return data
+
+
+def _plain_text(text: str) -> str:
+    """Lines of text for a tag or a file: newlines as `\n`, no other control characters."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    kept = (
+        "".join(ch for ch in line if ch == "\t" or unicodedata.category(ch) != "Cc")
+        for line in lines
+    )
+    return "\n".join(line.rstrip() for line in kept).strip("\n")
 
 
 def _json_values_bound(body: bytes | bytearray) -> int:

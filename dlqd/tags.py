@@ -17,7 +17,7 @@ from pathlib import Path, PurePath
 from typing import BinaryIO
 
 from mutagen.flac import FLAC, Picture, VCFLACDict
-from mutagen.id3 import APIC, ID3, TXXX, Encoding, Frames, ID3NoHeaderError, PictureType
+from mutagen.id3 import APIC, ID3, TXXX, USLT, Encoding, Frames, ID3NoHeaderError, PictureType
 from mutagen.mp4 import MP4, MP4Cover, MP4FreeForm
 
 from dlqd.errors import DlqdError, ErrorCode, from_oserror
@@ -26,6 +26,10 @@ from dlqd.meta import TrackMeta
 # Room for a later tag edit without rewriting the audio; fixed so output is stable.
 PADDING_BYTES = 4096
 _ITUNES = "----:com.apple.iTunes:"
+_DLQD = "----:com.dlqd:"  # dlqd's own freeform atoms: where a file came from
+_FREEFORM = "----:"
+SOURCE_TRACK_ID = "TIDAL_TRACK_ID"
+SOURCE_QUALITY = "TIDAL_QUALITY"
 # A path, or the file itself open "r+b" (mutagen takes either).
 Target = Path | BinaryIO
 
@@ -54,8 +58,8 @@ class TagSpec:
     """One field and where each container keeps it; an empty key: not stored there.
 
     `vorbis` is one key, or for a `NumberPair` the (number, total) keys. `mp4` is
-    an atom name, or `----:com.apple.iTunes:NAME` for a freeform atom. `id3` is a
-    frame id, or `TXXX:DESC` for a user text frame.
+    an atom name, or `----:MEAN:NAME` for a freeform atom. `id3` is a frame id,
+    `TXXX:DESC` for a user text frame, or `USLT` (unsynchronised lyrics).
     """
 
     field: str
@@ -118,6 +122,22 @@ TAGS: tuple[TagSpec, ...] = (
         ("REPLAYGAIN_ALBUM_PEAK",),
         _ITUNES + "REPLAYGAIN_ALBUM_PEAK",
         "TXXX:REPLAYGAIN_ALBUM_PEAK",
+    ),
+    TagSpec("lyrics", lambda m: m.lyrics, ("LYRICS",), "\xa9lyr", "USLT"),
+    # Where the file came from: what lets a later job skip it without downloading it.
+    TagSpec(
+        "tidal_track_id",
+        lambda m: str(m.track_id),
+        (SOURCE_TRACK_ID,),
+        _DLQD + SOURCE_TRACK_ID,
+        "TXXX:" + SOURCE_TRACK_ID,
+    ),
+    TagSpec(
+        "tidal_quality",
+        lambda m: m.quality,
+        (SOURCE_QUALITY,),
+        _DLQD + SOURCE_QUALITY,
+        "TXXX:" + SOURCE_QUALITY,
     ),
 )
 
@@ -184,7 +204,7 @@ def _write_mp4(target: Target, meta: TrackMeta, cover: bytes | None) -> None:
             continue
         if isinstance(value, NumberPair):
             audio.tags[spec.mp4] = [(value.number, value.total)]
-        elif spec.mp4.startswith(_ITUNES):
+        elif spec.mp4.startswith(_FREEFORM):
             audio.tags[spec.mp4] = [MP4FreeForm(text.encode("utf-8")) for text in _texts(value)]
         else:
             audio.tags[spec.mp4] = _texts(value)
@@ -209,6 +229,8 @@ def _write_mp3(target: Target, meta: TrackMeta, cover: bytes | None) -> None:
             texts = _texts(value)
         if spec.id3.startswith("TXXX:"):
             tags.add(TXXX(encoding=Encoding.UTF8, desc=spec.id3[5:], text=texts))
+        elif spec.id3 == "USLT":
+            tags.add(USLT(encoding=Encoding.UTF8, lang="XXX", desc="", text="\n".join(texts)))
         else:
             tags.add(Frames[spec.id3](encoding=Encoding.UTF8, text=texts))
     if cover is not None:
@@ -240,6 +262,61 @@ def _oserror_in(exc: BaseException) -> OSError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+@dataclass(frozen=True)
+class SourceTag:
+    """Where a library file came from, as its own tags say (see `read_source`)."""
+
+    track_id: int
+    quality: str
+
+
+def read_source(target: Target, ext: str) -> SourceTag | None:
+    """The TIDAL track id and delivered quality recorded in `target`, or None.
+
+    `target` is an existing library file: hostile input. Anything that is not
+    a well-formed file carrying both tags — unreadable, truncated, a foreign
+    file, a malformed tag — is None ("not the same file"), never an error.
+    """
+    try:
+        texts = _source_texts(target, ext)
+    except Exception:  # mutagen on untrusted bytes raises anything: see write_tags
+        return None
+    if texts is None:
+        return None
+    track_id, quality = texts
+    if not (track_id.isascii() and track_id.isdigit() and len(track_id) <= 12 and quality):
+        return None
+    return SourceTag(int(track_id), quality)
+
+
+def _source_texts(target: Target, ext: str) -> tuple[str, str] | None:
+    """The first value of each source tag, as text; None when either is missing."""
+    keys = (SOURCE_TRACK_ID, SOURCE_QUALITY)
+    if ext == "flac":
+        vorbis = FLAC(_at_start(target)).tags
+        if not isinstance(vorbis, VCFLACDict):
+            return None
+        texts = [(vorbis.get(key) or [None])[0] for key in keys]
+    elif ext == "m4a":
+        atoms = MP4(_at_start(target)).tags
+        texts = []
+        for key in keys:
+            values = atoms.get(_DLQD + key) if atoms is not None else None
+            texts.append(bytes(values[0]).decode("utf-8") if values else None)
+    elif ext == "mp3":
+        frames = ID3(_at_start(target))
+        texts = []
+        for key in keys:
+            frame = frames.get("TXXX:" + key)
+            texts.append(str(frame.text[0]) if frame is not None and frame.text else None)
+    else:
+        return None
+    track_id, quality = texts
+    if not isinstance(track_id, str) or not isinstance(quality, str):
+        return None
+    return track_id, quality
 
 
 def write_tags(target: Target, ext: str, meta: TrackMeta, cover: bytes | None) -> None:

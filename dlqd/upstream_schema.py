@@ -1,6 +1,6 @@
 """The upstream's JSON shapes of DESIGN §6, declared once, and the one parser that checks them.
 
-Owns: every field dlqd reads from `/info/`, `/album/`, `/track/` and the BTS
+Owns: every field dlqd reads from `/info/`, `/album/`, `/track/`, `/lyrics/` and the BTS
 manifest — its JSON key, type and range — and turning a parsed JSON mapping
 into the typed records below. Nothing else reads the upstream's JSON; a field
 not declared here is never read. Pure: never does I/O, never raises anything but
@@ -37,6 +37,7 @@ MAX_TEXT_CHARS = 4096  # titles, names, copyright lines
 MAX_URL_CHARS = 16384  # signed media URLs are long, but not this long
 MAX_ARTISTS = 1000  # per track or album
 MAX_URLS = 100  # mirrors in one BTS manifest
+MAX_LYRICS_CHARS = 256 * 1024  # a song's words, synced or not: far more than any song has
 QUOTE_CHARS = 60
 
 _R = TypeVar("_R")
@@ -350,6 +351,16 @@ class BtsManifest:
     ]
     mime_type: Annotated[str, From("mimeType", SHORT)] = ""
     codecs: Annotated[str | None, From("codecs", SHORT)] = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamLyrics:
+    """`/lyrics/`'s `lyrics` object: plain words, and synced `[mm:ss.xx] line` subtitles."""
+
+    track_id: Annotated[int | None, From("trackId", ID)] = None
+    provider: Annotated[str, From("lyricsProvider", SHORT)] = ""
+    text: Annotated[str, From("lyrics", Text(max_chars=MAX_LYRICS_CHARS))] = ""
+    subtitles: Annotated[str, From("subtitles", Text(max_chars=MAX_LYRICS_CHARS))] = ""
 
 
 # -- the parser ----------------------------------------------------------------------

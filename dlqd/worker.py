@@ -35,11 +35,11 @@ from dlqd.fetch import (
     fetch_to_file,
     sidecar_path,
 )
-from dlqd.finalize import TMP_DIRNAME, finalize_track, tmp_dir
+from dlqd.finalize import TMP_DIRNAME, Candidate, finalize_track, skip_before_fetch, tmp_dir
 from dlqd.holds import HoldReason, QueueHeld
 from dlqd.integrity import check_media_integrity
 from dlqd.library_watch import LibraryWatch
-from dlqd.meta import MediaPlan, TrackMeta
+from dlqd.meta import Lyrics, MediaPlan, TrackMeta
 from dlqd.model import Job
 from dlqd.safefs import UnsafePathError, unlink_beneath
 from dlqd.scheduler import ResolvedJob, TrackResult, TrackRun
@@ -48,6 +48,10 @@ from dlqd.source import Source, with_playback_gains
 log = structlog.get_logger("dlqd.worker")
 T = TypeVar("T")
 COVER_CACHE_SIZE = 8  # albums whose tracks are running at once, with room to spare
+# The containers each asked quality can arrive in (before the playback info says which).
+_EXTENSIONS_FOR = {"LOW": ("m4a",), "HIGH": ("m4a",), "LOSSLESS": ("flac", "m4a")}
+_ALL_EXTENSIONS = ("flac", "m4a", "mp3")
+_EXTENSION_OF_MIME = {"audio/flac": "flac", "audio/mp4": "m4a", "audio/mpeg": "mp3"}
 
 
 def backoff_delay(
@@ -200,7 +204,21 @@ class DownloadWork:
         resumable = True  # until the plan says otherwise: a partial left so far is a prefix
         try:
             await self._preflight()
+            # A file recorded as this track at the asked quality: not even the playback info.
+            skipped = await self._skip_before_fetch(run, temp, _asked_candidates(run.quality))
+            if skipped is not None:
+                return dataclasses.replace(skipped, quality=run.quality)
             plan = await self.source.media_plan(run.track.track_id, run.quality)
+            # The playback info says what a download would deliver: no media request for it.
+            skipped = await self._skip_before_fetch(run, temp, _planned_candidates(plan, run))
+            if skipped is not None:
+                quality, bit_depth, sample_rate = _delivered(plan)
+                return dataclasses.replace(
+                    skipped,
+                    quality=quality or run.quality,
+                    bit_depth=bit_depth,
+                    sample_rate=sample_rate,
+                )
             resumable = not plan.segments  # DASH is written from scratch on every try
             try:
                 fetched = await self._fetch(plan, temp, run)
@@ -225,9 +243,16 @@ class DownloadWork:
         if quality is not None:  # `{quality}` in names: what the file holds
             meta = dataclasses.replace(meta, quality=quality)
         cover = await self._cover(meta)
+        lyrics = await self._lyrics(meta.track_id)
+        synced = ""
+        if lyrics is not None:
+            if self.files.lyrics in ("embed", "both"):
+                meta = dataclasses.replace(meta, lyrics=lyrics.text)
+            if self.files.lyrics in ("lrc", "both"):
+                synced = lyrics.synced
         try:
             final = await trio.to_thread.run_sync(
-                finalize_track, temp, meta, cover, self.library, self.files, run.names
+                finalize_track, temp, meta, cover, self.library, self.files, run.names, synced
             )
         except DlqdError as exc:
             # Finalize tagged (and may have moved) the bytes: nothing intact is left to keep.
@@ -243,6 +268,18 @@ class DownloadWork:
             bit_depth=bit_depth,
             sample_rate=sample_rate,
         )
+
+    async def _skip_before_fetch(
+        self, run: TrackRun, temp: Path, candidates: Sequence[Candidate]
+    ) -> TrackResult | None:
+        """The result of a track already in the library (finalize decides), or None."""
+        skipped = await trio.to_thread.run_sync(
+            skip_before_fetch, run.meta, candidates, self.library, self.files, run.names
+        )
+        if skipped is None:
+            return None
+        await trio.to_thread.run_sync(_remove, temp)  # a partial of an earlier try: not needed
+        return TrackResult(path=skipped.path, outcome=skipped.outcome, bytes=0)
 
     async def _preflight(self) -> None:
         """The library takes files, its disk has room, the temp folder is a real folder.
@@ -322,10 +359,45 @@ class DownloadWork:
             self._covers.popitem(last=False)
         return cover
 
+    async def _lyrics(self, track_id: int) -> Lyrics | None:
+        """The track's lyrics as `files.lyrics` wants them; a lyrics problem never fails a track.
+
+        None when the setting is `none`, the track has none (404), or the
+        request fails: one try, not retried, so a broken lyrics route never
+        delays a track by a backoff schedule; the failure is logged.
+        """
+        if self.files.lyrics == "none":
+            return None
+        try:
+            return await self.source.lyrics(track_id)
+        except DlqdError as exc:
+            log.warning("lyrics unavailable", track_id=track_id, error_code=str(exc.code))
+            return None
+
 
 def _asked(tracks: tuple[TrackMeta, ...], quality: str) -> tuple[TrackMeta, ...]:
     """The job's tracks as asked: until a track is fetched, its quality is the job's."""
     return tuple(dataclasses.replace(meta, quality=quality) for meta in tracks)
+
+
+def _asked_candidates(quality: str) -> tuple[Candidate, ...]:
+    """Names a track asked at `quality` may have: that quality, in each container it comes in."""
+    return tuple(Candidate(quality, ext) for ext in _EXTENSIONS_FOR.get(quality, _ALL_EXTENSIONS))
+
+
+def _planned_candidates(plan: MediaPlan, run: TrackRun) -> tuple[Candidate, ...]:
+    """The name the planned download will take, when the manifest's MIME type tells its container.
+
+    The extension finalize gives comes from the bytes; the manifest's type
+    predicts it (DASH and AAC are MP4, BTS FLAC is FLAC). When it does not,
+    every container is a candidate, and only a file tagged as this very track
+    is skipped.
+    """
+    quality = _delivered(plan)[0] or run.quality
+    ext = _EXTENSION_OF_MIME.get(plan.mime_type.split(";")[0].strip().lower())
+    if ext is not None:
+        return (Candidate(quality, ext, certain=True),)
+    return tuple(Candidate(quality, other) for other in _ALL_EXTENSIONS)
 
 
 def _delivered(plan: MediaPlan) -> tuple[str | None, int | None, int | None]:

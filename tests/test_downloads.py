@@ -77,25 +77,31 @@ def expected_vorbis(catalog: Catalog, track_id: int) -> dict[str, list[str]]:
     track = catalog.track(track_id)
     album = catalog.album(track.album_id)
     on_disc = [t for t in album.track_ids if catalog.track(t).volume_number == track.volume_number]
-    return {
-        "title": [display_title(catalog, track_id)],
-        "artist": [", ".join(artist_names(catalog, track_id))],
-        "artists": artist_names(catalog, track_id),
-        "album": [album.title],
-        "albumartist": [album.artists[0].name],
-        "tracknumber": [str(track.track_number)],
-        "tracktotal": [str(len(on_disc))],  # dlqd counts tracks per disc
-        "discnumber": [str(track.volume_number)],
-        "disctotal": [str(album.number_of_volumes)],
-        "date": [album.release_date],
-        "year": [album.release_date[:4]],
-        "isrc": [track.isrc],
-        "copyright": [track.copyright],
-        "replaygain_track_gain": [f"{track.replay_gain:.2f} dB"],
-        "replaygain_track_peak": [f"{track.peak:.6f}"],
-        "replaygain_album_gain": [f"{album.replay_gain:.2f} dB"],
-        "replaygain_album_peak": [f"{album.peak:.6f}"],
-    }
+    lyrics = {"lyrics": [track.lyrics]} if track.lyrics else {}  # files.lyrics = "embed"
+    return (
+        lyrics
+        | {
+            "title": [display_title(catalog, track_id)],
+            "artist": [", ".join(artist_names(catalog, track_id))],
+            "artists": artist_names(catalog, track_id),
+            "album": [album.title],
+            "albumartist": [album.artists[0].name],
+            "tracknumber": [str(track.track_number)],
+            "tracktotal": [str(len(on_disc))],  # dlqd counts tracks per disc
+            "discnumber": [str(track.volume_number)],
+            "disctotal": [str(album.number_of_volumes)],
+            "date": [album.release_date],
+            "year": [album.release_date[:4]],
+            "isrc": [track.isrc],
+            "copyright": [track.copyright],
+            "replaygain_track_gain": [f"{track.replay_gain:.2f} dB"],
+            "replaygain_track_peak": [f"{track.peak:.6f}"],
+            "replaygain_album_gain": [f"{album.replay_gain:.2f} dB"],
+            "replaygain_album_peak": [f"{album.peak:.6f}"],
+            "tidal_track_id": [str(track_id)],
+            "tidal_quality": [catalog.effective_quality(track_id, "LOSSLESS")],
+        }
+    )
 
 
 def vorbis_tags(path: Path) -> dict[str, list[str]]:
@@ -395,7 +401,9 @@ def test_conflict_mode_decides_what_happens_to_an_existing_different_file(
     assert track["outcome"] == "written"
     existing = daemon.library / track["path"]
     downloaded = existing.read_bytes()
-    tampered = downloaded + b"edited by hand"
+    # Not a file dlqd wrote (no source tags): a file dlqd did write, from this very
+    # track and quality, is skipped before any download (test_skip_and_lyrics.py).
+    tampered = b"edited by hand" + downloaded
     existing.write_bytes(tampered)
     tampered_state = file_state(existing)
 

@@ -77,6 +77,9 @@ def assert_slot_free_and_new_job_starts(
 MATRIX_SETTINGS = {
     "worker": {"max_retries": 2, "backoff_s": [0.05, 0.1], "max_concurrent": 2},
     "upstream": {"read_timeout_s": 1.0, "connect_timeout_s": 1.0},
+    # Each test fetches the same track into one library: `overwrite` downloads it every
+    # time (the default would skip it before any request the test injects a fault into).
+    "files": {"conflict": "overwrite"},
 }
 
 

@@ -18,7 +18,7 @@ from mutagen.mp4 import MP4, MP4Cover
 
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.meta import TrackMeta
-from dlqd.tags import write_tags
+from dlqd.tags import SourceTag, read_source, write_tags
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audio"
 COVER = (FIXTURES / "cover.jpg").read_bytes()
@@ -85,6 +85,8 @@ def test_flac_tags_read_back(tmp_path: Path) -> None:
         ("REPLAYGAIN_TRACK_PEAK", "0.987654"),
         ("REPLAYGAIN_ALBUM_GAIN", "-7.25 dB"),
         ("REPLAYGAIN_ALBUM_PEAK", "0.999969"),
+        ("TIDAL_TRACK_ID", "42"),
+        ("TIDAL_QUALITY", "LOSSLESS"),
     ]
     [picture] = audio.pictures
     assert (picture.type, picture.mime, picture.data) == (3, "image/jpeg", COVER)
@@ -116,6 +118,8 @@ def test_mp4_tags_read_back(tmp_path: Path, fixture: str) -> None:
         "REPLAYGAIN_ALBUM_GAIN": "-7.25 dB",
         "REPLAYGAIN_ALBUM_PEAK": "0.999969",
     }
+    assert tags["----:com.dlqd:TIDAL_TRACK_ID"] == [b"42"]
+    assert tags["----:com.dlqd:TIDAL_QUALITY"] == [b"LOSSLESS"]
     [cover] = tags["covr"]
     assert cover.imageformat == MP4Cover.FORMAT_JPEG
     assert bytes(cover) == COVER
@@ -141,6 +145,8 @@ def test_mp3_tags_read_back(tmp_path: Path) -> None:
         "TXXX:REPLAYGAIN_TRACK_PEAK": ["0.987654"],
         "TXXX:REPLAYGAIN_ALBUM_GAIN": ["-7.25 dB"],
         "TXXX:REPLAYGAIN_ALBUM_PEAK": ["0.999969"],
+        "TXXX:TIDAL_TRACK_ID": ["42"],
+        "TXXX:TIDAL_QUALITY": ["LOSSLESS"],
     }
     assert [str(stamp) for stamp in texts["TDRC"]] == ["2019-06-21"]
     [apic] = tags.getall("APIC")
@@ -173,6 +179,8 @@ def test_missing_values_are_left_out(tmp_path: Path) -> None:
         "TRACKNUMBER",
         "DISCNUMBER",
         "DISCTOTAL",
+        "TIDAL_TRACK_ID",
+        "TIDAL_QUALITY",
     ]
     assert audio.pictures == []
     mp3 = copy_fixture(tmp_path, "sine.mp3")
@@ -261,3 +269,43 @@ def test_unknown_extension_is_unsupported(tmp_path: Path) -> None:
     with pytest.raises(DlqdError) as caught:
         write_tags(path, "ogg", META, None)
     assert caught.value.code is ErrorCode.UNSUPPORTED_FORMAT
+
+
+@pytest.mark.parametrize(("fixture", "ext"), AUDIO)
+def test_the_source_tags_read_back(tmp_path: Path, fixture: str, ext: str) -> None:
+    path = copy_fixture(tmp_path, fixture)
+    assert read_source(path, ext) is None  # untagged: not from dlqd
+    write_tags(path, ext, dataclasses.replace(META, quality="HI_RES_LOSSLESS"), None)
+    with open(path, "rb") as stream:
+        assert read_source(stream, ext) == SourceTag(42, "HI_RES_LOSSLESS")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"fLaC",
+        b"fLaC" + b"\xff" * 100,
+        b"\x00\x00\x00\x18ftypM4A " + b"\xff" * 100,
+        b"ID3\x04\x00\x00\x7f\x7f\x7f\x7f",
+        bytes(range(256)) * 8,
+    ],
+)
+@pytest.mark.parametrize("ext", ["flac", "m4a", "mp3", "ogg"])
+def test_a_broken_file_has_no_source_rather_than_an_error(
+    tmp_path: Path, content: bytes, ext: str
+) -> None:
+    path = tmp_path / f"broken.{ext}"
+    path.write_bytes(content)
+    assert read_source(path, ext) is None
+
+
+@pytest.mark.parametrize("track_id", ["", "x42", "-1", "4" * 13, "\u0664\u0662"])
+def test_a_source_tag_that_is_not_a_track_id_is_no_source(tmp_path: Path, track_id: str) -> None:
+    path = copy_fixture(tmp_path, "sine.flac")
+    write_tags(path, "flac", META, None)
+    audio = FLAC(path)
+    assert audio.tags is not None
+    audio.tags["TIDAL_TRACK_ID"] = [track_id]
+    audio.save()
+    assert read_source(path, "flac") is None
