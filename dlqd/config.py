@@ -262,7 +262,7 @@ class DaemonConfig:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
-    """[upstream]: the proxy API bases to fail over between, the cover host, HTTP limits."""
+    """[upstream]: the proxy API bases to fail over between, the cover host, HTTP limits, trust."""
 
     base_url: tuple[str, ...] = field(
         default=("http://127.0.0.1:8000",),
@@ -285,6 +285,7 @@ class UpstreamConfig:
     failure_threshold: int = field(default=5, metadata=_checked_as(_POSITIVE))
     max_cooldown_s: float = field(default=600.0, metadata=_checked_as(_DURATION))
     max_retry_after_s: float = field(default=600.0, metadata=_checked_as(_DELAY))
+    ca_file: Path | None = field(default=None, metadata=_checked_as(_Path(optional=True)))
 
 
 @dataclass(frozen=True, slots=True)

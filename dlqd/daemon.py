@@ -20,6 +20,7 @@ import functools
 import os
 import signal
 import socket
+import ssl
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -60,6 +61,7 @@ from dlqd.source import Source
 from dlqd.state import QueueState, recover_interrupted
 from dlqd.store import Store
 from dlqd.systemd import Notifier, activation_socket
+from dlqd.transfer import trust_context
 from dlqd.worker import DownloadWork, RetryPolicy, temp_name
 
 log = structlog.get_logger("dlqd.daemon")
@@ -231,6 +233,7 @@ async def serve(config: Config) -> None:
         "(dlqd creates a missing one)",
         missing_ok=True,
     )
+    tls = upstream_trust(config)
     stop_signals = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
     listener, socket_file = open_listener(config)  # a taken socket refuses before the state dir
     try:
@@ -238,7 +241,7 @@ async def serve(config: Config) -> None:
             files, state = recover_state(state_dir)
             try:
                 sweep_leftovers(library, resumable_partials(state))
-                await _run(config, files, state, listener, signals)
+                await _run(config, tls, files, state, listener, signals)
             finally:
                 files.close()
     finally:
@@ -247,8 +250,19 @@ async def serve(config: Config) -> None:
             socket_file.remove()  # only the socket we bound, not what replaced it
 
 
+def upstream_trust(config: Config) -> ssl.SSLContext:
+    """The TLS context of every upstream request: httpx's default trust plus `upstream.ca_file`."""
+    ca_file = config.upstream.ca_file
+    try:
+        return trust_context(ca_file)
+    except OSError as exc:  # ssl.SSLError included: not a PEM certificate
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        raise StartupError(f"cannot use upstream.ca_file {ca_file}: {reason}") from None
+
+
 async def _run(
     config: Config,
+    tls: ssl.SSLContext,
     files: JournalFiles,
     state: QueueState,
     listener: socket.socket,
@@ -289,6 +303,7 @@ async def _run(
         ),
         max_job_tracks=config.limits.max_job_tracks,
         max_metadata_bytes=config.limits.max_metadata_mb * 1024 * 1024,
+        ssl_context=tls,
     )
     watch = LibraryWatch(
         config.daemon.library,

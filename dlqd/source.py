@@ -1,6 +1,7 @@
 """The upstream API of DESIGN §6: metadata, album paging, playback plans, covers, failover.
 
-Owns the daemon's one `httpx.AsyncClient`, the order in which upstream bases
+Owns the daemon's one `httpx.AsyncClient` and the `MediaClient` (dlqd.transfer)
+that shares its TLS trust, identity and connect timeout, the order in which upstream bases
 are tried (those the `UpstreamCircuit` counts as up, in order; none at all
 while it holds the queue), the probe request it sends to a down base, and
 turning the upstream's answers into `TrackMeta` / `AlbumMeta` / `MediaPlan`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import ssl
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,6 +34,7 @@ from dlqd.errors import DlqdError, ErrorCode, from_http_status, map_httpx_errors
 from dlqd.holds import QueueHeld
 from dlqd.manifest import plan_from_playback
 from dlqd.meta import AlbumMeta, Lyrics, MediaPlan, TrackMeta
+from dlqd.transfer import MediaClient, trust_context
 from dlqd.upstream_schema import (
     AlbumPage,
     TrackInfo,
@@ -90,7 +93,9 @@ class Source:
         circuit: Callable[[Sequence[str]], UpstreamCircuit] = UpstreamCircuit,
         max_job_tracks: int = MAX_JOB_TRACKS,
         max_metadata_bytes: int = MAX_METADATA_BYTES,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: the daemon's trust (`trust_context`); by default httpx's own."""
         if not base_urls:
             raise ValueError("at least one upstream base URL is required")
         self._bases = [url.rstrip("/") for url in base_urls]
@@ -101,7 +106,9 @@ class Source:
         self._max_job_tracks = max_job_tracks
         self._max_metadata_bytes = max_metadata_bytes
         self._owns_client = client is None
+        tls = ssl_context if ssl_context is not None else trust_context(None)
         self.client = client or httpx.AsyncClient(
+            verify=tls,
             timeout=httpx.Timeout(
                 connect=connect_timeout_s,
                 read=read_timeout_s,
@@ -110,6 +117,13 @@ class Source:
             ),
             headers={"User-Agent": user_agent, "Accept-Encoding": ACCEPT_ENCODING},
             follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+        )
+        self.media = MediaClient(
+            ssl_context=tls,
+            user_agent=user_agent,
+            connect_timeout_s=connect_timeout_s,
+            http=self.client,
             max_redirects=MAX_REDIRECTS,
         )
 

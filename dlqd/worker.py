@@ -314,7 +314,7 @@ class DownloadWork:
     async def _fetch(self, plan: MediaPlan, temp: Path, run: TrackRun) -> int:
         try:
             result = await fetch_to_file(
-                self.source.client,
+                self.source.media,
                 plan,
                 temp,
                 progress=run.progress,

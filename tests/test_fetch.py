@@ -88,7 +88,7 @@ async def fetch(
 ) -> FetchResult:
     """`fetch_to_file` with the source's client, a 2 s read timeout unless told otherwise."""
     return await fetch_to_file(
-        source.client,
+        source.media,
         plan,
         dest,
         progress=progress or ProgressLog(),
