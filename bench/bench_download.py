@@ -3,8 +3,9 @@
 Wall time and CPU to download one album (default 20 tracks x 30 MiB of FLAC)
 whose media a real web server serves, by dlqd and by `aria2c -j4`, per protocol:
   https    nginx on 127.0.0.1 over TLS 1.3, with a CA and server certificate this
-           script generates (openssl CLI); dlqd trusts the CA via SSL_CERT_FILE in
-           its environment, aria2c via --ca-certificate.
+           script generates (openssl CLI); dlqd trusts the CA via `upstream.ca_file`
+           (its environment has no SSL_CERT_FILE/SSL_CERT_DIR: certifi + that CA),
+           aria2c via --ca-certificate.
   http     the same nginx, plain HTTP.
   catalog  the media served by the Python test catalog (`CatalogServer`), as the
            issue 3 benchmark did: a threaded Python server in this process, which
@@ -41,7 +42,6 @@ import json
 import os
 import platform
 import resource
-import secrets
 import shlex
 import shutil
 import socket
@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlqctl.client import Client
 from dlqd.catalog import Catalog, CatalogServer, RequestRecord, Responder, Scripted
-from tests.support import DaemonProcess
+from tests.support import DaemonProcess, make_certificates
 
 PROTOCOLS = ("https", "http", "catalog")
 LABELS = {
@@ -136,36 +136,6 @@ def free_port() -> int:
 
 
 # -- the certificate and nginx ---------------------------------------------------
-
-
-def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """(CA certificate, server certificate, server key) for 127.0.0.1, via the openssl CLI.
-
-    The extensions are the ones strict verifiers want (CA basicConstraints and
-    keyUsage critical, SAN, serverAuth, key identifiers), so the same files work
-    for stdlib `ssl`, httpx and GnuTLS (aria2c).
-    """
-    directory.mkdir(parents=True)
-    (directory / "server.ext").write_text(
-        "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
-        "basicConstraints = critical, CA:FALSE\n"
-        "keyUsage = critical, digitalSignature\n"
-        "extendedKeyUsage = serverAuth\n"
-        "subjectKeyIdentifier = hash\n"
-        "authorityKeyIdentifier = keyid\n"
-    )
-    new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-    for command in (
-        f"req -x509 {new_key} -days 2 -subj '/CN=dlqd bench CA'"
-        " -addext basicConstraints=critical,CA:TRUE"
-        " -addext keyUsage=critical,keyCertSign,cRLSign -keyout ca.key -out ca.pem",
-        f"req {new_key} -subj /CN=127.0.0.1 -keyout server.key -out server.csr",
-        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -days 2 -extfile server.ext"
-        f" -set_serial 0x{secrets.token_hex(8)} -out server.pem",
-    ):
-        openssl = ["openssl", *shlex.split(command)]
-        subprocess.run(openssl, cwd=directory, check=True, capture_output=True)
-    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
 
 
 NGINX_CONF = """\
@@ -303,10 +273,14 @@ def run_dlqd(
     daemon = DaemonProcess(
         root,
         settings={
-            "upstream": {"base_url": [server.base_url], "cover_base_url": server.cover_base_url},
+            "upstream": {
+                "base_url": [server.base_url],
+                "cover_base_url": server.cover_base_url,
+                "ca_file": str(ca_cert),
+            },
             "worker": {"max_concurrent": max_concurrent},
         },
-        env={"SSL_CERT_FILE": str(ca_cert)},
+        env={"SSL_CERT_FILE": None, "SSL_CERT_DIR": None},
     )
     daemon.start()
     try:
@@ -431,7 +405,8 @@ def main() -> None:
     print(f"generating {args.tracks} x {args.track_mib:g} MiB of FLAC ...", flush=True)
     www = scratch / "www"
     total_bytes = write_media(catalog, track_ids, www)
-    ca_cert, cert, key = make_certificates(scratch / "tls")
+    certificates = make_certificates(scratch / "tls")
+    ca_cert, cert, key = certificates.ca, certificates.cert, certificates.key
     machine = (
         f"nproc {os.cpu_count()}; {cpu_model()}; Linux {platform.release()}; "
         f"Python {platform.python_version()}; {ssl.OPENSSL_VERSION}; "

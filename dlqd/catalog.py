@@ -2,8 +2,8 @@
 
 Owns: the deterministic catalog (`Catalog`: albums, tracks, the exact bytes each
 track serves), and `CatalogServer`, a stdlib threaded HTTP server on 127.0.0.1
-speaking the hifi-api v2 routes, with fault injection, throttling and a request
-log for tests, benchmarks and `dlqd demo`.
+speaking the hifi-api v2 routes — over TLS when given an `ssl_context` — with
+fault injection, throttling and a request log for tests, benchmarks and `dlqd demo`.
 Never: imports test code, calls other dlqd modules (it stands in for the outside
 world), writes files, or talks to any host but its own socket.
 
@@ -37,6 +37,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -548,7 +549,11 @@ def _populate(c: Catalog) -> None:
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request as received; header names are lower-cased, `at` is when (Unix time)."""
+    """One request as received; header names are lower-cased, `at` is when (Unix time).
+
+    `client_port` is the client's end of the connection it came on: requests
+    with the same one shared a (keep-alive) connection.
+    """
 
     method: str
     path: str
@@ -558,6 +563,7 @@ class RequestRecord:
     track_id: int | None
     album_id: int | None
     at: float = field(default_factory=time.time)
+    client_port: int = 0
 
 
 @dataclass
@@ -619,7 +625,11 @@ class _Response:
 
 
 class CatalogServer:
-    """A real HTTP upstream on 127.0.0.1 serving `catalog`, run in a background thread."""
+    """A real HTTP upstream on 127.0.0.1 serving `catalog`, run in a background thread.
+
+    With `ssl_context` (a server-side context holding its certificate) it speaks
+    HTTPS: the handshake runs in each connection's handler thread.
+    """
 
     def __init__(
         self,
@@ -628,9 +638,11 @@ class CatalogServer:
         host: str = "127.0.0.1",
         port: int = 0,
         supports_range: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.catalog = catalog if catalog is not None else Catalog()
         self.supports_range = supports_range
+        self.ssl_context = ssl_context
         self.throttle_bps: int | None = None
         self._address = (host, port)
         self._lock = threading.Lock()
@@ -651,6 +663,10 @@ class CatalogServer:
         if self._httpd is not None:
             raise RuntimeError("CatalogServer already started")
         self._httpd = _HTTPServer(self._address, _Handler, self)
+        if self.ssl_context is not None:
+            self._httpd.socket = self.ssl_context.wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, args=(0.05,), name="catalog-server", daemon=True
         )
@@ -685,7 +701,8 @@ class CatalogServer:
         if self._httpd is None:
             raise RuntimeError("CatalogServer not started")
         host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://{host!s}:{port}"
 
     @property
     def cover_base_url(self) -> str:
@@ -963,6 +980,7 @@ class _Handler(BaseHTTPRequestHandler):
             {k.lower(): v for k, v in self.headers.items()},
             track_id,
             album_id,
+            client_port=self.client_address[1],
         )
         app._record(record)
         script = app._take_script(route, track_id, album_id) if route is not None else None

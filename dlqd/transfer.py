@@ -636,7 +636,8 @@ class Transfer:
         if response.status_code in (204, 304):
             received, reusable = 0, True
         elif "transfer-encoding" in headers:  # h11 accepts only chunked here
-            parser.receive_data(rest)
+            if rest:  # (receive_data(b"") would tell h11 the connection closed)
+                parser.receive_data(rest)
             received, reusable = self._read_chunked(connection, parser)
         else:
             length = int(headers["content-length"]) if "content-length" in headers else None

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import shlex
 import signal
 import socket
+import ssl
 import stat
 import struct
 import subprocess
@@ -78,11 +81,15 @@ def toml_value(value: Any) -> str:
 
 @dataclass
 class DaemonProcess:
-    """One dlqd subprocess with its own state dir, library and socket."""
+    """One dlqd subprocess with its own state dir, library and socket.
+
+    `env` is laid over this process's environment; a None value unsets that
+    variable (e.g. `SSL_CERT_FILE`, which this sandbox sets for everything).
+    """
 
     root: Path
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -139,7 +146,11 @@ class DaemonProcess:
             for k, v in os.environ.items()
             if not k.startswith(("DLQD_", "JOURNAL_", "NOTIFY_", "WATCHDOG_", "LISTEN_"))
         }
-        env.update(self.env)
+        for name, value in self.env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         log = open(self.log_path, "ab")  # noqa: SIM115 — the child keeps it
         self.proc = subprocess.Popen(
             [
@@ -452,3 +463,63 @@ def assert_unharmed(
     assert {Path(name).parent for name in landed - set(planted)} == completed_folders
     assert os.listdir(daemon.library / TMP_DIRNAME) == []
     assert outside_snapshot(daemon) == before
+
+
+# --- a certificate authority of our own, for TLS upstreams --------------------------------
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A CA certificate, and a server certificate + key it signed, as PEM files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        """What a TLS server (`CatalogServer(ssl_context=...)`) presents."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+def make_certificates(
+    directory: Path, *, names: str = "IP:127.0.0.1, DNS:localhost", ca: Certificates | None = None
+) -> Certificates:
+    """A server certificate for `names` (subjectAltName syntax), via the openssl CLI.
+
+    Signed by `ca`'s key when given, else by a new CA made in `directory`.
+    The extensions are the ones strict verifiers want (CA basicConstraints and
+    keyUsage critical, SAN, serverAuth, key identifiers), so the same files
+    work for stdlib `ssl`, httpx and GnuTLS (aria2c).
+    """
+    directory.mkdir(parents=True)
+    (directory / "server.ext").write_text(
+        f"subjectAltName = {names}\n"
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature\n"
+        "extendedKeyUsage = serverAuth\n"
+        "subjectKeyIdentifier = hash\n"
+        "authorityKeyIdentifier = keyid\n"
+    )
+    new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    commands = []
+    if ca is None:
+        commands.append(
+            f"req -x509 {new_key} -days 2 -subj '/CN=dlqd test CA'"
+            " -addext basicConstraints=critical,CA:TRUE"
+            " -addext keyUsage=critical,keyCertSign,cRLSign -keyout ca.key -out ca.pem"
+        )
+        ca_cert, ca_key = directory / "ca.pem", directory / "ca.key"
+    else:
+        ca_cert, ca_key = ca.ca, ca.ca.with_suffix(".key")
+    commands += [
+        f"req {new_key} -subj /CN=dlqd-test-server -keyout server.key -out server.csr",
+        f"x509 -req -in server.csr -CA {shlex.quote(str(ca_cert))}"
+        f" -CAkey {shlex.quote(str(ca_key))} -days 2 -extfile server.ext"
+        f" -set_serial 0x{secrets.token_hex(8)} -out server.pem",
+    ]
+    for command in commands:
+        openssl = ["openssl", *shlex.split(command)]
+        subprocess.run(openssl, cwd=directory, check=True, capture_output=True)
+    return Certificates(ca_cert, directory / "server.pem", directory / "server.key")

@@ -286,7 +286,7 @@ async def test_free_space_floor_is_checked_while_writing_and_stops_the_transfer(
 async def test_free_space_is_probed_once_per_interval_not_per_read(
     source: Source, catalog: Catalog, big_track: int, dest: Path
 ) -> None:
-    interval = 2 * MIB  # a network read is at most 1 MiB (httpcore's READ_NUM_BYTES)
+    interval = 2 * MIB  # a network read is at most 1 MiB (dlqd.transfer.BUFFER_BYTES)
     disk = ShrinkingDisk(dest, full_after=10**12)
     floor = FreeSpaceFloor(min_free_mb=100, check_every_bytes=interval, free_bytes=disk)
     plan = await source.media_plan(big_track, "LOSSLESS")
