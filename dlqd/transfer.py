@@ -38,6 +38,7 @@ loop from the worker thread other than through trio's thread API.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import select
 import socket
@@ -61,6 +62,7 @@ HEAD_READ_BYTES = 64 * 1024
 MAX_HEAD_BYTES = 100 * 1024  # httpcore's limit on a response head
 PROGRESS_EVERY_BYTES = 64 * 1024
 PROGRESS_EVERY_S = 0.5
+WAKE_EVERY_S = 0.02  # queued progress reaches the event loop at least this often
 # How often a waiting worker thread asks trio whether it was cancelled: the
 # worst-case cancel latency while the upstream sends nothing.
 CANCEL_POLL_S = 0.02
@@ -306,9 +308,10 @@ class _Sink:
 class _Progress:
     """`progress(done, total)` every 64 KiB or 0.5 s at read boundaries, delivered in trio.
 
-    The worker thread queues reports and wakes the event loop once per batch;
-    every report is delivered, in order, so their spacing holds whatever the
-    loop's load.
+    The worker thread queues every report; the event loop is woken to deliver
+    the queue, in order, at most every `WAKE_EVERY_S` per transfer (and at the
+    end of each body), so a fast transfer costs it a few wake-ups a second,
+    not one per report. The reports themselves keep their spacing.
     """
 
     def __init__(self, progress: Progress, token: trio.lowlevel.TrioToken) -> None:
@@ -317,27 +320,29 @@ class _Progress:
         self._lock = threading.Lock()
         self._pending: list[tuple[int, int | None]] = []
         self._scheduled = False
+        self._woken_at = -math.inf
         self.total: int | None = None
-        self._sent_bytes = 0
-        self._sent_at = 0.0
+        self.sent_bytes = 0
+        self.sent_at = 0.0
         self.closed = False
 
-    def tick(self, done: int) -> None:
-        if (
-            done - self._sent_bytes >= PROGRESS_EVERY_BYTES
-            or time.monotonic() - self._sent_at >= PROGRESS_EVERY_S
-        ):
-            self.send(done)
-
-    def send(self, done: int) -> None:
-        """Queue a report of `done` now; from the worker thread or trio."""
-        self._sent_bytes = done
-        self._sent_at = time.monotonic()
+    def send(self, done: int, now: float, *, wake: bool = False) -> None:
+        """Queue a report of `done`; wake the loop if it is due (or `wake`)."""
+        self.sent_bytes = done
+        self.sent_at = now
         with self._lock:
             self._pending.append((done, self.total))
-            if self._scheduled:
+        self.wake(now, force=wake)
+
+    def wake(self, now: float, *, force: bool = False) -> None:
+        """Have trio deliver the queue, unless a delivery is scheduled or was too recent."""
+        with self._lock:
+            if self._scheduled or not self._pending:
+                return
+            if not force and now - self._woken_at < WAKE_EVERY_S:
                 return
             self._scheduled = True
+            self._woken_at = now
         self._token.run_sync_soon(self.deliver)
 
     def deliver(self) -> None:
@@ -629,7 +634,7 @@ class Transfer:
         if take.file is not None:
             sink.open(take.file, take.offset)
             progress.total = take.total
-            progress.send(sink.done)
+            progress.send(sink.done, time.monotonic(), wake=True)
         elif sink.file is None:
             raise AssertionError("Take(file=None) before any file was taken")
         headers = _header_map(response.headers)
@@ -647,7 +652,7 @@ class Transfer:
             reusable = complete and length is not None and len(rest) <= length
         if take.expected is not None and received < take.expected:
             raise cut_short(url, received, take.expected)
-        progress.send(sink.done)
+        progress.send(sink.done, time.monotonic(), wake=True)
         keep_alive = response.http_version == b"1.1" and "close" not in headers.get(
             "connection", ""
         ).lower().replace(" ", "").split(",")
@@ -656,22 +661,57 @@ class Transfer:
     def _read_raw(
         self, connection: _Connection, rest: bytes, length: int | None
     ) -> tuple[int, bool]:
-        """A Content-Length body (`length`) or one ending at EOF (None): (bytes, complete)."""
+        """A Content-Length body (`length`) or one ending at EOF (None): (bytes, complete).
+
+        The hot loop of every transfer: one `recv_into` the buffer's free part
+        per pass, written out when the buffer is full; kept flat on purpose.
+        """
         first = rest if length is None else rest[:length]
         self._copy_in(first)
         received = len(first)
-        remaining = None if length is None else length - received
-        sink = self._sink
-        while remaining is None or remaining > 0:
-            room = sink.room()
-            want = len(room) if remaining is None else min(len(room), remaining)
-            count = self._recv_into(connection, room, want)
+        remaining = -1 if length is None else length - received  # -1: until EOF
+        sink, progress, bucket = self._sink, self._progress, self._bucket
+        assert progress is not None
+        view, cap, read_timeout_s = sink.view, sink.max_bytes, self._read_timeout_s
+        recv_into = connection.sock.recv_into
+        check_cancelled = trio.from_thread.check_cancelled
+        last_data = time.monotonic()
+        while remaining:
+            fill = sink.fill
+            if fill == BUFFER_BYTES:
+                sink.flush()
+                fill = 0
+            want = BUFFER_BYTES - fill
+            if 0 < remaining < want:
+                want = remaining
+            check_cancelled()
+            try:
+                count = recv_into(view[fill:], want)
+            except TimeoutError:  # a CANCEL_POLL_S tick without data
+                now = time.monotonic()
+                if now - last_data >= read_timeout_s:
+                    raise _TimedOut("ReadTimeout") from None
+                if now - progress.sent_at >= PROGRESS_EVERY_S:
+                    progress.send(sink.done, now)
+                progress.wake(now)
+                continue
             if not count:
-                return received, remaining is None
-            self._received(count)
+                return received, remaining < 0
+            done = sink.done + count
+            if cap is not None and done > cap:
+                raise oversize_error(sink.url, cap)
+            sink.fill = fill + count
+            sink.done = done
             received += count
-            if remaining is not None:
+            if remaining > 0:
                 remaining -= count
+            last_data = now = time.monotonic()
+            if done - progress.sent_bytes >= PROGRESS_EVERY_BYTES or (
+                now - progress.sent_at >= PROGRESS_EVERY_S
+            ):
+                progress.send(done, now)
+            if bucket is not None:
+                trio.from_thread.run(bucket.take, count)
         return received, True
 
     def _read_chunked(self, connection: _Connection, parser: h11.Connection) -> tuple[int, bool]:
@@ -699,8 +739,11 @@ class Transfer:
             try:
                 return connection.sock.recv_into(view, nbytes)
             except TimeoutError:  # a CANCEL_POLL_S tick
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= deadline:
                     raise _TimedOut("ReadTimeout") from None
+                assert self._progress is not None
+                self._progress.wake(now)
 
     def _copy_in(self, data: bytes | bytearray | memoryview) -> None:
         """In the worker thread: bytes already read (after a head, or h11's) into the buffer."""
@@ -713,10 +756,15 @@ class Transfer:
             data = data[count:]
 
     def _received(self, count: int) -> None:
-        """In the worker thread: `count` bytes landed in the buffer: cap, progress, rate limit."""
+        """`count` bytes landed in the buffer: cap, progress, rate limit (not `_read_raw`'s)."""
         assert self._progress is not None
+        progress = self._progress
         self._sink.commit(count)
-        self._progress.tick(self._sink.done)
+        now = time.monotonic()
+        if self._sink.done - progress.sent_bytes >= PROGRESS_EVERY_BYTES or (
+            now - progress.sent_at >= PROGRESS_EVERY_S
+        ):
+            progress.send(self._sink.done, now)
         if self._bucket is not None:
             trio.from_thread.run(self._bucket.take, count)
 
@@ -743,7 +791,8 @@ class Transfer:
                     if take.file is not None:
                         await run(sink.open, take.file, take.offset)
                         progress.total = take.total
-                        progress.send(sink.done)
+                        progress.send(sink.done, time.monotonic())
+                        progress.deliver()
                     received = 0
                     try:
                         async for chunk in response.aiter_raw():
@@ -759,14 +808,19 @@ class Transfer:
                                 sink.commit(count)
                                 data = data[count:]
                             received += len(chunk)
-                            progress.tick(sink.done)
+                            now = time.monotonic()
+                            if sink.done - progress.sent_bytes >= PROGRESS_EVERY_BYTES or (
+                                now - progress.sent_at >= PROGRESS_EVERY_S
+                            ):
+                                progress.send(sink.done, now)
+                                progress.deliver()
                     except httpx.RemoteProtocolError:
                         # h11's "peer closed without sending the complete body".
                         if take.expected is None or received >= take.expected:
                             raise
                     if take.expected is not None and received < take.expected:
                         raise cut_short(url, received, take.expected)
-                    progress.send(sink.done)
+                    progress.send(sink.done, time.monotonic())
                 except BaseException:
                     await run(lambda: sink.close(quiet=True))
                     raise
