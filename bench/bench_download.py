@@ -30,6 +30,13 @@ generated and written to nginx's directory before the first round.
 Target (issue 11): dlqd <= 1.0 x aria2c wall time over https and over http,
 dlqd <= 1.5 CPU-s per GiB over https.
 
+With `--health-interval MS`, a thread of this script sends `health` on a fresh
+control-socket connection (connect + request + answer, as `dlqctl health`
+does) every MS milliseconds while each dlqd run downloads, and the report adds
+the latency percentiles per protocol over every round (target, issue 11: p99
+< 5 ms while 4 HTTPS transfers run). The probes run in this process, beside
+the catalog's threads (idle then: the media comes from nginx).
+
 nginx and aria2c are installed from Debian packages (apt-get) when missing.
 """
 
@@ -39,6 +46,7 @@ import argparse
 import base64
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -50,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +68,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlqctl.client import Client
+from dlqctl.client import Client, Refused, Unreachable
 from dlqd.catalog import Catalog, CatalogServer, RequestRecord, Responder, Scripted
 from tests.support import DaemonProcess, make_certificates
 
@@ -254,6 +263,36 @@ def catalog_media_urls(server: CatalogServer, track_ids: tuple[int, ...]) -> lis
 # -- one run of each tool --------------------------------------------------------
 
 
+class HealthSampler(threading.Thread):
+    """`health` on a fresh connection every `interval_s` until stopped; latencies in ms.
+
+    A probe with no answer within 1 s counts as 1000 ms.
+    """
+
+    def __init__(self, socket_path: str, interval_s: float) -> None:
+        super().__init__(name="health-sampler", daemon=True)
+        self.socket_path = socket_path
+        self.interval_s = interval_s
+        self.latencies_ms: list[float] = []
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            started = time.perf_counter()
+            try:
+                with Client(self.socket_path, timeout_s=1.0) as client:
+                    client.call("health")
+                self.latencies_ms.append((time.perf_counter() - started) * 1000)
+            except (Unreachable, Refused):
+                self.latencies_ms.append(1000.0)
+            self._stopping.wait(max(0.0, self.interval_s - (time.perf_counter() - started)))
+
+    def stop(self) -> list[float]:
+        self._stopping.set()
+        self.join()
+        return self.latencies_ms
+
+
 def run_dlqd(
     root: Path,
     server: CatalogServer,
@@ -261,10 +300,13 @@ def run_dlqd(
     media_base: str | None,
     max_concurrent: int,
     ca_cert: Path,
+    health_ms: list[float] | None = None,
+    health_interval_s: float = 0.01,
 ) -> tuple[float, float]:
     """(wall seconds, daemon CPU seconds) from submit to `completed`.
 
     `media_base`: where /track/ manifests send dlqd for media (None: the catalog).
+    With `health_ms`, `health` latencies sampled during the download are added to it.
     """
     server.clear_faults()
     server.clear_requests()
@@ -289,9 +331,12 @@ def run_dlqd(
         cpu_before = cpu_seconds(daemon.proc.pid)
         started = time.perf_counter()
         # One connection polled every 20 ms: cheap for the daemon, fine-grained enough.
+        sampler = HealthSampler(str(daemon.socket), health_interval_s)
         with Client(str(daemon.socket)) as client:
             submit = {"type": "album", "target_id": album_id, "quality": QUALITY}
             job_id = client.call("submit", submit)["id"]
+            if health_ms is not None:
+                sampler.start()
             while True:
                 job = client.call("get", {"id": job_id})["job"]
                 if job["status"] in ("completed", "partial", "failed", "cancelled"):
@@ -299,6 +344,8 @@ def run_dlqd(
                 time.sleep(0.02)
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(daemon.proc.pid) - cpu_before
+        if health_ms is not None:
+            health_ms.extend(sampler.stop())
         if job["status"] != "completed":
             raise SystemExit(f"dlqd job ended {job['status']}: {job['error']}\n{daemon.logs()}")
         if media_base is not None and server.requests_for("media"):
@@ -347,11 +394,18 @@ def run_aria2c(
 # -- the report ------------------------------------------------------------------
 
 
+def percentile(samples: list[float], percent: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(len(ordered) * percent / 100) - 1)]
+
+
 def report(
     protocols: list[str],
     times: dict[tuple[str, str], list[float]],
     cpus: dict[tuple[str, str], list[float]],
     total_bytes: int,
+    health: dict[str, list[float]],
 ) -> None:
     gib = total_bytes / GIB
     print(
@@ -374,6 +428,19 @@ def report(
         pairs = zip(times[protocol, "dlqd"], times[protocol, "aria2c"], strict=True)
         rounds = ", ".join(f"{d:.2f}/{a:.2f} ({d / a:.2f}x)" for d, a in pairs)
         print(f"  {protocol}: {rounds}")
+    if any(health.values()):
+        print()
+        print("`health` latency while dlqd downloads (connect + request + answer, ms):")
+        print()
+        print("| protocol | samples | p50 | p99 | max |")
+        print("|---|---|---|---|---|")
+        for protocol in protocols:
+            samples = health[protocol]
+            if samples:
+                print(
+                    f"| {LABELS[protocol]} | {len(samples)} | {percentile(samples, 50):.2f} | "
+                    f"{percentile(samples, 99):.2f} | {max(samples):.2f} |"
+                )
 
 
 def main() -> None:
@@ -389,6 +456,13 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", type=int, default=4, help="dlqd max_concurrent = aria2 -j")
     parser.add_argument("--dir", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=0,
+        metavar="MS",
+        help="probe `health` every MS ms during dlqd runs and report its latency (0: off)",
+    )
     args = parser.parse_args()
     protocols: list[str] = args.protocol or list(PROTOCOLS)
     command = shlex.join(["python", *sys.argv])
@@ -415,6 +489,7 @@ def main() -> None:
 
     times: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in TOOLS}
     cpus: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in TOOLS}
+    health: dict[str, list[float]] = {p: [] for p in protocols}
     nginx = Nginx(nginx_binary, scratch / "nginx", www, cert, key)
     load_before = load_average()
     try:
@@ -435,7 +510,14 @@ def main() -> None:
                         if tool == "dlqd":
                             media_base = None if protocol == "catalog" else nginx.base_url(protocol)
                             elapsed, cpu = run_dlqd(
-                                root, server, album_id, media_base, args.concurrency, ca_cert
+                                root,
+                                server,
+                                album_id,
+                                media_base,
+                                args.concurrency,
+                                ca_cert,
+                                health[protocol] if args.health_interval > 0 else None,
+                                args.health_interval / 1000,
                             )
                         else:
                             elapsed, cpu = run_aria2c(
@@ -463,7 +545,7 @@ def main() -> None:
         "medians"
     )
     print()
-    report(protocols, times, cpus, total_bytes)
+    report(protocols, times, cpus, total_bytes, health)
 
 
 if __name__ == "__main__":
