@@ -46,9 +46,10 @@ from dlqd.upstream_schema import (
 )
 
 # httpcore reads HTTP/1.1 bodies 64 KiB per socket read; every read is a trip
-# through the event loop and h11. 1 MiB reads cut the daemon's CPU per GiB by a
-# fifth and take a 20 x 30 MiB album from 1.17x aria2c's wall time to 0.97x
-# (docs/benchmarks.md); peak RSS is unchanged within 1 MiB. httpcore offers no
+# through the event loop and h11. 1 MiB reads cut the CPU per GiB of media
+# fetched through httpx by a fifth (docs/benchmarks.md, issue 3) — since
+# issue 11 only media behind an environment proxy takes that path
+# (dlqd.transfer); peak RSS is unchanged within 1 MiB. httpcore offers no
 # per-client setting, so the class default is raised once, for this process.
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
