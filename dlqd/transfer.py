@@ -198,6 +198,10 @@ class _TooManyRedirects(_TransportFailure):
     pass
 
 
+class _ProgressFailed(Exception):
+    """The progress callback raised; its exception waits in `_Progress.failure`."""
+
+
 def _transport_error(exc: BaseException, url: str) -> DlqdError:
     """The job error for a failed transfer, with the codes httpx's failures map to (dlqd.errors)."""
     where = redact_url(url)
@@ -324,7 +328,10 @@ class _Progress:
     The worker thread queues every report; the event loop is woken to deliver
     the queue, in order, at most every `WAKE_EVERY_S` per transfer (and at the
     end of each body), so a fast transfer costs it a few wake-ups a second,
-    not one per report. The reports themselves keep their spacing.
+    not one per report. The reports themselves keep their spacing. Whatever
+    `progress` raises during such a delivery (a bug) is kept, never let into
+    trio's run loop: the thread raises `_ProgressFailed` at its next report
+    and the transfer's task re-raises the original.
     """
 
     def __init__(self, progress: Progress, token: trio.lowlevel.TrioToken) -> None:
@@ -338,6 +345,7 @@ class _Progress:
         self.sent_bytes = 0
         self.sent_at = 0.0
         self.closed = False
+        self.failure: BaseException | None = None  # raised by `progress` in a delivery
 
     def send(self, done: int, now: float, *, wake: bool = False) -> None:
         """Queue a report of `done`; wake the loop if it is due (or `wake`)."""
@@ -349,6 +357,8 @@ class _Progress:
 
     def wake(self, now: float, *, force: bool = False) -> None:
         """Have trio deliver the queue, unless a delivery is scheduled or was too recent."""
+        if self.failure is not None:
+            raise _ProgressFailed
         with self._lock:
             if self._scheduled or not self._pending:
                 return
@@ -356,16 +366,27 @@ class _Progress:
                 return
             self._scheduled = True
             self._woken_at = now
-        self._token.run_sync_soon(self.deliver)
+        self._token.run_sync_soon(self._deliver_soon)
 
     def deliver(self) -> None:
-        """In trio: pass the queued reports on."""
+        """In the transfer's task: pass the queued reports on, or raise what one raised."""
         with self._lock:
             pending, self._pending = self._pending, []
             self._scheduled = False
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            self.closed = True  # report nothing more
+            raise failure
         if not self.closed:
             for done, total in pending:
                 self._progress(done, total)
+
+    def _deliver_soon(self) -> None:
+        """`deliver`, as a trio run_sync_soon callback: one must never raise."""
+        try:
+            self.deliver()
+        except BaseException as exc:  # kept for the transfer's task
+            self.failure = exc
 
 
 # -- connections ---------------------------------------------------------------------
@@ -512,6 +533,7 @@ class Transfer:
         self, target: httpx.URL, headers: Mapping[str, str], accept: Accept, url: str
     ) -> str | None:
         origin = _origin(target, url)
+        assert self._progress is not None
         for _ in range(2):  # a second try only when a kept-alive connection turned out stale
             connection = await self._connection_to(origin, url)
             try:
@@ -522,12 +544,16 @@ class Transfer:
             except _StaleConnection:
                 self._drop_connection()
                 continue
+            except _ProgressFailed:
+                self._drop_connection()
+                answer = None  # the delivery below raises what the progress callback raised
             except BaseException:
                 self._drop_connection()
-                raise
-            finally:
-                assert self._progress is not None
                 self._progress.deliver()
+                raise
+            self._progress.deliver()
+            if answer is None:
+                raise AssertionError("unreachable: a failed delivery keeps its exception")
             if not answer.reusable:
                 self._drop_connection()
             return answer.location
