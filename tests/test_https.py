@@ -39,9 +39,11 @@ from tests.conftest import DaemonFactory
 from tests.support import (
     Certificates,
     DaemonProcess,
+    assert_unharmed,
     flac_audio,
     library_files,
     make_certificates,
+    outside_snapshot,
 )
 from tests.test_downloads import display_title, expected_relpath, vorbis_tags
 from tests.test_resilience import tmp_entries, track_of, wait_bytes
@@ -184,20 +186,24 @@ def test_a_media_certificate_that_does_not_verify_is_refused_and_no_file_lands(
     bad: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    """Metadata from the trusted server; the media from a server whose certificate fails."""
+    """Metadata from the trusted server; one track's media from a server whose certificate fails."""
     bad_pki: Certificates = request.getfixturevalue(bad)
     with CatalogServer(catalog, ssl_context=bad_pki.server_context()) as media_server:
-        tls_upstream.script("track", media_served_by(media_server.base_url))
+        tls_upstream.script(
+            "track", media_served_by(media_server.base_url), track_id=SINGLE_TRACK_ID
+        )
         daemon = https_daemon(make_daemon, tls_upstream, pki.ca)
-        job = daemon.wait_job(daemon.submit("track", SINGLE_TRACK_ID))
+        before = outside_snapshot(daemon)
+        hostile = daemon.submit("track", SINGLE_TRACK_ID)
+        innocent = daemon.submit("album", catalog.add_album(1, 20_000))
+        job = daemon.wait_job(hostile)
 
         assert job["status"] == "failed"
         error = track_of(job)["error"]
         assert error["code"] == "NETWORK_ERROR", error
         assert "TLS certificate refused" in error["message"]
         assert media_server.requests == []  # not one request went out on that connection
-    assert library_files(daemon.library) == set()
-    assert tmp_entries(daemon) == []
+        assert_unharmed(daemon, innocent, before, hostile_job=hostile)
 
 
 def test_cancel_mid_transfer_over_https_ends_the_track_and_leaves_no_temp_file(
