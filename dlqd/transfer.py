@@ -14,10 +14,11 @@ The thread waits on its socket in `CANCEL_POLL_S` ticks and asks trio
 whether its task was cancelled (`trio.from_thread.check_cancelled`), so a
 cancel or the track deadline raises `Cancelled` there within a tick; a read
 that waits `read_timeout_s` without a byte is a stall (TIMEOUT). Progress is
-handed to the event loop in batches (`trio.lowlevel.TrioToken.run_sync_soon`);
-the daemon-wide rate limit, when set, is paid through `trio.from_thread.run`.
-A track's requests reuse one keep-alive connection while they go to the same
-origin (DASH segments).
+handed to the event loop in batches, at most every `WAKE_EVERY_S`
+(`trio.lowlevel.TrioToken.run_sync_soon`); the daemon-wide rate limit, when
+set, is paid through `trio.from_thread.run`. A thread runs `TRANSFER_NICE`
+nicer than the event loop while it moves a body. A track's requests reuse
+one keep-alive connection while they go to the same origin (DASH segments).
 
 Proxies: when HTTP(S)_PROXY / ALL_PROXY (minus NO_PROXY) applies to a URL,
 the httpx client of dlqd.source fetches it instead (`Transfer._get_via_httpx`,
@@ -487,14 +488,20 @@ class Transfer:
         tb: TracebackType | None,
     ) -> None:
         self._drop_connection()
-        if self._progress is not None:
-            self._progress.deliver()
-            self._progress.closed = True
-        if self._sink.file is not None:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(
-                    lambda: self._sink.close(quiet=exc is not None), limiter=self._client.threads
-                )
+        try:
+            if self._sink.file is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(
+                        lambda: self._sink.close(quiet=exc is not None),
+                        limiter=self._client.threads,
+                    )
+        finally:
+            if self._progress is not None:
+                try:
+                    if exc is None:
+                        self._progress.deliver()
+                finally:
+                    self._progress.closed = True
 
     @property
     def done(self) -> int:
