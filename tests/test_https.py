@@ -10,7 +10,10 @@ the context the daemon would build (`trust_context`).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -366,3 +369,93 @@ async def test_media_goes_through_the_environment_proxy_when_one_applies(
         assert origin.requests_for("media") == []
         assert [r.path for r in proxy.requests_for("media")] == ["/media/a/1/LOSSLESS.flac"]
     assert dest.read_bytes() == proxied
+
+
+class RawServer:
+    """A hand-written HTTP/1.1 server on 127.0.0.1: `answer(connection, request)` → bytes or None.
+
+    `connection` and `request` count from 0 (the request's number on its
+    connection); None closes the connection without answering.
+    """
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.paths: list[tuple[int, str]] = []  # (connection, path) per request received
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        for connection in itertools.count():
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._talk, args=(sock, connection), daemon=True).start()
+
+    def _talk(self, sock: socket.socket, connection: int) -> None:
+        with sock:
+            data = b""
+            for request in itertools.count():
+                while b"\r\n\r\n" not in data:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, data = data.split(b"\r\n\r\n", 1)
+                self.paths.append((connection, head.split(b" ")[1].decode()))
+                reply = self.answer(connection, request)
+                if reply is None:
+                    return
+                sock.sendall(reply)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def response(body: bytes, *, before: bytes = b"") -> bytes:
+    return before + b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+async def test_a_kept_alive_connection_closed_by_the_server_is_replaced_once(
+    dest: Path,
+) -> None:
+    """The server drops the connection when the second segment's request arrives on it."""
+    parts = [b"first segment ", b"second segment"]
+
+    def answer(connection: int, request: int) -> bytes | None:
+        if (connection, request) == (0, 1):
+            return None  # a keep-alive timeout racing the next request
+        return response(parts[0] if (connection, request) == (0, 0) else parts[1])
+
+    server = RawServer(answer)
+    try:
+        upstream = Source(["http://127.0.0.1:9"], "http://127.0.0.1:9", 2.0, 2.0, "t")
+        base = f"http://127.0.0.1:{server.port}"
+        plan = MediaPlan("audio/mp4", segments=(f"{base}/init.mp4", f"{base}/1.m4s"))
+        try:
+            result = await fetch(upstream, plan, dest)
+        finally:
+            await upstream.aclose()
+    finally:
+        server.close()
+    assert dest.read_bytes() == b"".join(parts)
+    assert result.total == sum(map(len, parts))
+    assert server.paths == [(0, "/init.mp4"), (0, "/1.m4s"), (1, "/1.m4s")]
+
+
+async def test_informational_responses_before_the_answer_are_skipped(dest: Path) -> None:
+    body = b"the media after a 100 and a 103"
+    early = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    server = RawServer(lambda _connection, _request: response(body, before=early))
+    try:
+        upstream = Source(["http://127.0.0.1:9"], "http://127.0.0.1:9", 2.0, 2.0, "t")
+        plan = MediaPlan("audio/flac", urls=(f"http://127.0.0.1:{server.port}/t.flac",))
+        try:
+            await fetch(upstream, plan, dest)
+        finally:
+            await upstream.aclose()
+    finally:
+        server.close()
+    assert dest.read_bytes() == body
