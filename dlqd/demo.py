@@ -88,6 +88,7 @@ def _print_tags(path: Path) -> None:
     for key in sorted(audio.tags.keys()):
         values = audio.tags[key]
         shown = ", ".join(str(v) for v in values) if isinstance(values, list) else str(values)
+        shown = " / ".join(shown.splitlines())  # lyrics: one line per tag in the listing
         print(f"  {key:<24} {shown[:70]}")
     pictures = getattr(audio, "pictures", [])
     if pictures:
