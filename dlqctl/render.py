@@ -176,10 +176,27 @@ def hold_lines(holds: Sequence[dict[str, Any]], now: float) -> list[str]:
     return lines
 
 
+def worker_state(running: bool, holds: list[dict[str, Any]]) -> str:
+    """`running`, or why not and what ends it: only the user's hold needs `dlqctl resume`."""
+    if running:
+        return "running"
+    reasons = [str(hold.get("reason", "?")) for hold in holds]
+    if not reasons:
+        return "stopping (draining)"
+    faults = [reason for reason in reasons if reason != "user"]
+    if not faults:
+        hint = "dlqctl resume to continue"
+    elif "user" in reasons:
+        hint = "dlqctl resume; the faults end by themselves"
+    else:
+        hint = "resumes by itself"
+    return f"held ({', '.join(reasons)}: {hint})"
+
+
 def render_stats(stats: dict[str, Any], now: float) -> str:
     queue, worker = stats["queue"], stats["worker"]
     counts = ", ".join(f"{queue[s]} {s}" for s in STATUSES if queue.get(s))
-    state = "running" if worker["running"] else "held (dlqctl resume to continue)"
+    state = worker_state(worker["running"], stats.get("holds") or [])
     journal = stats.get("journal", {})
     lines = [
         f"jobs:     {queue['total']} total" + (f" ({counts})" if counts else ""),

@@ -29,6 +29,7 @@ from typing import Any
 import pyte
 import pytest
 
+from dlqctl.render import worker_state
 from dlqd.catalog import (
     BIG_ALBUM_ID,
     SINGLE_ALBUM_ID,
@@ -817,3 +818,12 @@ def test_move_and_priority_change_the_run_order_ls_shows(make_daemon: DaemonFact
     refused = ctl(daemon, "move", d, "top")
     assert refused.returncode == 1
     assert refused.stderr.startswith("error: INVALID_STATE: ")
+
+
+def test_stats_says_why_the_queue_is_held_and_what_ends_it() -> None:
+    assert worker_state(True, []) == "running"
+    assert worker_state(False, [{"reason": "user"}]) == "held (user: dlqctl resume to continue)"
+    assert worker_state(False, [{"reason": "disk_full"}]) == "held (disk_full: resumes by itself)"
+    both = worker_state(False, [{"reason": "user"}, {"reason": "rate_limited"}])
+    assert both == "held (user, rate_limited: dlqctl resume; the faults end by themselves)"
+    assert worker_state(False, []) == "stopping (draining)"
