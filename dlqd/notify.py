@@ -25,7 +25,7 @@ import structlog
 import trio
 
 from dlqd.model import Job, JobStatus, TrackStatus
-from dlqd.summary import error_text, human_bytes, human_seconds, job_name, printable
+from dlqd.summary import error_text, job_facts, job_name, printable
 
 log = structlog.get_logger("dlqd.notify")
 
@@ -78,15 +78,7 @@ def notify_targets(urls: Sequence[str]) -> list[Target]:
 
 def job_message(job: Job) -> Message:
     """`dlqd: Artist – Album completed` and one paragraph: tracks, size, time, what failed."""
-    facts = []
-    if job.tracks:
-        done = sum(1 for t in job.tracks if t.status == TrackStatus.COMPLETED)
-        facts.append(f"{done}/{len(job.tracks)} tracks")
-    if job.bytes_done:
-        size = human_bytes(job.bytes_done)
-        if job.started_at is not None and job.finished_at is not None:
-            size += f" in {human_seconds(job.finished_at - job.started_at)}"
-        facts.append(size)
+    facts = job_facts(job)
     name = job_name(job)
     sentences = [f"{name}: {', '.join(facts)}." if facts else f"{name}."]
     failed = [t for t in job.tracks if t.status == TrackStatus.FAILED]

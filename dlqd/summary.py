@@ -39,8 +39,8 @@ def job_name(job: Job) -> str:
     return f"{job.type} {job.target_id}"
 
 
-def job_summary(job: Job) -> str:
-    """`job 17 completed: Artist – Album (12/12 tracks, 412 MiB in 48 s)`, and the error if any."""
+def job_facts(job: Job) -> list[str]:
+    """`12/12 tracks`, `412 MiB in 48 s`: what a finished job's summary and notification say."""
     facts = []
     if job.tracks:
         done = sum(1 for t in job.tracks if t.status == TrackStatus.COMPLETED)
@@ -50,6 +50,12 @@ def job_summary(job: Job) -> str:
         if job.started_at is not None and job.finished_at is not None:
             size += f" in {human_seconds(job.finished_at - job.started_at)}"
         facts.append(size)
+    return facts
+
+
+def job_summary(job: Job) -> str:
+    """`job 17 completed: Artist – Album (12/12 tracks, 412 MiB in 48 s)`, and the error if any."""
+    facts = job_facts(job)
     line = f"job {job.id} {job.status}: {job_name(job)}"
     if facts:
         line += f" ({', '.join(facts)})"
