@@ -69,7 +69,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlqctl.client import Client, Refused, Unreachable
-from dlqd.catalog import Catalog, CatalogServer, RequestRecord, Responder, Scripted
+from dlqd.demo.catalog import Catalog, CatalogServer, RequestRecord, Responder, Scripted
 from tests.support import DaemonProcess, make_certificates
 
 PROTOCOLS = ("https", "http", "catalog")

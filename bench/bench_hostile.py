@@ -61,8 +61,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlqctl.client import Client, Refused, Unreachable
-from dlqd import audio
-from dlqd.catalog import (
+from dlqd.demo import audio
+from dlqd.demo.catalog import (
     DASH_TIMELINE_TRACK_ID,
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,

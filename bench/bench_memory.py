@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlqd.catalog import Catalog, CatalogServer
+from dlqd.demo.catalog import Catalog, CatalogServer
 from tests.support import DaemonProcess
 
 

@@ -78,7 +78,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
-        from dlqd.demo import main as demo_main
+        from dlqd.demo.command import main as demo_main
 
         return demo_main(argv[1:])
     return run_daemon(build_parser().parse_args(argv))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dlqd.catalog import Catalog, CatalogServer
+from dlqd.demo.catalog import Catalog, CatalogServer
 from tests.support import DaemonProcess
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dlqctl.client import Refused
-from dlqd.catalog import SINGLE_TRACK_ID, UNKNOWN_ID, Catalog, CatalogServer
+from dlqd.demo.catalog import SINGLE_TRACK_ID, UNKNOWN_ID, Catalog, CatalogServer
 from dlqd.protocol import read_frame_blocking
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, held_daemon, raw_connection, send_request, wait_until

@@ -24,8 +24,8 @@ import mutagen.mp4
 import pytest
 from defusedxml import ElementTree
 
-from dlqd import audio
-from dlqd.catalog import (
+from dlqd.demo import audio
+from dlqd.demo.catalog import (
     AAC_ONLY_TRACK_ID,
     BIG_ALBUM_ID,
     BIG_ALBUM_TRACKS,
@@ -554,7 +554,7 @@ def test_throttle_bounds_the_bytes_sent(
 
 def test_cli_serves_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dlqd.catalog", "--port", "0", "--add-album", "1", "50000"],
+        [sys.executable, "-m", "dlqd.demo.catalog", "--port", "0", "--add-album", "1", "50000"],
         stdout=subprocess.PIPE,
         text=True,
     )

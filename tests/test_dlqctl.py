@@ -30,7 +30,7 @@ import pyte
 import pytest
 
 from dlqctl.render import worker_state
-from dlqd.catalog import (
+from dlqd.demo.catalog import (
     BIG_ALBUM_ID,
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,

@@ -21,8 +21,8 @@ from mutagen.flac import FLAC
 from mutagen.mp4 import MP4
 
 from dlqctl.client import Client
-from dlqd import audio
-from dlqd.catalog import (
+from dlqd.demo import audio
+from dlqd.demo.catalog import (
     AAC_ONLY_TRACK_ID,
     BIG_ALBUM_ID,
     BIG_ALBUM_TRACKS,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dlqd.catalog import (
+from dlqd.demo.catalog import (
     DASH_NO_TIMELINE_TRACK_ID,
     DASH_TIMELINE_TRACK_ID,
     SINGLE_TRACK_ID,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from dlqd.catalog import SINGLE_TRACK_ID, TWO_DISC_ALBUM_ID, CatalogServer
+from dlqd.demo.catalog import SINGLE_TRACK_ID, TWO_DISC_ALBUM_ID, CatalogServer
 from dlqd.model import Job, JobStatus, Track, TrackStatus
 from dlqd.notify import Notifications, UnusableUrl, job_message, notify_targets
 from dlqd.state import QueueState, apply_all, from_snapshot, to_snapshot

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from mutagen.flac import FLAC
 
-from dlqd.catalog import (
+from dlqd.control import SocketPathTaken, bind_unix_socket
+from dlqd.demo.catalog import (
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,
     TWO_DISC_ALBUM_ID,
@@ -31,7 +32,6 @@ from dlqd.catalog import (
     RequestRecord,
     Scripted,
 )
-from dlqd.control import SocketPathTaken, bind_unix_socket
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.finalize import TMP_DIRNAME, finalize_track, sweep_tmp, tmp_dir
 from dlqd.naming import JobNames

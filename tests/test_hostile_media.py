@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dlqd.integrity
-from dlqd import audio
-from dlqd.catalog import (
+from dlqd.demo import audio
+from dlqd.demo.catalog import (
     DASH_TIMELINE_TRACK_ID,
     SINGLE_TRACK_ID,
     Catalog,

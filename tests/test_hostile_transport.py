@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dlqd.bodies import DECODE_STEP_BYTES, read_capped
-from dlqd.catalog import (
+from dlqd.demo.catalog import (
     DASH_TIMELINE_TRACK_ID,
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,

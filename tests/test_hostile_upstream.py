@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from dlqd.catalog import (
+from dlqd.demo.catalog import (
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,
     TWO_DISC_ALBUM_ID,

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import trio
 
-from dlqd.catalog import (
+from dlqd.demo.catalog import (
     DASH_TIMELINE_TRACK_ID,
     SINGLE_TRACK_ID,
     TWO_DISC_ALBUM_ID,

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dlqd.audio import DASH_BIT_DEPTH, DASH_SAMPLE_RATE
-from dlqd.catalog import (
+from dlqd.demo.audio import DASH_BIT_DEPTH, DASH_SAMPLE_RATE
+from dlqd.demo.catalog import (
     DASH_NO_TIMELINE_TRACK_ID,
     DASH_TIMELINE_TRACK_ID,
     FORMATS_ALBUM_ID,

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import trio
 
-from dlqd.catalog import SINGLE_TRACK_ID, Catalog, CatalogServer
 from dlqd.config import FilesConfig
+from dlqd.demo.catalog import SINGLE_TRACK_ID, Catalog, CatalogServer
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.fetch import MIB, FreeSpaceFloor, sidecar_path
 from dlqd.finalize import TMP_DIRNAME

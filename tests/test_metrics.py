@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dlqd.catalog import TWO_DISC_ALBUM_ID, Catalog, CatalogServer
+from dlqd.demo.catalog import TWO_DISC_ALBUM_ID, Catalog, CatalogServer
 from dlqd.metrics import Metrics, write_textfile
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, wait_until

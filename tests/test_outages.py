@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dlqd.catalog import Catalog, CatalogServer, RequestRecord, Scripted
+from dlqd.demo.catalog import Catalog, CatalogServer, RequestRecord, Scripted
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, dlqctl, flac_audio, wait_until
 

@@ -14,8 +14,8 @@ from typing import Any
 from mutagen.flac import FLAC
 from prometheus_client.parser import text_string_to_metric_families
 
-from dlqd import audio
-from dlqd.catalog import (
+from dlqd.demo import audio
+from dlqd.demo.catalog import (
     ENCRYPTED_TRACK_ID,
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,

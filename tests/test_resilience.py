@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from dlqd.catalog import SINGLE_TRACK_ID, Catalog, CatalogServer
+from dlqd.demo.catalog import SINGLE_TRACK_ID, Catalog, CatalogServer
 from dlqd.errors import DlqdError, ErrorCode, from_oserror
 from dlqd.journal import JournalFiles, encode_record
 from dlqd.retention import expired_job_ids, run_retention

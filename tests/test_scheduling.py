@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dlqd.catalog import SINGLE_TRACK_ID, Catalog, CatalogServer
+from dlqd.demo.catalog import SINGLE_TRACK_ID, Catalog, CatalogServer
 from tests.conftest import DaemonFactory
 from tests.support import library_files, wait_until
 

@@ -15,7 +15,7 @@ import pytest
 from mutagen.flac import FLAC
 from mutagen.mp4 import MP4
 
-from dlqd.catalog import (
+from dlqd.demo.catalog import (
     AAC_ONLY_TRACK_ID,
     LIVE_TRACK_ID,
     PLAIN_LYRICS_TRACK_ID,

@@ -11,8 +11,9 @@ import httpx
 import pytest
 import trio
 
-from dlqd import audio
-from dlqd.catalog import (
+from dlqd.circuit import UpstreamCircuit
+from dlqd.demo import audio
+from dlqd.demo.catalog import (
     BIG_ALBUM_ID,
     BIG_ALBUM_TRACKS,
     DASH_NO_TIMELINE_TRACK_ID,
@@ -29,7 +30,6 @@ from dlqd.catalog import (
     Catalog,
     CatalogServer,
 )
-from dlqd.circuit import UpstreamCircuit
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.holds import HoldReason, Holds, QueueHeld
 from dlqd.source import Source, with_playback_gains

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from dlqctl.client import Client
-from dlqd.catalog import TWO_DISC_ALBUM_ID, Catalog, CatalogServer
 from dlqd.config import WorkerConfig
+from dlqd.demo.catalog import TWO_DISC_ALBUM_ID, Catalog, CatalogServer
 from tests.conftest import DaemonFactory
 from tests.support import wait_until
 from tests.test_logs import parse_journal_entry

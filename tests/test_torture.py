@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from dlqd.catalog import Catalog, CatalogServer
+from dlqd.demo.catalog import Catalog, CatalogServer
 from tests.support import DaemonProcess, flac_audio, library_files, wait_until
 from tests.test_resilience import tmp_entries
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlqd.catalog import (
+from dlqd.demo.catalog import (
     SINGLE_TRACK_ID,
     TWO_DISC_ALBUM_ID,
     Catalog,

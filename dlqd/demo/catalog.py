@@ -50,7 +50,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from dlqd import audio
+from dlqd.demo import audio
 
 API_VERSION = "2.0"
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
@@ -1186,8 +1186,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m dlqd.catalog`: print the base URL (and added album ids), serve until SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m dlqd.catalog", description=__doc__)
+    """`python -m dlqd.demo.catalog`: print the base URL (and album ids), serve until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m dlqd.demo.catalog", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument(

@@ -1,6 +1,6 @@
 """`dlqd demo`: the whole product in one command, against a built-in local catalog.
 
-Starts the generated catalog (dlqd.catalog) as a real HTTP upstream on
+Starts the generated catalog (dlqd.demo.catalog) as a real HTTP upstream on
 127.0.0.1, a real dlqd process on a fresh state dir and library, queues an
 album over the control socket, shows live progress, then prints the resulting
 tree and the tags of one file. Nothing here is used by the daemon itself.
@@ -22,7 +22,7 @@ from typing import Any
 import mutagen
 
 from dlqctl.client import Client, Refused, Unreachable
-from dlqd.catalog import TWO_DISC_ALBUM_ID, CatalogServer
+from dlqd.demo.catalog import TWO_DISC_ALBUM_ID, CatalogServer
 
 FINISHED = ("completed", "partial", "failed", "cancelled")
 DEMO_THROTTLE_BPS = 1_000_000  # slow enough on loopback that the progress bar is seen moving

@@ -3,7 +3,7 @@
 Owns: a pure-Python FLAC encoder (verbatim subframes, exact STREAMINFO, CRC-8
 headers and CRC-16 footers, the checksums `dlqd.integrity` verifies) and access
 to the small committed MP4 assets (AAC, and FLAC in fragmented MP4 split for
-DASH; see catalog_assets/README.md).
+DASH; see assets/README.md).
 Never: runs ffmpeg or any subprocess, touches the network, or writes files.
 """
 
@@ -19,7 +19,7 @@ from dlqd.integrity import crc8, crc16
 
 FLAC_BLOCK_SIZE = 4608
 
-# Facts about the committed DASH asset (see catalog_assets/README.md).
+# Facts about the committed DASH asset (see assets/README.md).
 DASH_TIMESCALE = 48000
 DASH_SEGMENT_DURATIONS: tuple[int, ...] = (50688, 50688, 50688, 43008)
 DASH_PRESENTATION_SECONDS = 4.0
@@ -158,7 +158,7 @@ def make_flac_of_size(n_bytes: int, seed: int) -> bytes:
 
 
 def _asset(name: str) -> bytes:
-    return resources.files("dlqd").joinpath("catalog_assets", name).read_bytes()
+    return resources.files("dlqd.demo").joinpath("assets", name).read_bytes()
 
 
 @cache
