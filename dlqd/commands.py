@@ -112,16 +112,7 @@ async def submit(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
         return {"id": existing.id, "created": False}
     _check_room(ctx)
     job_id = str(ctx.store.state.next_seq)
-    event = {
-        "e": "submit",
-        "id": job_id,
-        "type": args["type"],
-        "target_id": args["target_id"],
-        "quality": args["quality"],
-        "priority": args.get("priority", "normal"),
-        "at": ctx.clock(),
-    }
-    await ctx.store.commit(event)
+    await ctx.store.commit(_submit_event(ctx, job_id, args))
     return {"id": job_id, "created": True}
 
 
@@ -129,7 +120,7 @@ async def _submit_many(ctx: CommandContext, items: list[dict[str, Any]]) -> dict
     """Each item as `submit` would take it, each seeing the ones before; one journal batch."""
     state = ctx.store.state
     batch = _Batch()
-    created: dict[tuple[str, int, str], str] = {}  # by this request
+    created: dict[tuple[str, int | str, str], str] = {}  # by this request
     room = ctx.max_queue - state.active_count
     next_seq = state.next_seq
     for item in items:
@@ -156,7 +147,7 @@ async def _submit_many(ctx: CommandContext, items: list[dict[str, Any]]) -> dict
 
 
 def _submit_event(ctx: CommandContext, job_id: str, item: dict[str, Any]) -> Event:
-    return {
+    event: Event = {
         "e": "submit",
         "id": job_id,
         "type": item["type"],
@@ -165,6 +156,9 @@ def _submit_event(ctx: CommandContext, job_id: str, item: dict[str, Any]) -> Eve
         "priority": item.get("priority", "normal"),
         "at": ctx.clock(),
     }
+    if "include" in item:  # artist jobs; validated and defaulted by the protocol
+        event["include"] = list(item["include"])
+    return event
 
 
 @dataclass
@@ -359,7 +353,7 @@ async def _retry_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
     """Each job as `retry` would take it, each seeing the ones before; one journal batch."""
     state = ctx.store.state
     batch = _Batch()
-    retried: dict[tuple[str, int, str], str] = {}  # by this request
+    retried: dict[tuple[str, int | str, str], str] = {}  # by this request
     room = ctx.max_queue - state.active_count
     for job_id in ids:
         entry: dict[str, Any] = {"id": job_id}

@@ -42,7 +42,10 @@ FINISHED_STATUSES = frozenset(
 RETRYABLE_STATUSES = frozenset({JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.CANCELLED})
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
 PRIORITIES = ("high", "normal", "low")  # start order
-JOB_TYPES = ("track", "album")
+JOB_TYPES = ("track", "album")  # issue 12 adds "playlist", "mix", "artist" as each lands
+STRING_TARGET_TYPES = frozenset({"playlist", "mix"})  # target: a UUID / mix id string, not an int
+RELEASE_KINDS = ("album", "ep", "single")  # what an artist job may `include`
+DEFAULT_INCLUDE = ("album", "ep")
 MOVES = ("top", "bottom", "up", "down")  # `move`: where a job goes in the run order
 LIST_ORDERS = ("id", "run")  # `list`: by job id (paged), or the queue in run order
 
@@ -103,16 +106,18 @@ class Track:
 
 @dataclass(slots=True)
 class Job:
-    """A queued track or album. `seq` orders jobs oldest first and never repeats.
+    """A queued track, album, playlist, mix or artist. `seq` orders jobs oldest first.
 
-    `rank` is the job's place in the run order among jobs of its priority
-    (lower runs first): new jobs take the next rank up, `move` changes it.
+    `seq` never repeats. `rank` is the job's place in the run order among jobs
+    of its priority (lower runs first): new jobs take the next rank up, `move`
+    changes it. `parent` is the artist job an album job was queued for;
+    `include` the release kinds an artist job queues (None for other types).
     """
 
     id: str
     seq: int
     type: str
-    target_id: int
+    target_id: int | str  # str for playlist and mix jobs
     quality: str
     priority: str
     created_at: float
@@ -124,10 +129,19 @@ class Job:
     artist: str = ""
     tracks: list[Track] = field(default_factory=list)
     rank: int = 0
+    parent: str | None = None
+    include: tuple[str, ...] | None = None
 
     @property
-    def dedupe_key(self) -> tuple[str, int, str]:
+    def dedupe_key(self) -> tuple[str, int | str, str]:
         return (self.type, self.target_id, self.quality)
+
+    @property
+    def target_number(self) -> int:
+        """The integer target of a track, album or artist job (checked at submit)."""
+        if not isinstance(self.target_id, int):
+            raise TypeError(f"a {self.type} job's target is not a number: {self.target_id!r}")
+        return self.target_id
 
     @property
     def run_key(self) -> tuple[int, int, int]:
@@ -237,6 +251,8 @@ class Job:
             "error": self.error,
             "title": self.title,
             "artist": self.artist,
+            "parent": self.parent,
+            "include": list(self.include) if self.include is not None else None,
             "tracks": [t.to_wire() for t in self.tracks],
         }
 

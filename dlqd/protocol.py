@@ -20,12 +20,15 @@ import msgpack
 
 from dlqd.codes import ErrorCode
 from dlqd.model import (
+    DEFAULT_INCLUDE,
     FINISHED_STATUSES,
     JOB_TYPES,
     LIST_ORDERS,
     MOVES,
     PRIORITIES,
     QUALITIES,
+    RELEASE_KINDS,
+    STRING_TARGET_TYPES,
     JobStatus,
     canonical_choice,
 )
@@ -34,6 +37,8 @@ PROTOCOL_VERSION = 1
 LENGTH_PREFIX = struct.Struct(">I")
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # dlqctl reads responses up to this size
 MAX_TARGET_ID = 2**31 - 1
+_PLAYLIST_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+_MIX_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 LIST_DEFAULT_LIMIT = 500  # jobs per `list` page when `limit` is left out
 LIST_MAX_LIMIT = 5000
 BATCH_MAX_ITEMS = 1000  # items of a batch `submit`, ids of a batch `retry`/`cancel`/`remove`
@@ -130,6 +135,33 @@ def _target_id(value: Any, name: str = "target_id") -> int:
     return value
 
 
+def _target_for(job_type: str, value: Any, name: str) -> int | str:
+    """A job's target as its type takes it: a playlist UUID, a mix id, else an integer id.
+
+    A UUID is stored in lower case, so one playlist typed two ways is one job.
+    """
+    if job_type not in STRING_TARGET_TYPES:
+        return _target_id(value, name)
+    if job_type == "playlist":
+        if not isinstance(value, str) or not _PLAYLIST_UUID.fullmatch(value):
+            raise _invalid(f"{name} of a playlist must be its UUID string; got {value!r:.80}")
+        return value.lower()
+    if not isinstance(value, str) or not _MIX_ID.fullmatch(value):
+        raise _invalid(
+            f"{name} of a mix must be its id: 1 to 64 letters, digits, - or _; got {value!r:.80}"
+        )
+    return value
+
+
+def _include(value: Any, name: str) -> tuple[str, ...]:
+    """An artist job's release kinds: a non-empty list, any case, kept in canonical order."""
+    if not isinstance(value, list) or not value:
+        kinds = ", ".join(RELEASE_KINDS)
+        raise _invalid(f"{name} must be a non-empty list of release kinds ({kinds})")
+    chosen = {_choice(item, name, RELEASE_KINDS) for item in value}
+    return tuple(kind for kind in RELEASE_KINDS if kind in chosen)
+
+
 def _list_limit(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _invalid(f"limit must be an integer; got {type(value).__name__}")
@@ -197,10 +229,10 @@ def _with_form(value: Any) -> Any:
 
 
 def _submit_item(value: Any, where: str = "") -> dict[str, Any]:
-    """One submit's arguments: `type`, `target_id`, `quality`, `priority`?."""
+    """One submit's arguments: `type`, `target_id`, `quality`, `priority`?, `include`?."""
     if not isinstance(value, dict):
         raise _invalid(f"{where or 'submit'} must be a map of submit arguments")
-    unknown = set(value) - {"type", "target_id", "quality", "priority"}
+    unknown = set(value) - {"type", "target_id", "quality", "priority", "include"}
     if unknown:
         names = ", ".join(sorted(map(str, unknown)))
         raise _invalid(f"unknown argument(s) for submit{' in ' + where if where else ''}: {names}")
@@ -210,10 +242,14 @@ def _submit_item(value: Any, where: str = "") -> dict[str, Any]:
         if name not in value:
             raise _invalid(f"submit needs argument {prefix + name!r}")
     clean["type"] = _choice(value["type"], prefix + "type", JOB_TYPES)
-    clean["target_id"] = _target_id(value["target_id"], prefix + "target_id")
+    clean["target_id"] = _target_for(clean["type"], value["target_id"], prefix + "target_id")
     clean["quality"] = _choice(value["quality"], prefix + "quality", QUALITIES)
     if "priority" in value:
         clean["priority"] = _choice(value["priority"], prefix + "priority", PRIORITIES)
+    if clean["type"] == "artist":
+        clean["include"] = _include(value.get("include", list(DEFAULT_INCLUDE)), prefix + "include")
+    elif "include" in value:
+        raise _invalid(f"{prefix}include goes only with type artist")
     return clean
 
 
@@ -273,6 +309,7 @@ _SPECS: dict[str, tuple[dict[str, _Validator], dict[str, _Validator]]] = {
             "target_id": _with_form,
             "quality": _with_form,
             "priority": _with_form,
+            "include": _with_form,
             "items": _submit_items,
         },
     ),

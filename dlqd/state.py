@@ -25,7 +25,7 @@ from dlqd.model import (
 )
 
 Event = dict[str, Any]
-DedupeKey = tuple[str, int, str]
+DedupeKey = tuple[str, int | str, str]
 
 
 @dataclass
@@ -142,11 +142,13 @@ def _on_submit(state: QueueState, event: Event) -> None:
         quality=event["quality"],
         priority=event["priority"],
         created_at=event["at"],
+        parent=event.get("parent"),
+        include=tuple(event["include"]) if "include" in event else None,
     )
     state.rank_high += 1
     job.rank = state.rank_high
     if job.type == "track":
-        job.tracks.append(Track(track_id=job.target_id))
+        job.tracks.append(Track(track_id=job.target_number))
     state.next_seq += 1
     state.jobs[job.id] = job
     state.active_by_key[job.dedupe_key] = job.id
@@ -404,6 +406,8 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
             )
         row.append(tracks)
         row.append(job.rank)
+        row.append(job.parent)
+        row.append(list(job.include) if job.include is not None else None)
         jobs.append(row)
     return {
         "next_seq": state.next_seq,
@@ -444,6 +448,10 @@ def from_snapshot(data: dict[str, Any]) -> QueueState:
         job = Job(*row[:job_width])
         track_rows: list[list[Any]] = row[job_width]
         job.rank = row[job_width + 1] if len(row) > job_width + 1 else job.seq
+        if len(row) > job_width + 2:  # parent and include: since issue 12
+            job.parent = row[job_width + 2]
+            include = row[job_width + 3]
+            job.include = tuple(include) if include is not None else None
         job.status = status = job_statuses[job.status]
         tracks = job.tracks
         for track_row in track_rows:

@@ -163,7 +163,7 @@ class DownloadWork:
     async def _resolve(self, job: Job) -> ResolvedJob:
         if job.type == "album":
             album = await self.retry.run(
-                lambda: self.source.album(job.target_id), what=f"album {job.target_id}"
+                lambda: self.source.album(job.target_number), what=f"album {job.target_id}"
             )
             if not album.tracks:
                 raise DlqdError(
@@ -171,7 +171,7 @@ class DownloadWork:
                 )
             return ResolvedJob(album.title, album.artist, _asked(album.tracks, job.quality))
         meta = await self.retry.run(
-            lambda: self.source.track_meta(job.target_id), what=f"track {job.target_id}"
+            lambda: self.source.track_meta(job.target_number), what=f"track {job.target_id}"
         )
         return ResolvedJob(meta.display_title, meta.display_artist, _asked((meta,), job.quality))
 

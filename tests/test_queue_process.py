@@ -58,6 +58,8 @@ JOB_KEYS = {
     "error",
     "title",
     "artist",
+    "parent",
+    "include",
     "tracks",
 }
 TRACK_KEYS = {

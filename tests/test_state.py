@@ -346,6 +346,23 @@ def test_snapshot_round_trip_keeps_every_job_field() -> None:
     assert restored.jobs["1"].tracks[0].bytes_done == 100  # finished bytes come back
 
 
+def test_snapshot_round_trip_keeps_a_string_target_an_artist_include_and_a_parent() -> None:
+    playlist_uuid = "0d6d6c02-5b2e-4b8c-9f2e-6d8f4b1a2c3e"
+    state = replay(
+        {**submit("1", "artist", 5), "include": ["album", "single"]},
+        {**submit("2", "album", 7), "parent": "1"},
+        submit("3", "track", 9),
+    )
+    apply(state, {**submit("4", "track", 1), "type": "playlist", "target_id": playlist_uuid})
+    restored = through_msgpack(state)
+    assert describe(restored) == describe(state)
+    jobs = restored.jobs
+    assert (jobs["1"].include, jobs["1"].parent) == (("album", "single"), None)
+    assert (jobs["2"].include, jobs["2"].parent) == (None, "1")
+    assert jobs["4"].target_id == playlist_uuid
+    assert restored.active_job_for(("playlist", playlist_uuid, "LOSSLESS")) is jobs["4"]
+
+
 def test_snapshot_stores_a_downloading_track_as_pending_without_its_bytes() -> None:
     state = album_with_tracks()
     track = state.jobs["1"].tracks[0]
