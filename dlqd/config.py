@@ -216,6 +216,7 @@ class _ListOf:
     expected: str
     non_empty: bool = False
     single_ok: bool = False  # a lone value means a one-element list: base_url = "http://…"
+    secret: bool = False  # values that may hold tokens are never echoed in a config error
 
     def from_env(self, text: str) -> object:
         return [self.item.from_env(part.strip()) for part in text.split(",") if part.strip()]
@@ -387,7 +388,8 @@ class NotifyConfig:
     """[notify]: where finished jobs are announced (apprise URLs) and for which statuses."""
 
     urls: tuple[str, ...] = field(
-        default=(), metadata=_checked_as(_ListOf(_AppriseUrl(), "a list of apprise URLs"))
+        default=(),
+        metadata=_checked_as(_ListOf(_AppriseUrl(), "a list of apprise URLs", secret=True)),
     )
     on: tuple[str, ...] = field(
         default=NOTIFY_STATUSES,
@@ -457,8 +459,10 @@ def load_config(
             values[section][key] = kind.convert(value)
         except _Invalid as exc:
             wrong = f"{exc.problem};" if exc.problem else f"expected {exc.expected},"
+            # An apprise URL carries its service's token: say where, never what.
+            got = "a value not shown here" if getattr(kind, "secret", False) else _show(value)
             raise ConfigError(
-                f"config error: [{section}] {key}: {wrong} got {_show(value)} (from {source})"
+                f"config error: [{section}] {key}: {wrong} got {got} (from {source})"
             ) from None
     return Config(**{section: cls(**values[section]) for section, cls in _SECTIONS.items()})
 

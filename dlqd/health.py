@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dlqd.circuit import BaseReport
+from dlqd.errors import redact_url
 from dlqd.holds import Hold, HoldReason
 
 # The scheduler wakes at least every 5 s even when idle; six missed wake-ups is a stuck loop.
@@ -87,7 +88,8 @@ def upstream_check(reports: dict[str, BaseReport], now: float | None = None) -> 
     handles, shown but not fatal.
     """
     now = time.time() if now is None else now
-    bases = {url: _describe_base(report, now) for url, report in reports.items()}
+    # A base URL may carry credentials or a token (user:pass@, ?key=): shown redacted.
+    bases = {redact_url(url): _describe_base(report, now) for url, report in reports.items()}
     answering = any(report.consecutive_failures == 0 for report in reports.values())
     return {"ok": answering, "bases": bases}
 

@@ -261,6 +261,18 @@ def test_wrong_type_names_key_value_and_source() -> None:
     )
 
 
+def test_a_bad_notify_url_is_named_but_its_token_is_never_shown(tmp_path: Path) -> None:
+    config = tmp_path / "dlqd.toml"
+    config.write_text('[notify]\nurls = ["ntfy://host/topic", "pover://SECRETTOKEN@user x"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+
+    message = str(caught.value)
+    assert "[notify] urls: expected a list of apprise URLs" in message
+    assert "SECRETTOKEN" not in message and "host/topic" not in message
+    assert str(config) in message
+
+
 def test_wrong_type_in_file_names_the_file(tmp_path: Path) -> None:
     path = write_toml(tmp_path, '[limits]\nmax_queue = "many"\n')
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from dlqd.circuit import BaseReport
 from dlqd.demo.catalog import TWO_DISC_ALBUM_ID, Catalog, CatalogServer
+from dlqd.health import upstream_check
 from dlqd.metrics import Metrics, write_textfile
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, wait_until
@@ -218,3 +220,10 @@ def test_health_exits_1_and_says_why(make_daemon: DaemonFactory) -> None:
     assert "BAD upstream" in result.stdout
     assert "NETWORK_ERROR" in result.stdout  # the base's last error
     assert "ok  journal" in result.stdout and "ok  scheduler" in result.stdout
+
+
+def test_health_shows_a_base_url_without_its_credentials_or_query() -> None:
+    secret_base = "https://user:hunter2@proxy.example:8443/api?key=SECRET"
+    check = upstream_check({secret_base: BaseReport(last_success=1.0)}, now=2.0)
+    assert list(check["bases"]) == ["https://proxy.example:8443/api"]
+    assert check["ok"] is True
