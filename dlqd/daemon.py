@@ -15,6 +15,7 @@ and exit 0.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import os
@@ -91,12 +92,22 @@ def check_directory(path: Path, what: str, *, fix: str, missing_ok: bool = False
 
 @contextmanager
 def state_dir_lock(state_dir: Path) -> Iterator[None]:
-    """flock on state_dir/dlqd.lock: one daemon per state directory."""
+    """flock on state_dir/dlqd.lock: one daemon per state directory.
+
+    The lock file is opened without following a link: the pid is written into
+    it, and a planted link must not aim that write at another file.
+    """
     path = state_dir / "dlqd.lock"
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        handle: TextIO = open(path, "a+")  # noqa: SIM115 — held for the daemon's lifetime
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        handle: TextIO = os.fdopen(os.open(path, flags, 0o644), "r+")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StartupError(
+                f"{path} is a symbolic link; dlqd writes its pid there and will not "
+                f"follow it (remove it: rm {path})"
+            ) from None
         raise StartupError(f"cannot use state directory {state_dir}: {exc.strerror}") from None
     try:
         try:

@@ -122,6 +122,27 @@ def test_a_tmp_dir_linked_to_the_journal_refuses_start_and_the_journal_survives(
     assert_unharmed(daemon, innocent, snapshot, hostile_job=track_job)
 
 
+def test_a_link_at_the_lock_file_refuses_start_and_its_target_is_untouched(
+    make_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    daemon = make_daemon()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("not the daemon's to write\n")
+    daemon.state_dir.mkdir(parents=True, exist_ok=True)
+    lock = daemon.state_dir / "dlqd.lock"
+    lock.symlink_to(precious)
+
+    daemon.start(wait=False)
+
+    assert exit_code(daemon) == 1
+    assert f"{lock} is a symbolic link" in daemon.logs()
+    assert f"rm {lock}" in daemon.logs()  # says what to do
+    assert precious.read_text() == "not the daemon's to write\n"
+    lock.unlink()
+    daemon.start()
+    assert daemon.call("health")["ok"] is True
+
+
 @pytest.mark.parametrize("kind", ["a regular file", "a symbolic link to a regular file"])
 def test_a_tmp_dir_that_is_no_directory_refuses_start_and_is_kept(
     make_daemon: DaemonFactory, outside: Path, kind: str
