@@ -147,7 +147,7 @@ class UpstreamCircuit:
         report.last_error = f"{error.code}: {error.message}"
         if not report.down and report.consecutive_failures >= self._threshold:
             report.down = True
-            self._schedule_probe(state)
+            self._schedule_probe(state, error.retry_after)
             log.warning(
                 "upstream base is down",
                 base=redact_url(base),
@@ -251,7 +251,7 @@ class UpstreamCircuit:
         state.report.last_failure = self._wall_clock()
         state.report.last_error = f"{error.code}: {error.message}"
         if state.report.down:  # not brought up by a request meanwhile
-            self._schedule_probe(state)
+            self._schedule_probe(state, error.retry_after)
             self._hold_if_all_down()
         log.info(
             "upstream probe failed",
@@ -268,8 +268,9 @@ class UpstreamCircuit:
         jittered = base * (1 - JITTER + 2 * JITTER * self._rng())
         return min(jittered, self._max_cooldown_s)
 
-    def _schedule_probe(self, state: _Base) -> None:
-        delay = self._step_s(state.steps)
+    def _schedule_probe(self, state: _Base, retry_after: float | None = None) -> None:
+        """The next probe: after the backoff step, or a 503's Retry-After when longer (capped)."""
+        delay = max(self._step_s(state.steps), min(retry_after or 0.0, self._max_retry_after_s))
         state.steps += 1
         state.next_probe = self._clock() + delay
         state.report.next_probe = self._wall_clock() + delay

@@ -127,7 +127,12 @@ def from_http_status(status: int, url: str, retry_after: str | None = None) -> D
             retry_after=parse_retry_after(retry_after),
         )
     if status >= 500:
-        return DlqdError(ErrorCode.UPSTREAM_UNAVAILABLE, f"{where}: server error ({status})")
+        # A 503's Retry-After says when the service is back (maintenance): honoured, capped.
+        return DlqdError(
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            f"{where}: server error ({status})",
+            retry_after=parse_retry_after(retry_after) if status == 503 else None,
+        )
     return DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{where}: unexpected status {status}")
 
 

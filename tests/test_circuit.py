@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from dlqd.circuit import PROBE_STEPS_S, UpstreamCircuit
-from dlqd.errors import DlqdError, ErrorCode
+from dlqd.errors import DlqdError, ErrorCode, from_http_status
 from dlqd.holds import HoldReason, Holds, QueueHeld
 
 BASE = "http://up.test"
@@ -172,6 +172,33 @@ def test_a_429_holds_for_the_longer_of_retry_after_and_the_backoff_step(
     with pytest.raises(QueueHeld) as caught:
         upstream.check_open()
     assert caught.value.reason == HoldReason.RATE_LIMITED
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "max_retry_after_s", "expected_s"),
+    [
+        (30.0, 600.0, 30.0),  # maintenance: "back in 30 s" outlasts the first step (1 s)
+        (0.2, 600.0, 1.0),  # the backoff step is the floor
+        (10.0**9, 600.0, 600.0),  # capped like a 429's
+    ],
+)
+def test_a_503_with_retry_after_puts_the_probe_after_it(
+    holds: Holds, retry_after: float, max_retry_after_s: float, expected_s: float
+) -> None:
+    clock = Clock()
+    upstream = circuit(holds, clock, failure_threshold=1, max_retry_after_s=max_retry_after_s)
+    error = from_http_status(503, f"{BASE}/info/", repr(retry_after))
+    assert error.code == ErrorCode.UPSTREAM_UNAVAILABLE and error.retry_after == retry_after
+    upstream.failed(BASE, error)
+    (hold,) = holds.faults()
+    assert hold.reason == HoldReason.UPSTREAM_UNAVAILABLE
+    assert hold.until == pytest.approx(WALL + expected_s)
+
+
+def test_only_a_503_carries_retry_after_other_server_errors_back_off_by_steps() -> None:
+    assert from_http_status(503, f"{BASE}/info/", "120").retry_after == 120.0
+    assert from_http_status(500, f"{BASE}/info/", "120").retry_after is None
+    assert from_http_status(502, f"{BASE}/info/", "120").retry_after is None
 
 
 def test_successive_429s_grow_the_floor_and_a_success_resets_it(holds: Holds) -> None:
