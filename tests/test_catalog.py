@@ -64,6 +64,7 @@ TRACK_FIELDS = {
 ALBUM_FIELDS = {
     "id",
     "title",
+    "type",
     "numberOfTracks",
     "numberOfVolumes",
     "releaseDate",
