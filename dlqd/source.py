@@ -250,7 +250,8 @@ class Source:
         `max_job_tracks`, claimed or read.
         """
         title: str | None = None  # the first page's
-        refs: dict[int, TrackRef] = {}
+        tracks: list[ListedTrack] = []
+        seen: set[int] = set()
         offset = 0
         while True:
             params: dict[str, int | str] = {
@@ -265,15 +266,21 @@ class Source:
                 )
             )
             title = page.playlist.title if title is None else title
-            new_tracks = _add_refs(refs, page.tracks)
-            if len(refs) > self._max_job_tracks:
+            new_tracks = 0
+            for track in page.tracks:
+                if track.id not in seen:
+                    seen.add(track.id)
+                    tracks.append(track)
+                    new_tracks += 1
+            if len(tracks) > self._max_job_tracks:
                 raise _bad(
                     f"/playlist/ {quote(uuid)}: lists more than "
                     f"limits.max_job_tracks ({self._max_job_tracks}) tracks"
                 )
             offset += len(page.items)
-            if len(refs) >= page.playlist.number_of_tracks or new_tracks == 0:
-                return Listing(title=title, refs=tuple(refs.values()))
+            # An empty or repeated page would otherwise loop forever.
+            if len(tracks) >= page.playlist.number_of_tracks or new_tracks == 0:
+                return build_listing(title, tracks)
 
     async def mix(self, mix_id: str) -> Listing:
         """The mix's title and tracks (one answer), videos skipped; refused past max_job_tracks."""
@@ -281,9 +288,7 @@ class Source:
         answer = await trio.to_thread.run_sync(
             functools.partial(parse_mix, data, mix_id=mix_id, max_tracks=self._max_job_tracks)
         )
-        refs: dict[int, TrackRef] = {}
-        _add_refs(refs, answer.tracks)
-        return Listing(title=answer.mix.title, refs=tuple(refs.values()))
+        return build_listing(answer.mix.title, answer.tracks)
 
     async def artist(self, artist_id: int) -> Discography:
         """The artist's name (`/artist/?id=`) and its albums, EPs and singles (`/artist/?f=`)."""
@@ -518,12 +523,12 @@ def _json_values_bound(body: bytes | bytearray) -> int:
 # -- records → metadata ----------------------------------------------------------
 
 
-def _add_refs(refs: dict[int, TrackRef], tracks: Iterable[ListedTrack]) -> int:
-    """Add each track not yet in `refs` (keyed by track id, in order); how many were new."""
-    before = len(refs)
+def build_listing(title: str, tracks: Iterable[ListedTrack]) -> Listing:
+    """A playlist or mix of `tracks` in order, a track listed twice kept at its first place."""
+    refs: dict[int, TrackRef] = {}
     for track in tracks:
         refs.setdefault(track.id, TrackRef(track_id=track.id, album_id=track.album.id))
-    return len(refs) - before
+    return Listing(title=title, refs=tuple(refs.values()))
 
 
 def build_discography(name: str, releases: Iterable[UpstreamRelease]) -> Discography:
