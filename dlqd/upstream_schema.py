@@ -240,8 +240,8 @@ DURATION_S = Int(1, 7 * 24 * 3600, strict=False)  # only sizes estimates: out of
 SAMPLE_RATE = Int(1, 1_000_000, strict=False)
 # Playlist UUIDs and mix ids are sent back as query values and named in messages
 # and file names: only the characters they are made of, and never long.
-PLAYLIST_UUID = Text(max_chars=64, shape=re.compile(r"[0-9A-Fa-f-]{1,64}\Z"))
-MIX_ID = Text(max_chars=64, shape=re.compile(r"[0-9A-Za-z_-]{1,64}\Z"))
+PLAYLIST_UUID = Text(max_chars=256, shape=re.compile(r"[0-9A-Fa-f-]{1,64}\Z"))
+MIX_ID = Text(max_chars=256, shape=re.compile(r"[0-9A-Za-z_-]{1,64}\Z"))
 # "ALBUM", "EP", "SINGLE" (others are skipped by Source): a word, anything else is absent.
 RELEASE_TYPE = Text(max_chars=256, shape=re.compile(r"[A-Z][A-Z0-9_]{0,31}\Z"))
 
