@@ -4,7 +4,8 @@ Owns the daemon's one `httpx.AsyncClient` and the `MediaClient` (dlqd.transfer)
 that shares its TLS trust, identity and connect timeout, the order in which upstream bases
 are tried (those the `UpstreamCircuit` counts as up, in order; none at all
 while it holds the queue), the probe request it sends to a down base, and
-turning the upstream's answers into `TrackMeta` / `AlbumMeta` / `MediaPlan`.
+turning the upstream's answers into `TrackMeta` / `AlbumMeta` / `MediaPlan`, and
+playlists, mixes and artists into the `Listing` / `Discography` a job expands.
 Bodies are read within `max_metadata_bytes` (dlqd.bodies) and decoded in a
 worker thread, as manifests are parsed, so no upstream answer can
 fill memory or hold the event loop; every JSON body is then checked into a
@@ -21,7 +22,8 @@ import functools
 import json
 import ssl
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpcore
@@ -37,12 +39,19 @@ from dlqd.meta import AlbumMeta, Lyrics, MediaPlan, TrackMeta
 from dlqd.transfer import MediaClient, trust_context
 from dlqd.upstream_schema import (
     AlbumPage,
+    ArtistAnswer,
+    ArtistReleases,
+    ListedTrack,
     TrackInfo,
     UpstreamArtist,
     UpstreamLyrics,
+    UpstreamRelease,
     UpstreamTrack,
     parse,
     parse_album_page,
+    parse_mix,
+    parse_playlist_page,
+    quote,
 )
 
 # httpcore reads HTTP/1.1 bodies 64 KiB per socket read; every read is a trip
@@ -54,6 +63,7 @@ from dlqd.upstream_schema import (
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 PAGE_SIZE = 100
+PLAYLIST_PAGE_SIZE = 100  # entries asked per /playlist/ page; the upstream allows up to 500
 MAX_COVER_BYTES = 16 * 1024 * 1024
 MAX_JOB_TRACKS = 5000  # limits.max_job_tracks
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # limits.max_metadata_mb
@@ -67,8 +77,47 @@ MAX_REDIRECTS = 10  # more is a loop: TooManyRedirects, UPSTREAM_BAD_RESPONSE
 JSON = Mapping[str, Any]
 
 
+# Upstream release types a Discography keeps, and the kind each becomes.
+RELEASE_KINDS = {"ALBUM": "album", "EP": "ep", "SINGLE": "single"}
+
+
 def _bad(message: str) -> DlqdError:
     return DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, message)
+
+
+@dataclass(frozen=True)
+class TrackRef:
+    """One track entry of a playlist or mix, in listing order."""
+
+    track_id: int
+    album_id: int
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A playlist or a mix: its tracks only (videos skipped), each at its first place."""
+
+    title: str
+    refs: tuple[TrackRef, ...]
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release of an artist; `kind` is "album", "ep" or "single"."""
+
+    album_id: int
+    title: str
+    kind: str
+    tracks: int  # numberOfTracks
+    release_date: str | None
+
+
+@dataclass(frozen=True)
+class Discography:
+    """An artist's name and releases, in upstream order, each album id once."""
+
+    name: str
+    releases: tuple[Release, ...]
 
 
 class Source:
@@ -193,6 +242,68 @@ class Source:
             return lyrics if lyrics.text or lyrics.synced else None
         raise failure
 
+    async def playlist(self, uuid: str) -> Listing:
+        """The playlist's title and tracks, every page read, videos skipped.
+
+        Pages as `album` does: until numberOfTracks tracks are read, or a page
+        is empty or brings no track not already read; refused past
+        `max_job_tracks`, claimed or read.
+        """
+        title: str | None = None  # the first page's
+        tracks: list[ListedTrack] = []
+        seen: set[int] = set()
+        offset = 0
+        while True:
+            params: dict[str, int | str] = {
+                "id": uuid,
+                "limit": PLAYLIST_PAGE_SIZE,
+                "offset": offset,
+            }
+            data, _ = await self._get_object("/playlist/", params)
+            page = await trio.to_thread.run_sync(
+                functools.partial(
+                    parse_playlist_page, data, uuid=uuid, max_tracks=self._max_job_tracks
+                )
+            )
+            title = page.playlist.title if title is None else title
+            new_tracks = 0
+            for track in page.tracks:
+                if track.id not in seen:
+                    seen.add(track.id)
+                    tracks.append(track)
+                    new_tracks += 1
+            if len(tracks) > self._max_job_tracks:
+                raise _bad(
+                    f"/playlist/ {quote(uuid)}: lists more than "
+                    f"limits.max_job_tracks ({self._max_job_tracks}) tracks"
+                )
+            offset += len(page.items)
+            # An empty or repeated page would otherwise loop forever.
+            if len(tracks) >= page.playlist.number_of_tracks or new_tracks == 0:
+                return build_listing(title, tracks)
+
+    async def mix(self, mix_id: str) -> Listing:
+        """The mix's title and tracks (one answer), videos skipped; refused past max_job_tracks."""
+        data, _ = await self._get_object("/mix/", {"id": mix_id})
+        answer = await trio.to_thread.run_sync(
+            functools.partial(parse_mix, data, mix_id=mix_id, max_tracks=self._max_job_tracks)
+        )
+        return build_listing(answer.mix.title, answer.tracks)
+
+    async def artist(self, artist_id: int) -> Discography:
+        """The artist's name (`/artist/?id=`) and its albums, EPs and singles (`/artist/?f=`)."""
+        data, _ = await self._get_object("/artist/", {"id": artist_id})
+        who = parse(ArtistAnswer, data, f"/artist/ {artist_id}").artist
+        if who.id not in (None, artist_id):
+            raise _bad(f"/artist/ {artist_id}: answered with artist {quote(who.id)}")
+        if not who.name:
+            raise _bad(f"/artist/ {artist_id}: no name")
+        data, _ = await self._get_object("/artist/", {"f": artist_id, "skip_tracks": "true"})
+        releases = await trio.to_thread.run_sync(
+            parse, ArtistReleases, data, f"/artist/ {artist_id} releases"
+        )
+        return build_discography(who.name, releases.albums.items)
+
     def cover_url(self, cover_uuid: str) -> str:
         return f"{self._cover_base_url}/{cover_uuid.replace('-', '/')}/1280x1280.jpg"
 
@@ -252,6 +363,18 @@ class Source:
 
     async def _get_data(self, path: str, params: Mapping[str, int | str]) -> tuple[JSON, str]:
         """GET `path` from the first base that answers; the envelope's `data` and the URL."""
+        body, url = await self._get_answer(path, params)
+        return await trio.to_thread.run_sync(_envelope_data, body, url), url
+
+    async def _get_object(self, path: str, params: Mapping[str, int | str]) -> tuple[JSON, str]:
+        """As `_get_data`, for the routes without a `data` envelope: the whole JSON object."""
+        body, url = await self._get_answer(path, params)
+        return await trio.to_thread.run_sync(_json_object, body, url), url
+
+    async def _get_answer(
+        self, path: str, params: Mapping[str, int | str]
+    ) -> tuple[bytearray, str]:
+        """The body of GET `path` from the first base that answers, through the circuit."""
         self._probe_request = _probe_form(path, params)
         last_error: DlqdError | None = None
         for base in self._bases:
@@ -259,7 +382,7 @@ class Source:
             if self.circuit.is_down(base):
                 continue
             try:
-                body, url = await self._get_body(f"{base}{path}", params)
+                answer = await self._get_body(f"{base}{path}", params)
             except DlqdError as exc:
                 if exc.code == ErrorCode.UPSTREAM_RATE_LIMITED:
                     self.circuit.answered(base)
@@ -272,7 +395,7 @@ class Source:
                     raise last_error from exc
                 continue
             self.circuit.succeeded(base)
-            return await trio.to_thread.run_sync(_envelope_data, body, url), url
+            return answer
         assert last_error is not None  # a base was up, or check_open raised
         raise last_error
 
@@ -327,11 +450,17 @@ class Source:
 
 
 def _probe_form(path: str, params: Mapping[str, int | str]) -> tuple[str, dict[str, int | str]]:
-    """The cheapest request about the same item: /info/ for a playback, one page of an album."""
+    """The cheapest request about the same item.
+
+    /info/ for a playback, one entry of an album or playlist, the artist's
+    header for its releases.
+    """
     if path == "/track/":
         return "/info/", {"id": params["id"]}
-    if path == "/album/":
-        return "/album/", {"id": params["id"], "limit": 1, "offset": 0}
+    if path in ("/album/", "/playlist/"):
+        return path, {"id": params["id"], "limit": 1, "offset": 0}
+    if path == "/artist/" and "f" in params:
+        return "/artist/", {"id": params["f"]}
     return path, dict(params)
 
 
@@ -352,16 +481,23 @@ def with_playback_gains(meta: TrackMeta, plan: MediaPlan) -> TrackMeta:
 
 def _envelope_data(body: bytearray, url: str, key: str = "data") -> JSON:
     """`data` of `{"version", "data"}` (or another `key`). Runs in a worker thread."""
-    if _json_values_bound(body) > MAX_JSON_VALUES:
-        raise _bad(f"{redact_url(url)}: body may hold more than {MAX_JSON_VALUES} JSON values")
-    try:
-        envelope = json.loads(body)
-    except (ValueError, RecursionError):
-        raise _bad(f"{redact_url(url)}: body is not JSON") from None
-    data = envelope.get(key) if isinstance(envelope, dict) else None
+    data = _json_object(body, url).get(key)
     if not isinstance(data, dict):
         raise _bad(f"{redact_url(url)}: no {key} object in the response")
     return data
+
+
+def _json_object(body: bytearray, url: str) -> JSON:
+    """The JSON object `body` holds, within `MAX_JSON_VALUES`. Runs in a worker thread."""
+    if _json_values_bound(body) > MAX_JSON_VALUES:
+        raise _bad(f"{redact_url(url)}: body may hold more than {MAX_JSON_VALUES} JSON values")
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _bad(f"{redact_url(url)}: body is not JSON") from None
+    if not isinstance(answer, dict):
+        raise _bad(f"{redact_url(url)}: the response is not a JSON object")
+    return answer
 
 
 def _plain_text(text: str) -> str:
@@ -385,6 +521,30 @@ def _json_values_bound(body: bytes | bytearray) -> int:
 
 
 # -- records → metadata ----------------------------------------------------------
+
+
+def build_listing(title: str, tracks: Iterable[ListedTrack]) -> Listing:
+    """A playlist or mix of `tracks` in order, a track listed twice kept at its first place."""
+    refs: dict[int, TrackRef] = {}
+    for track in tracks:
+        refs.setdefault(track.id, TrackRef(track_id=track.id, album_id=track.album.id))
+    return Listing(title=title, refs=tuple(refs.values()))
+
+
+def build_discography(name: str, releases: Iterable[UpstreamRelease]) -> Discography:
+    """Albums, EPs and singles in upstream order, each album id once; other types skipped."""
+    kept: dict[int, Release] = {}
+    for release in releases:
+        kind = RELEASE_KINDS.get(release.type)
+        if kind is not None and release.id not in kept:
+            kept[release.id] = Release(
+                album_id=release.id,
+                title=release.title,
+                kind=kind,
+                tracks=release.number_of_tracks,
+                release_date=release.release_date or None,
+            )
+    return Discography(name=name, releases=tuple(kept.values()))
 
 
 def build_album(

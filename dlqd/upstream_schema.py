@@ -1,9 +1,10 @@
 """The upstream's JSON shapes of DESIGN §6, declared once, and the one parser that checks them.
 
-Owns: every field dlqd reads from `/info/`, `/album/`, `/track/`, `/lyrics/` and the BTS
-manifest — its JSON key, type and range — and turning a parsed JSON mapping
-into the typed records below. Nothing else reads the upstream's JSON; a field
-not declared here is never read. Pure: never does I/O, never raises anything but
+Owns: every field dlqd reads from `/info/`, `/album/`, `/track/`, `/lyrics/`,
+`/playlist/`, `/mix/`, `/artist/` and the BTS manifest — its JSON key, type and
+range — and turning a parsed JSON mapping into the typed records below.
+Nothing else reads the upstream's JSON; a field not declared here is never
+read. Pure: never does I/O, never raises anything but
 `DlqdError(UPSTREAM_BAD_RESPONSE)`, and never puts a raw upstream value into a
 message unescaped (`quote`).
 
@@ -38,6 +39,7 @@ MAX_URL_CHARS = 16384  # signed media URLs are long, but not this long
 MAX_ARTISTS = 1000  # per track or album
 MAX_URLS = 100  # mirrors in one BTS manifest
 MAX_LYRICS_CHARS = 256 * 1024  # a song's words, synced or not: far more than any song has
+MAX_RELEASES = 10_000  # of one artist: composers' catalogues run to thousands
 QUOTE_CHARS = 60
 
 _R = TypeVar("_R")
@@ -236,6 +238,12 @@ BIT_DEPTH = Int(1, 64, strict=False)
 QUALITY_NAME = Text(max_chars=256, shape=re.compile(r"[A-Z][A-Z0-9_]{0,31}\Z"))
 DURATION_S = Int(1, 7 * 24 * 3600, strict=False)  # only sizes estimates: out of range is dropped
 SAMPLE_RATE = Int(1, 1_000_000, strict=False)
+# Playlist UUIDs and mix ids are sent back as query values and named in messages
+# and file names: only the characters they are made of, and never long.
+PLAYLIST_UUID = Text(max_chars=256, shape=re.compile(r"[0-9A-Fa-f-]{1,64}\Z"))
+MIX_ID = Text(max_chars=256, shape=re.compile(r"[0-9A-Za-z_-]{1,64}\Z"))
+# "ALBUM", "EP", "SINGLE" (others are skipped by Source): a word, anything else is absent.
+RELEASE_TYPE = Text(max_chars=256, shape=re.compile(r"[A-Z][A-Z0-9_]{0,31}\Z"))
 
 
 # -- records: the shapes of §6 -------------------------------------------------------
@@ -283,17 +291,20 @@ class TrackInfo(UpstreamTrack):
 
 
 @dataclass(frozen=True)
-class AlbumEntries:
-    """`items` of an `/album/` page: tracks parsed, videos and other media as None.
+class Entries:
+    """`items` of an `/album/` or `/playlist/` page: tracks parsed into `record`, others None.
 
-    Only entries of type "track" are read; the others share the listing and
-    keep their place so that paging advances by the page's full length.
+    Each entry is `{"type", "item"}`. Only entries of type "track" are read;
+    the others (videos) share the listing and keep their place so that paging
+    advances by the page's full length.
     """
 
-    def read(self, value: object, path: str) -> tuple[UpstreamTrack | None, ...]:
+    record: type[Any]
+
+    def read(self, value: object, path: str) -> tuple[Any, ...]:
         if not isinstance(value, list):
             raise _Absent
-        entries: list[UpstreamTrack | None] = []
+        entries: list[Any] = []
         for index, entry in enumerate(value):
             if not isinstance(entry, Mapping):
                 raise _Refused(f"{path}[{index}] is {_describe(entry)}, not an object")
@@ -301,7 +312,7 @@ class AlbumEntries:
             if entry.get("type") != "track" or not isinstance(item, Mapping):
                 entries.append(None)
             else:
-                entries.append(_parse(UpstreamTrack, item, f"{path}[{index}].item"))
+                entries.append(_parse(self.record, item, f"{path}[{index}].item"))
         return tuple(entries)
 
 
@@ -318,7 +329,7 @@ class AlbumPage:
     cover: Annotated[str, From("cover", COVER)] = ""
     artist: Annotated[UpstreamArtist | None, From("artist", Obj(UpstreamArtist))] = None
     artists: Annotated[tuple[UpstreamArtist, ...], From("artists", ARTISTS)] = ()
-    items: Annotated[tuple[UpstreamTrack | None, ...], From("items", AlbumEntries())]
+    items: Annotated[tuple[UpstreamTrack | None, ...], From("items", Entries(UpstreamTrack))]
 
     @property
     def tracks(self) -> tuple[UpstreamTrack, ...]:
@@ -361,6 +372,106 @@ class UpstreamLyrics:
     provider: Annotated[str, From("lyricsProvider", SHORT)] = ""
     text: Annotated[str, From("lyrics", Text(max_chars=MAX_LYRICS_CHARS))] = ""
     subtitles: Annotated[str, From("subtitles", Text(max_chars=MAX_LYRICS_CHARS))] = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListedTrack:
+    """A track as a playlist or a mix lists it: which track, on which album."""
+
+    id: Annotated[int, From("id", ID)]
+    album: Annotated[AlbumRef, From("album", Obj(AlbumRef))]
+
+
+@dataclass(frozen=True)
+class MixEntries:
+    """`items` of `/mix/`: bare media objects; those with an `album` object are tracks.
+
+    Anything else (a video, whose `album` is null) is None; an entry that is
+    not an object is refused, as in a page's `items`.
+    """
+
+    def read(self, value: object, path: str) -> tuple[ListedTrack | None, ...]:
+        if not isinstance(value, list):
+            raise _Absent
+        entries: list[ListedTrack | None] = []
+        for index, entry in enumerate(value):
+            if not isinstance(entry, Mapping):
+                raise _Refused(f"{path}[{index}] is {_describe(entry)}, not an object")
+            if isinstance(entry.get("album"), Mapping):
+                entries.append(_parse(ListedTrack, entry, f"{path}[{index}]"))
+            else:
+                entries.append(None)
+        return tuple(entries)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaylistHeader:
+    uuid: Annotated[str | None, From("uuid", PLAYLIST_UUID)] = None
+    title: Annotated[str, From("title", STRIPPED)]
+    number_of_tracks: Annotated[int, From("numberOfTracks", COUNT)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaylistPage:
+    """One `/playlist/` page: the playlist's header and one page of its listing."""
+
+    playlist: Annotated[PlaylistHeader, From("playlist", Obj(PlaylistHeader))]
+    items: Annotated[tuple[ListedTrack | None, ...], From("items", Entries(ListedTrack))]
+
+    @property
+    def tracks(self) -> tuple[ListedTrack, ...]:
+        return tuple(item for item in self.items if item is not None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixHeader:
+    id: Annotated[str | None, From("id", MIX_ID)] = None
+    title: Annotated[str, From("title", STRIPPED)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixAnswer:
+    """`/mix/`: the mix's header and all of its items, in one answer."""
+
+    mix: Annotated[MixHeader, From("mix", Obj(MixHeader))]
+    items: Annotated[tuple[ListedTrack | None, ...], From("items", MixEntries())]
+
+    @property
+    def tracks(self) -> tuple[ListedTrack, ...]:
+        return tuple(item for item in self.items if item is not None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamRelease:
+    """One album of `/artist/?f=`: an album, an EP or a single (by `type`)."""
+
+    id: Annotated[int, From("id", ID)]
+    title: Annotated[str, From("title", TEXT)]
+    type: Annotated[str, From("type", RELEASE_TYPE)] = ""
+    number_of_tracks: Annotated[int, From("numberOfTracks", COUNT)]
+    release_date: Annotated[str, From("releaseDate", DATE)] = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseList:
+    items: Annotated[
+        tuple[UpstreamRelease, ...],
+        From("items", ListOf(Obj(UpstreamRelease), MAX_RELEASES, skip_absent=False)),
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtistReleases:
+    """`/artist/?f=ID&skip_tracks=true`: the artist's releases (its top `tracks` are not read)."""
+
+    albums: Annotated[ReleaseList, From("albums", Obj(ReleaseList))]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtistAnswer:
+    """`/artist/?id=ID`: who the artist is (its `cover` is not read)."""
+
+    artist: Annotated[UpstreamArtist, From("artist", Obj(UpstreamArtist))]
 
 
 # -- the parser ----------------------------------------------------------------------
@@ -425,6 +536,40 @@ def parse_album_page(data: object, *, album_id: int, max_tracks: int) -> AlbumPa
     million entries costs nothing.
     """
     where = f"/album/ {album_id}"
+    _check_listing_length(data, where, max_tracks)
+    page = parse(AlbumPage, data, where)
+    _check_claimed_tracks(page.number_of_tracks, where, max_tracks)
+    return page
+
+
+def parse_playlist_page(data: object, *, uuid: str, max_tracks: int) -> PlaylistPage:
+    """One `/playlist/` page, refused as an album page is; a header naming another playlist too."""
+    where = f"/playlist/ {quote(uuid)}"
+    _check_listing_length(data, where, max_tracks)
+    page = parse(PlaylistPage, data, where)
+    _check_claimed_tracks(page.playlist.number_of_tracks, where, max_tracks)
+    if page.playlist.uuid is not None and page.playlist.uuid.lower() != uuid.lower():
+        raise DlqdError(
+            ErrorCode.UPSTREAM_BAD_RESPONSE,
+            f"{where}: answered with playlist {quote(page.playlist.uuid)}",
+        )
+    return page
+
+
+def parse_mix(data: object, *, mix_id: str, max_tracks: int) -> MixAnswer:
+    """The `/mix/` answer; refused if it lists over `max_tracks` items or is another mix's."""
+    where = f"/mix/ {quote(mix_id)}"
+    _check_listing_length(data, where, max_tracks)
+    answer = parse(MixAnswer, data, where)
+    if answer.mix.id is not None and answer.mix.id != mix_id:
+        raise DlqdError(
+            ErrorCode.UPSTREAM_BAD_RESPONSE, f"{where}: answered with mix {quote(answer.mix.id)}"
+        )
+    return answer
+
+
+def _check_listing_length(data: object, where: str, max_tracks: int) -> None:
+    """Refuse an `items` list longer than `max_tracks`, before any item is read."""
     entries = data.get("items") if isinstance(data, Mapping) else None
     if isinstance(entries, list) and len(entries) > max_tracks:
         raise DlqdError(
@@ -432,11 +577,11 @@ def parse_album_page(data: object, *, album_id: int, max_tracks: int) -> AlbumPa
             f"{where}: a page lists {len(entries)} items, more than "
             f"limits.max_job_tracks ({max_tracks})",
         )
-    page = parse(AlbumPage, data, where)
-    if page.number_of_tracks > max_tracks:
+
+
+def _check_claimed_tracks(claimed: int, where: str, max_tracks: int) -> None:
+    if claimed > max_tracks:
         raise DlqdError(
             ErrorCode.UPSTREAM_BAD_RESPONSE,
-            f"{where}: claims {page.number_of_tracks} tracks, more than "
-            f"limits.max_job_tracks ({max_tracks})",
+            f"{where}: claims {claimed} tracks, more than limits.max_job_tracks ({max_tracks})",
         )
-    return page

@@ -27,18 +27,34 @@ from defusedxml import ElementTree
 from dlqd.demo import audio
 from dlqd.demo.catalog import (
     AAC_ONLY_TRACK_ID,
+    ARTIST_ALBUM_IDS,
+    ARTIST_EP_IDS,
+    ARTIST_ID,
+    ARTIST_NAME,
+    ARTIST_RELEASE_IDS,
+    ARTIST_SINGLE_IDS,
     BIG_ALBUM_ID,
     BIG_ALBUM_TRACKS,
+    BIG_PLAYLIST_TRACK_IDS,
+    BIG_PLAYLIST_UUID,
     DASH_NO_TIMELINE_TRACK_ID,
     DASH_TIMELINE_TRACK_ID,
     ENCRYPTED_TRACK_ID,
     HOSTILE_ALBUM_ID,
     LIVE_TRACK_ID,
+    MIX_ID,
+    MIX_TITLE,
+    MIX_TRACK_IDS,
     MULTI_ARTIST_TRACK_ID,
+    PLAYLIST_TITLE,
+    PLAYLIST_TRACK_IDS,
+    PLAYLIST_UUID,
     PREVIEW_TRACK_ID,
+    SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,
     TWO_DISC_ALBUM_ID,
     UNKNOWN_ID,
+    VIDEO_ID,
     Catalog,
     CatalogServer,
     Scripted,
@@ -64,6 +80,7 @@ TRACK_FIELDS = {
 ALBUM_FIELDS = {
     "id",
     "title",
+    "type",
     "numberOfTracks",
     "numberOfVolumes",
     "releaseDate",
@@ -195,6 +212,124 @@ def test_unknown_ids_and_bad_parameters(client: httpx.Client) -> None:
     assert client.get("/images/00/11/22/33/44/1280x1280.jpg").status_code == 404
     assert client.get("/media/a/1/LOSSLESS.flac").status_code == 404
     assert client.get("/nowhere").status_code == 404
+
+
+def unenveloped(response: httpx.Response) -> dict[str, Any]:
+    """The answer of a route without a `data` envelope (/playlist/, /mix/, /artist/)."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["version"].startswith("2.") and "data" not in body
+    return body
+
+
+def test_playlist_lists_two_albums_out_of_order_with_a_video_item(
+    client: httpx.Client, catalog: Catalog
+) -> None:
+    answer = unenveloped(client.get("/playlist/", params={"id": PLAYLIST_UUID}))
+    header = answer["playlist"]
+    assert (header["uuid"], header["title"]) == (PLAYLIST_UUID, PLAYLIST_TITLE)
+    assert header["numberOfTracks"] == len(PLAYLIST_TRACK_IDS)
+    assert [(i["type"], i["item"]["id"]) for i in answer["items"]] == [
+        ("track", PLAYLIST_TRACK_IDS[0]),
+        ("track", PLAYLIST_TRACK_IDS[1]),
+        ("video", VIDEO_ID),
+        ("track", PLAYLIST_TRACK_IDS[2]),
+        ("track", PLAYLIST_TRACK_IDS[3]),
+    ]
+    tracks = [i["item"] for i in answer["items"] if i["type"] == "track"]
+    assert all(set(track) == TRACK_FIELDS for track in tracks)
+    assert {track["album"]["id"] for track in tracks} == {TWO_DISC_ALBUM_ID, SINGLE_ALBUM_ID}
+    in_album_order = sorted(PLAYLIST_TRACK_IDS, key=lambda t: (catalog.track(t).album_id, t))
+    assert list(PLAYLIST_TRACK_IDS) != in_album_order
+
+
+def test_big_playlist_pages_with_limit_capped_at_500(client: httpx.Client) -> None:
+    whole = unenveloped(client.get("/playlist/", params={"id": BIG_PLAYLIST_UUID, "limit": 999}))
+    assert whole["playlist"]["numberOfTracks"] == len(BIG_PLAYLIST_TRACK_IDS)
+    listed = [i["item"]["id"] for i in whole["items"] if i["type"] == "track"]
+    assert listed == list(BIG_PLAYLIST_TRACK_IDS)
+    assert len(whole["items"]) == len(BIG_PLAYLIST_TRACK_IDS) + 1  # the video
+    page = unenveloped(
+        client.get("/playlist/", params={"id": BIG_PLAYLIST_UUID, "limit": 100, "offset": 100})
+    )
+    assert [i["item"]["id"] for i in page["items"]] == [i["item"]["id"] for i in whole["items"]][
+        100:
+    ]
+    default = unenveloped(client.get("/playlist/", params={"id": BIG_PLAYLIST_UUID}))
+    assert len(default["items"]) == 100
+
+
+def test_mix_items_are_bare_tracks_of_two_albums_and_a_video(client: httpx.Client) -> None:
+    answer = unenveloped(client.get("/mix/", params={"id": MIX_ID}))
+    assert (answer["mix"]["id"], answer["mix"]["title"]) == (MIX_ID, MIX_TITLE)
+    items = answer["items"]
+    assert [i["id"] for i in items if i["album"] is not None] == list(MIX_TRACK_IDS)
+    (video,) = [i for i in items if i["album"] is None]
+    assert video["id"] == VIDEO_ID and video["type"] == "Music Video"
+    assert len({i["album"]["id"] for i in items if i["album"] is not None}) == 2
+
+
+def test_artist_answers_who_it_is_and_its_albums_then_eps_and_singles(
+    client: httpx.Client, catalog: Catalog
+) -> None:
+    who = unenveloped(client.get("/artist/", params={"id": ARTIST_ID}))
+    assert who["artist"]["id"] == ARTIST_ID and who["artist"]["name"] == ARTIST_NAME
+    assert who["cover"] is None
+    releases = unenveloped(client.get("/artist/", params={"f": ARTIST_ID, "skip_tracks": "true"}))
+    albums = releases["albums"]["items"]
+    assert [a["id"] for a in albums] == list(ARTIST_RELEASE_IDS)
+    types = {a["id"]: a["type"] for a in albums}
+    assert {types[i] for i in ARTIST_ALBUM_IDS} == {"ALBUM"}
+    assert {types[i] for i in ARTIST_EP_IDS} == {"EP"}
+    assert {types[i] for i in ARTIST_SINGLE_IDS} == {"SINGLE"}
+    assert set(albums[0]) == ALBUM_FIELDS - {"items"}
+    assert all(a["numberOfTracks"] == len(catalog.album(a["id"]).track_ids) for a in albums)
+    assert releases["tracks"] and all(set(t) == TRACK_FIELDS for t in releases["tracks"])
+
+
+def test_new_routes_answer_404_for_unknown_ids_and_400_for_bad_parameters(
+    client: httpx.Client,
+) -> None:
+    unknown = [
+        ("/playlist/", {"id": "00000000-0000-4000-8000-000000000000"}),
+        ("/mix/", {"id": "nope"}),
+        ("/artist/", {"id": UNKNOWN_ID}),
+        ("/artist/", {"f": UNKNOWN_ID}),
+    ]
+    for path, params in unknown:
+        response = client.get(path, params=params)
+        assert response.status_code == 404 and "detail" in response.json()
+    bad = [
+        ("/playlist/", {}),
+        ("/playlist/", {"id": PLAYLIST_UUID, "offset": -1}),
+        ("/mix/", {"id": ""}),
+        ("/artist/", {}),
+        ("/artist/", {"f": "x"}),
+    ]
+    for path, params in bad:
+        assert client.get(path, params=params).status_code == 400, (path, params)
+
+
+def test_faults_and_scripts_reach_the_new_routes(
+    client: httpx.Client, server: CatalogServer
+) -> None:
+    server.inject("mix", "bad_shape")
+    assert client.get("/mix/", params={"id": MIX_ID}).json() == {
+        "version": "2.0",
+        "unexpected": True,
+    }
+    server.inject("playlist", "status", status=503)
+    assert client.get("/playlist/", params={"id": PLAYLIST_UUID}).status_code == 503
+    seen: list[dict[str, Any] | None] = []
+
+    def whole_answer(_request: object, data: dict[str, Any] | None) -> Scripted:
+        seen.append(data)
+        return Scripted(200, {"Content-Type": "application/json"}, b"{}")
+
+    server.script("artist", whole_answer, times=1)
+    assert client.get("/artist/", params={"id": ARTIST_ID}).json() == {}
+    assert seen == [unenveloped(client.get("/artist/", params={"id": ARTIST_ID}))]
+    assert [r.route for r in server.requests] == ["mix", "playlist", "artist", "artist"]
 
 
 def test_hostile_strings_survive_json(client: httpx.Client, catalog: Catalog) -> None:

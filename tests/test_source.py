@@ -1,8 +1,12 @@
-"""Source against the real local catalog: metadata, paging, plans, failover, errors."""
+"""Source against the real local catalog: metadata, paging, plans, failover, errors.
+
+Also playlists, mixes and artists: listings in order, paging, kinds, refusals.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,25 +18,42 @@ import trio
 from dlqd.circuit import UpstreamCircuit
 from dlqd.demo import audio
 from dlqd.demo.catalog import (
+    ARTIST_ALBUM_IDS,
+    ARTIST_EP_IDS,
+    ARTIST_ID,
+    ARTIST_NAME,
+    ARTIST_RELEASE_IDS,
+    ARTIST_SINGLE_IDS,
     BIG_ALBUM_ID,
     BIG_ALBUM_TRACKS,
+    BIG_PLAYLIST_TRACK_IDS,
+    BIG_PLAYLIST_UUID,
     DASH_NO_TIMELINE_TRACK_ID,
     DASH_TIMELINE_TRACK_ID,
     ENCRYPTED_TRACK_ID,
     LIVE_TRACK_ID,
+    MIX_ID,
+    MIX_TITLE,
+    MIX_TRACK_IDS,
     MULTI_ARTIST_TRACK_ID,
+    PLAYLIST_TITLE,
+    PLAYLIST_TRACK_IDS,
+    PLAYLIST_UUID,
     PREVIEW_TRACK_ID,
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,
     TWO_DISC_ALBUM_ID,
     TWO_MAIN_ARTISTS_TRACK_ID,
     UNKNOWN_ID,
+    VIDEO_ID,
     Catalog,
     CatalogServer,
+    RequestRecord,
+    Scripted,
 )
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.holds import HoldReason, Holds, QueueHeld
-from dlqd.source import Source, with_playback_gains
+from dlqd.source import PLAYLIST_PAGE_SIZE, Release, Source, TrackRef, with_playback_gains
 from tests.support import unread_json_response
 
 
@@ -389,3 +410,344 @@ async def test_paging_stops_on_an_empty_or_repeated_page(pages: list[list[Any]])
         album = await upstream.album(7)
     assert [t.track_id for t in album.tracks] == [1, 2]
     assert album.tracks[0].artists == ("Fibber",)  # no artist at all: the album's
+
+
+# -- playlists, mixes, artists --------------------------------------------------------
+
+UNKNOWN_UUID = "00000000-0000-4000-8000-000000000000"
+UNKNOWN_MIX_ID = "0000000000000000000000000000ff"
+Alter = Any  # a function changing the catalog's answer in place
+
+
+def answer_with(alter: Alter) -> Any:
+    """A script responder: the catalog's own answer, changed by `alter`, as JSON."""
+
+    def respond(request: RequestRecord, data: dict[str, Any] | None) -> Scripted:
+        assert data is not None
+        alter(request, data)
+        body = json.dumps(data).encode()  # ASCII: a lone surrogate goes out as "\ud800"
+        return Scripted(200, {"Content-Type": "application/json"}, body)
+
+    return respond
+
+
+def refs_of(catalog: Catalog, track_ids: tuple[int, ...]) -> tuple[TrackRef, ...]:
+    return tuple(TrackRef(t, catalog.track(t).album_id) for t in track_ids)
+
+
+async def test_playlist_lists_tracks_of_two_albums_in_its_order_without_the_video(
+    source: Source, server: CatalogServer, catalog: Catalog
+) -> None:
+    listing = await source.playlist(PLAYLIST_UUID)
+    assert listing.title == PLAYLIST_TITLE
+    assert listing.refs == refs_of(catalog, PLAYLIST_TRACK_IDS)
+    assert {ref.album_id for ref in listing.refs} == {TWO_DISC_ALBUM_ID, SINGLE_ALBUM_ID}
+    assert VIDEO_ID not in {ref.track_id for ref in listing.refs}
+    (request,) = server.requests_for("playlist")
+    assert request.query == {"id": PLAYLIST_UUID, "limit": str(PLAYLIST_PAGE_SIZE), "offset": "0"}
+
+
+async def test_playlist_pages_until_number_of_tracks_and_the_offsets_count_the_video(
+    source: Source, server: CatalogServer, catalog: Catalog
+) -> None:
+    assert len(BIG_PLAYLIST_TRACK_IDS) > PLAYLIST_PAGE_SIZE  # else this proves nothing
+    listing = await source.playlist(BIG_PLAYLIST_UUID)
+    assert listing.refs == refs_of(catalog, BIG_PLAYLIST_TRACK_IDS)
+    queries = [r.query for r in server.requests_for("playlist")]
+    assert [q["offset"] for q in queries] == ["0", str(PLAYLIST_PAGE_SIZE)]
+    assert {q["limit"] for q in queries} == {str(PLAYLIST_PAGE_SIZE)}
+
+
+async def test_playlist_keeps_a_track_listed_twice_at_its_first_place(
+    source: Source, server: CatalogServer, catalog: Catalog
+) -> None:
+    def repeat_first_track(_request: RequestRecord, data: dict[str, Any]) -> None:
+        data["playlist"]["numberOfTracks"] += 1
+        if data["items"]:
+            data["items"].append(data["items"][0])
+
+    server.script("playlist", answer_with(repeat_first_track))
+    listing = await source.playlist(PLAYLIST_UUID)
+    assert listing.refs == refs_of(catalog, PLAYLIST_TRACK_IDS)
+    # Four distinct tracks of the five claimed: the next page is asked, and is empty.
+    assert [r.query["offset"] for r in server.requests_for("playlist")] == ["0", "6"]
+
+
+async def test_playlist_paging_stops_on_a_page_that_brings_no_new_track(
+    source: Source, server: CatalogServer, catalog: Catalog
+) -> None:
+    def first_page_whatever_the_offset(_request: RequestRecord, data: dict[str, Any]) -> None:
+        data.update(catalog.playlist_json(PLAYLIST_UUID))
+        data["playlist"]["numberOfTracks"] = 50
+
+    server.script("playlist", answer_with(first_page_whatever_the_offset))
+    listing = await source.playlist(PLAYLIST_UUID)
+    assert listing.refs == refs_of(catalog, PLAYLIST_TRACK_IDS)
+    assert len(server.requests_for("playlist")) == 2
+
+
+async def test_mix_lists_tracks_of_two_albums_in_its_order_without_the_video(
+    source: Source, server: CatalogServer, catalog: Catalog
+) -> None:
+    listing = await source.mix(MIX_ID)
+    assert listing.title == MIX_TITLE
+    assert listing.refs == refs_of(catalog, MIX_TRACK_IDS)
+    assert len({ref.album_id for ref in listing.refs}) == 2
+    (request,) = server.requests_for("mix")
+    assert request.query == {"id": MIX_ID}
+
+
+async def test_artist_lists_albums_eps_and_singles_in_upstream_order_with_their_kinds(
+    source: Source, server: CatalogServer, catalog: Catalog
+) -> None:
+    discography = await source.artist(ARTIST_ID)
+    assert discography.name == ARTIST_NAME
+    kinds = {
+        **dict.fromkeys(ARTIST_ALBUM_IDS, "album"),
+        **dict.fromkeys(ARTIST_EP_IDS, "ep"),
+        **dict.fromkeys(ARTIST_SINGLE_IDS, "single"),
+    }
+    assert discography.releases == tuple(
+        Release(
+            album_id=album_id,
+            title=catalog.album(album_id).title,
+            kind=kinds[album_id],
+            tracks=len(catalog.album(album_id).track_ids),
+            release_date=catalog.album(album_id).release_date,
+        )
+        for album_id in ARTIST_RELEASE_IDS
+    )
+    assert [r.query for r in server.requests_for("artist")] == [
+        {"id": str(ARTIST_ID)},
+        {"f": str(ARTIST_ID), "skip_tracks": "true"},
+    ]
+
+
+async def test_artist_releases_of_other_types_and_repeated_albums_are_skipped(
+    source: Source, server: CatalogServer
+) -> None:
+    def add_odd_releases(request: RequestRecord, data: dict[str, Any]) -> None:
+        if "f" not in request.query:
+            return
+        albums = data["albums"]["items"]
+        compilation = {**albums[0], "id": 12345, "type": "COMPILATION"}
+        untyped = {**albums[0], "id": 12346, "type": None, "releaseDate": None}
+        albums[1:1] = [compilation, dict(albums[0]), untyped]
+
+    server.script("artist", answer_with(add_odd_releases))
+    discography = await source.artist(ARTIST_ID)
+    assert [r.album_id for r in discography.releases] == list(ARTIST_RELEASE_IDS)
+
+
+async def test_unknown_playlist_mix_and_artist_are_not_found(source: Source) -> None:
+    await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, source.playlist(UNKNOWN_UUID))
+    await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, source.mix(UNKNOWN_MIX_ID))
+    await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, source.artist(UNKNOWN_ID))
+
+
+def _set(path: tuple[str | int, ...], value: object) -> Alter:
+    def alter(_request: RequestRecord, data: dict[str, Any]) -> None:
+        target: Any = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return alter
+
+
+def _drop(path: tuple[str | int, ...]) -> Alter:
+    def alter(_request: RequestRecord, data: dict[str, Any]) -> None:
+        target: Any = data
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+
+    return alter
+
+
+@pytest.mark.parametrize(
+    ("alter", "message"),
+    [
+        (_set(("playlist", "title"), "ok \ud800"), "playlist.title 'ok \\ud800' is not"),
+        (_drop(("playlist",)), "playlist is missing"),
+        (_set(("playlist", "numberOfTracks"), -1), "numberOfTracks -1 is outside"),
+        (_set(("playlist", "uuid"), UNKNOWN_UUID), "answered with playlist"),
+        (_set(("items", 1, "item", "id"), 2**70), "items[1].item.id"),
+        (_set(("items", 0, "item", "album"), {"title": "x"}), "items[0].item.album.id is missing"),
+        (_set(("items", 3), "track"), "items[3] is a string, not an object"),
+        (_set(("items",), {"0": {}}), "items is an object"),
+    ],
+)
+async def test_hostile_playlist_answers_are_bad_responses(
+    source: Source, server: CatalogServer, alter: Alter, message: str
+) -> None:
+    server.script("playlist", answer_with(alter))
+    error = await expect_code(ErrorCode.UPSTREAM_BAD_RESPONSE, source.playlist(PLAYLIST_UUID))
+    assert message in error.message and error.message.isascii()
+
+
+@pytest.mark.parametrize(
+    ("alter", "message"),
+    [
+        (_set(("mix", "id"), UNKNOWN_MIX_ID), "answered with mix"),
+        (_drop(("mix", "title")), "mix.title is missing"),
+        (_set(("items", 0, "album", "id"), 0), "items[0].album.id 0 is outside"),
+        (_set(("items", 1, "id"), "100002"), "items[1].id is a string"),
+        (_set(("items", 2), None), "items[2] is null, not an object"),
+    ],
+)
+async def test_hostile_mix_answers_are_bad_responses(
+    source: Source, server: CatalogServer, alter: Alter, message: str
+) -> None:
+    server.script("mix", answer_with(alter))
+    error = await expect_code(ErrorCode.UPSTREAM_BAD_RESPONSE, source.mix(MIX_ID))
+    assert message in error.message and error.message.isascii()
+
+
+def _on_releases(alter: Alter) -> Alter:
+    def on_f_form(request: RequestRecord, data: dict[str, Any]) -> None:
+        if "f" in request.query:
+            alter(request, data)
+
+    return on_f_form
+
+
+@pytest.mark.parametrize(
+    ("alter", "message"),
+    [
+        (_set(("artist", "id"), ARTIST_ID + 1), "answered with artist 11"),
+        (_set(("artist", "name"), "  "), "no name"),
+        (_drop(("artist",)), "artist is missing"),
+        (_on_releases(_set(("albums", "items", 0, "numberOfTracks"), -1)), "outside"),
+        (_on_releases(_set(("albums", "items", 1, "title"), "\udfff")), "not valid UTF-8"),
+        (_on_releases(_set(("albums", "items", 2), 7)), "albums.items[2] is a number"),
+        (_on_releases(_drop(("albums",))), "albums is missing"),
+    ],
+)
+async def test_hostile_artist_answers_are_bad_responses(
+    source: Source, server: CatalogServer, alter: Alter, message: str
+) -> None:
+    server.script("artist", answer_with(alter))
+    error = await expect_code(ErrorCode.UPSTREAM_BAD_RESPONSE, source.artist(ARTIST_ID))
+    assert message in error.message and error.message.isascii()
+
+
+@pytest.mark.parametrize("route", ["playlist", "mix", "artist"])
+@pytest.mark.parametrize("fault", ["bad_json", "bad_shape"])
+async def test_malformed_listing_answers_are_bad_responses(
+    source: Source, server: CatalogServer, route: str, fault: str
+) -> None:
+    calls = {
+        "playlist": lambda: source.playlist(PLAYLIST_UUID),
+        "mix": lambda: source.mix(MIX_ID),
+        "artist": lambda: source.artist(ARTIST_ID),
+    }
+    server.inject(route, fault)
+    await expect_code(ErrorCode.UPSTREAM_BAD_RESPONSE, calls[route]())
+
+
+async def test_a_playlist_claiming_more_than_max_job_tracks_is_refused_after_one_request(
+    server: CatalogServer,
+) -> None:
+    upstream = make_source([server.base_url], server.cover_base_url, max_job_tracks=100)
+    try:
+        error = await expect_code(
+            ErrorCode.UPSTREAM_BAD_RESPONSE, upstream.playlist(BIG_PLAYLIST_UUID)
+        )
+    finally:
+        await upstream.aclose()
+    assert "claims 120 tracks, more than limits.max_job_tracks (100)" in error.message
+    assert len(server.requests_for("playlist")) == 1
+
+
+async def test_playlist_paging_stops_once_more_tracks_than_max_job_tracks_are_read(
+    server: CatalogServer,
+) -> None:
+    def new_tracks_on_every_page(request: RequestRecord, data: dict[str, Any]) -> None:
+        # Claims 3 tracks (within the limit) but every page brings two more new ones.
+        offset = int(request.query["offset"])
+        data["playlist"]["numberOfTracks"] = 3
+        track = server.catalog.track_json(SINGLE_TRACK_ID)
+        data["items"] = [
+            {"type": "track", "item": {**track, "id": 1000 + offset + n}} for n in range(2)
+        ]
+
+    server.script("playlist", answer_with(new_tracks_on_every_page))
+    upstream = make_source([server.base_url], server.cover_base_url, max_job_tracks=3)
+    try:
+        error = await expect_code(ErrorCode.UPSTREAM_BAD_RESPONSE, upstream.playlist(PLAYLIST_UUID))
+    finally:
+        await upstream.aclose()
+    assert "lists more than limits.max_job_tracks (3) tracks" in error.message
+    assert [r.query["offset"] for r in server.requests_for("playlist")] == ["0", "2"]
+
+
+async def test_a_mix_listing_more_than_max_job_tracks_is_refused(server: CatalogServer) -> None:
+    upstream = make_source([server.base_url], server.cover_base_url, max_job_tracks=3)
+    try:
+        error = await expect_code(ErrorCode.UPSTREAM_BAD_RESPONSE, upstream.mix(MIX_ID))
+    finally:
+        await upstream.aclose()
+    assert "lists 5 items, more than limits.max_job_tracks (3)" in error.message
+
+
+async def test_listing_requests_fail_over_and_count_against_a_base_like_album_pages(
+    server: CatalogServer, other_server: CatalogServer
+) -> None:
+    server.inject("playlist", "status", times=None, status=503)
+    server.inject("mix", "status", times=None, status=503)
+    upstream = make_source(
+        [server.base_url, other_server.base_url],
+        server.cover_base_url,
+        circuit=functools.partial(UpstreamCircuit, failure_threshold=2),
+    )
+    try:
+        assert (await upstream.playlist(PLAYLIST_UUID)).title == PLAYLIST_TITLE
+        assert (await upstream.mix(MIX_ID)).title == MIX_TITLE  # takes the first base down
+        assert (await upstream.artist(ARTIST_ID)).name == ARTIST_NAME
+        reports = upstream.base_reports()
+    finally:
+        await upstream.aclose()
+    assert reports[server.base_url].down
+    assert [r.route for r in server.requests] == ["playlist", "mix"]
+    assert [r.route for r in other_server.requests] == ["playlist", "mix", "artist", "artist"]
+
+
+@pytest.mark.parametrize(
+    ("route", "failing", "probe"),
+    [
+        ("playlist", "limit=100", {"id": PLAYLIST_UUID, "limit": "1", "offset": "0"}),
+        ("artist", "skip_tracks", {"id": str(ARTIST_ID)}),
+        ("mix", "mix", {"id": MIX_ID}),
+    ],
+)
+async def test_a_down_base_is_probed_with_the_cheapest_form_of_a_listing_request(
+    server: CatalogServer, route: str, failing: str, probe: dict[str, str]
+) -> None:
+    assert PLAYLIST_PAGE_SIZE == 100  # `failing` matches only the full page's query
+    calls = {
+        "playlist": lambda: upstream.playlist(PLAYLIST_UUID),
+        "mix": lambda: upstream.mix(MIX_ID),
+        "artist": lambda: upstream.artist(ARTIST_ID),
+    }
+    holds = Holds(user_held=lambda: False)
+    upstream = make_source(
+        [server.base_url],
+        server.cover_base_url,
+        circuit=functools.partial(
+            UpstreamCircuit, holds=holds, failure_threshold=1, max_cooldown_s=0.05
+        ),
+    )
+    server.inject(route, "status", times=None if route != "mix" else 1, path_contains=failing)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(upstream.run_circuit)
+            await expect_code(ErrorCode.UPSTREAM_UNAVAILABLE, calls[route]())
+            assert holds.faults()
+            with trio.fail_after(10):
+                while holds.faults():
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        await upstream.aclose()
+    assert server.requests_for(route)[-1].query == probe

@@ -21,6 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlqd.demo.catalog import (
+    ARTIST_ID,
+    ARTIST_RELEASE_IDS,
+    MIX_ID,
+    MIX_TRACK_IDS,
+    PLAYLIST_TRACK_IDS,
+    PLAYLIST_UUID,
     SINGLE_TRACK_ID,
     TWO_DISC_ALBUM_ID,
     Catalog,
@@ -28,14 +34,27 @@ from dlqd.demo.catalog import (
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.manifest import BTS_MIME, plan_from_playback
 from dlqd.meta import AlbumMeta, MediaPlan, TrackMeta
-from dlqd.source import Source, build_album, with_playback_gains
+from dlqd.source import (
+    Discography,
+    Listing,
+    Source,
+    build_album,
+    build_discography,
+    build_listing,
+    with_playback_gains,
+)
 from dlqd.upstream_schema import (
     MAX_ID,
     QUOTE_CHARS,
     AlbumPage,
+    ArtistAnswer,
+    ArtistReleases,
     TrackInfo,
+    UpstreamRelease,
     parse,
     parse_album_page,
+    parse_mix,
+    parse_playlist_page,
     quote,
 )
 from tests.support import unread_json_response
@@ -55,6 +74,22 @@ def album_json() -> dict[str, Any]:
 
 def info_json() -> dict[str, Any]:
     return CATALOG.track_json(SINGLE_TRACK_ID)
+
+
+def playlist_json() -> dict[str, Any]:
+    return CATALOG.playlist_json(PLAYLIST_UUID)
+
+
+def mix_json() -> dict[str, Any]:
+    return CATALOG.mix_json(MIX_ID)
+
+
+def artist_json() -> dict[str, Any]:
+    return CATALOG.artist_json(ARTIST_ID)
+
+
+def releases_json() -> dict[str, Any]:
+    return CATALOG.artist_releases_json(ARTIST_ID)
 
 
 def bts_doc() -> dict[str, Any]:
@@ -89,6 +124,22 @@ def playback_json(bts: object | None = None) -> dict[str, Any]:
 def album(data: dict[str, Any], max_tracks: int = 5000) -> AlbumMeta:
     page = parse_album_page(data, album_id=TWO_DISC_ALBUM_ID, max_tracks=max_tracks)
     return build_album(page, page.tracks, cover_url=cover_url)
+
+
+def playlist(data: object, max_tracks: int = 5000) -> Listing:
+    page = parse_playlist_page(data, uuid=PLAYLIST_UUID, max_tracks=max_tracks)
+    return build_listing(page.playlist.title, page.tracks)
+
+
+def mix(data: object, max_tracks: int = 5000) -> Listing:
+    answer = parse_mix(data, mix_id=MIX_ID, max_tracks=max_tracks)
+    return build_listing(answer.mix.title, answer.tracks)
+
+
+def discography(who: object, releases: object) -> Discography:
+    """As `Source.artist` reads its two answers."""
+    name = parse(ArtistAnswer, who, "/artist/").artist.name
+    return build_discography(name, parse(ArtistReleases, releases, "/artist/ f").albums.items)
 
 
 def refused(call: Any, *args: Any, **kwargs: Any) -> DlqdError:
@@ -291,6 +342,148 @@ def test_quote_is_ascii_and_short(value: object) -> None:
     assert len(text) <= QUOTE_CHARS + 3
 
 
+# -- playlists, mixes, artists: rules ------------------------------------------------
+
+
+def test_valid_playlist_mix_and_artist_give_their_tracks_and_releases() -> None:
+    assert [ref.track_id for ref in playlist(playlist_json()).refs] == list(PLAYLIST_TRACK_IDS)
+    assert [ref.track_id for ref in mix(mix_json()).refs] == list(MIX_TRACK_IDS)
+    releases = discography(artist_json(), releases_json()).releases
+    assert [release.album_id for release in releases] == list(ARTIST_RELEASE_IDS)
+
+
+@pytest.mark.parametrize(
+    ("shape", "path"),
+    [
+        (playlist_json, ("items", 0, "item", "id")),
+        (playlist_json, ("items", 1, "item", "album", "id")),
+        (mix_json, ("items", 0, "id")),
+        (mix_json, ("items", 3, "album", "id")),
+        (releases_json, ("albums", "items", 2, "id")),
+    ],
+)
+@pytest.mark.parametrize("value", [0, -1, MAX_ID + 1, 2**70])
+def test_listed_track_album_and_release_ids_outside_1_to_2_pow_31_are_refused(
+    shape: Any, path: tuple[str | int, ...], value: int
+) -> None:
+    data = shape()
+    at(data, path[:-1])[path[-1]] = value
+    read = {playlist_json: playlist, mix_json: mix}.get(shape)
+    error = refused(read, data) if read else refused(discography, artist_json(), data)
+    assert ".".join(str(key) for key in path[-2:] if isinstance(key, str)) in error.message
+
+
+@pytest.mark.parametrize(
+    ("shape", "path"),
+    [
+        (playlist_json, ("playlist", "title")),
+        (mix_json, ("mix", "title")),
+        (releases_json, ("albums", "items", 0, "title")),
+        (artist_json, ("artist", "name")),
+    ],
+)
+def test_a_lone_surrogate_or_an_overlong_title_in_a_listing_is_refused(
+    shape: Any, path: tuple[str | int, ...]
+) -> None:
+    for value, problem in (("a \udc80", "\\udc80"), ("x" * 5000, "longer than 4096")):
+        data = shape()
+        at(data, path[:-1])[path[-1]] = value
+        if shape is playlist_json:
+            error = refused(playlist, data)
+        elif shape is mix_json:
+            error = refused(mix, data)
+        elif shape is releases_json:
+            error = refused(discography, artist_json(), data)
+        else:
+            error = refused(discography, data, releases_json())
+        assert problem in error.message
+
+
+def test_a_playlist_claiming_more_tracks_than_the_limit_or_a_bad_count_is_refused() -> None:
+    data = playlist_json()
+    data["playlist"]["numberOfTracks"] = 6
+    assert "claims 6 tracks, more than limits.max_job_tracks (5)" in (
+        refused(playlist, data, max_tracks=5).message
+    )
+    for count in (-1, 2**70, "4"):
+        data = playlist_json()
+        data["playlist"]["numberOfTracks"] = count
+        assert "playlist.numberOfTracks" in refused(playlist, data).message
+
+
+def test_a_listing_longer_than_the_limit_is_refused_before_its_items_are_read() -> None:
+    data = mix_json()
+    data["items"] = [None] * 6  # not objects: reading them would refuse for another reason
+    assert "lists 6 items" in refused(mix, data, max_tracks=5).message
+    data = playlist_json()
+    data["items"] = [None] * 6
+    assert "lists 6 items" in refused(playlist, data, max_tracks=5).message
+
+
+def test_an_answer_naming_another_playlist_or_mix_is_refused_and_case_does_not_matter() -> None:
+    data = playlist_json()
+    data["playlist"]["uuid"] = PLAYLIST_UUID.upper()
+    assert playlist(data).refs
+    data["playlist"]["uuid"] = "00000000-0000-4000-8000-000000000000"
+    assert "answered with playlist '00000000-" in refused(playlist, data).message
+    data = mix_json()
+    data["mix"]["id"] = "ffff"
+    assert "answered with mix 'ffff'" in refused(mix, data).message
+
+
+@pytest.mark.parametrize(
+    ("shape", "path"),
+    [(playlist_json, ("playlist", "uuid")), (mix_json, ("mix", "id"))],
+)
+@pytest.mark.parametrize("value", ["../../etc", "a" * 65, "\u202eevil", 7])
+def test_a_listing_id_that_is_no_id_is_ignored_not_compared(
+    shape: Any, path: tuple[str, str], value: object
+) -> None:
+    data = shape()
+    data[path[0]][path[1]] = value
+    assert (playlist if shape is playlist_json else mix)(data).refs
+
+
+def test_a_video_entry_is_skipped_however_it_is_shaped_and_a_non_object_refused() -> None:
+    data = playlist_json()
+    data["items"].append({"type": "video", "item": {"id": -5, "title": "\ud800"}})
+    data["items"].append({"type": "track", "item": None})
+    assert [ref.track_id for ref in playlist(data).refs] == list(PLAYLIST_TRACK_IDS)
+    data["items"].append([1])
+    assert "items[7] is a list, not an object" in refused(playlist, data).message
+    data = mix_json()
+    data["items"].append({"id": -5, "title": "\ud800", "album": None})
+    assert [ref.track_id for ref in mix(data).refs] == list(MIX_TRACK_IDS)
+
+
+def release(album_id: int, kind: object) -> dict[str, Any]:
+    return {"id": album_id, "title": f"R{album_id}", "type": kind, "numberOfTracks": 3}
+
+
+def test_release_types_become_kinds_other_types_are_skipped_and_repeats_dropped() -> None:
+    items = [
+        release(1, "ALBUM"),
+        release(2, "EP"),
+        release(3, "SINGLE"),
+        release(4, "COMPILATION"),
+        release(5, "album"),  # not a type name: absent
+        release(6, None),
+        release(1, "SINGLE"),  # the same album again
+    ]
+    found = discography(artist_json(), {"albums": {"items": items}}).releases
+    assert [(r.album_id, r.kind) for r in found] == [(1, "album"), (2, "ep"), (3, "single")]
+    assert {r.release_date for r in found} == {None}
+    assert {r.tracks for r in found} == {3}
+
+
+def test_build_discography_is_pure_over_parsed_releases() -> None:
+    parsed = UpstreamRelease(
+        id=9, title="T", type="EP", number_of_tracks=2, release_date="2001-02-03"
+    )
+    (only,) = build_discography("Name", [parsed, parsed]).releases
+    assert (only.kind, only.release_date) == ("ep", "2001-02-03")
+
+
 # -- the job limit while paging (a lying upstream, served by a mock transport) --------
 
 
@@ -487,8 +680,41 @@ def test_any_playback_info_gives_a_plan_or_an_upstream_error(
     assert_journal_can_hold(with_playback_gains(track, plan))
 
 
+@FUZZ
+@given(mutated(playlist_json()))
+def test_any_playlist_page_parses_into_a_storable_listing_or_an_upstream_error(data: Any) -> None:
+    listing = upstream_error_or(playlist, data)
+    if listing is not None:
+        assert_storable(listing)
+        assert len({ref.track_id for ref in listing.refs}) == len(listing.refs)
+
+
+@FUZZ
+@given(mutated(mix_json()))
+def test_any_mix_answer_parses_into_a_storable_listing_or_an_upstream_error(data: Any) -> None:
+    listing = upstream_error_or(mix, data)
+    if listing is not None:
+        assert_storable(listing)
+        assert len({ref.track_id for ref in listing.refs}) == len(listing.refs)
+
+
+@FUZZ
+@given(mutated(artist_json()), mutated(releases_json()))
+def test_any_artist_answers_parse_into_a_storable_discography_or_an_upstream_error(
+    who: Any, releases: Any
+) -> None:
+    found = upstream_error_or(discography, who, releases)
+    if found is not None:
+        assert_storable(found)
+        assert {release.kind for release in found.releases} <= {"album", "ep", "single"}
+        assert len({release.album_id for release in found.releases}) == len(found.releases)
+
+
 def test_fuzzing_reaches_every_field_of_the_shapes() -> None:
     """Random values land in nested fields too, not only at the top."""
     fields = {path[-1] for path in paths(album_json()) if path}
     assert {"trackNumber", "volumeNumber", "name", "type", "replayGain", "numberOfTracks"} <= fields
     assert ("items", 4, "item", "artists", 0, "id") in paths(album_json())
+    assert ("items", 4, "item", "album", "id") in paths(playlist_json())
+    assert ("items", 4, "album", "id") in paths(mix_json())
+    assert ("albums", "items", 3, "numberOfTracks") in paths(releases_json())

@@ -7,13 +7,18 @@ fault injection, throttling and a request log for tests, benchmarks and `dlqd de
 Never: imports test code, calls other dlqd modules (it stands in for the outside
 world), writes files, or talks to any host but its own socket.
 
-Routes (every JSON body is `{"version": "2.0", "data": {...}}` but /lyrics/'s,
-which is `{"version": "2.0", "lyrics": {...}}`; errors are `{"detail": ...}`
-with 400/404):
+Routes (/info/, /album/ and /track/ answer `{"version": "2.0", "data": {...}}`;
+the others have no `data` envelope: `{"version": "2.0", "lyrics": {...}}`,
+`{"version", "playlist", "items"}`, ...; errors are `{"detail": ...}` with 400/404):
   GET /info/?id=TRACK_ID
   GET /album/?id=ALBUM_ID&limit=L&offset=N     (limit capped at 100, default 100)
   GET /track/?id=TRACK_ID&quality=Q             (Q in QUALITIES, default LOSSLESS)
   GET /lyrics/?id=TRACK_ID                      (404 for a track without lyrics)
+  GET /playlist/?id=UUID&limit=L&offset=N       (limit capped at 500, default 100;
+                                                 items {"item", "type": "track" | "video"})
+  GET /mix/?id=MIX_ID                           (one page; items are bare tracks and videos)
+  GET /artist/?id=ARTIST_ID                     (who the artist is)
+  GET /artist/?f=ARTIST_ID[&skip_tracks=true]   (its albums, then its EPs and singles)
   GET /media/{a|b}/{track_id}/{quality}.{flac|m4a}?token=T   (BTS urls, two mirrors)
   GET /media/dash/{track_id}/init.mp4?token=T, /media/dash/{track_id}/{n}.m4s?token=T
   GET /images/{cover uuid, "-" -> "/"}/1280x1280.jpg
@@ -42,7 +47,7 @@ import struct
 import sys
 import threading
 import time
-import uuid
+import uuid as uuid_module
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,8 +60,11 @@ from dlqd.demo import audio
 API_VERSION = "2.0"
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
 MAX_PAGE = 100
-ROUTES = ("info", "album", "track", "lyrics", "media", "cover")
-JSON_ROUTES = ("info", "album", "track", "lyrics")
+MAX_PLAYLIST_PAGE = 500
+ROUTES = ("info", "album", "track", "lyrics", "playlist", "mix", "artist", "media", "cover")
+JSON_ROUTES = ("info", "album", "track", "lyrics", "playlist", "mix", "artist")
+# The object a JSON route's answer carries its content in; the others have none.
+ENVELOPES = {"info": "data", "album": "data", "track": "data", "lyrics": "lyrics"}
 FAULTS = ("hang", "stall", "status", "reset", "short", "bad_json", "bad_shape", "bad_manifest")
 HANG_SECONDS = 300.0  # hang/stall last this long unless the server stops first
 
@@ -68,7 +76,7 @@ PLAIN_LYRICS_TRACK_ID = 100002  # lyrics, subtitles empty (the other tracks of 1
 TWO_MAIN_ARTISTS_TRACK_ID = 100005  # disc 2, two MAIN artists
 BIG_ALBUM_ID = 200
 BIG_ALBUM_TRACKS = 120
-SINGLE_ALBUM_ID = 300
+SINGLE_ALBUM_ID = 300  # type SINGLE
 SINGLE_TRACK_ID = 300001  # plain FLAC behind BTS at LOSSLESS
 FORMATS_ALBUM_ID = 400
 DASH_TIMELINE_TRACK_ID = 400001
@@ -77,8 +85,29 @@ PREVIEW_TRACK_ID = 400003  # assetPresentation PREVIEW (AAC clip)
 ENCRYPTED_TRACK_ID = 400004  # encryptionType OLD_AES; bytes are not audio
 AAC_ONLY_TRACK_ID = 400005  # best quality HIGH: AAC even when LOSSLESS is asked
 HOSTILE_ALBUM_ID = 500
+SECOND_ALBUM_ID = 600  # The Examples' second ALBUM, two tracks
+EP_ALBUM_ID = 700  # The Examples' EP, two tracks
 UNKNOWN_ID = 999_999_999
 DASH_NO_TIMELINE_START_NUMBER = 5
+
+# The Examples: /artist/ lists its albums newest first, then its EPs and singles.
+ARTIST_ID = 10
+ARTIST_NAME = "The Examples"
+ARTIST_ALBUM_IDS = (SECOND_ALBUM_ID, TWO_DISC_ALBUM_ID)
+ARTIST_EP_IDS = (EP_ALBUM_ID,)
+ARTIST_SINGLE_IDS = (SINGLE_ALBUM_ID,)
+ARTIST_RELEASE_IDS = ARTIST_ALBUM_IDS + ARTIST_EP_IDS + ARTIST_SINGLE_IDS  # upstream order
+
+VIDEO_ID = 88_000_001  # a music video inside the playlist and the mix: never a track
+PLAYLIST_UUID = "3f9c2b7e-5a1d-4e8b-9c06-7d2e41a8b5f3"
+PLAYLIST_TITLE = "Night and Signal"
+# Two albums, not in album order; the video sits between the second and third.
+PLAYLIST_TRACK_IDS = (100003, 300001, 100001, 100005)
+BIG_PLAYLIST_UUID = "b1a5e0c2-7d3f-4a96-8e21-0c4f9d6b2a87"
+BIG_PLAYLIST_TRACK_IDS = tuple(BIG_ALBUM_ID * 1000 + i for i in range(120, 0, -1))  # reversed
+MIX_ID = "0193c7a9e2f45b6d8e0a1c3b5d7f92"
+MIX_TITLE = "The Examples Mix"
+MIX_TRACK_IDS = (600002, 100002, 600001, 100004)  # the video sits between the second and third
 
 
 @dataclass(frozen=True)
@@ -130,6 +159,16 @@ class AlbumSpec:
     peak: float
     track_ids: tuple[int, ...]  # in (volume, track number) order
     number_of_volumes: int
+    type: str = "ALBUM"  # "ALBUM" | "EP" | "SINGLE"
+
+
+@dataclass(frozen=True)
+class ListingSpec:
+    """A playlist or a mix: what it lists, in order; a `VIDEO_ID` entry is the video."""
+
+    id: str
+    title: str
+    entries: tuple[int, ...]
 
 
 class NotFound(Exception):
@@ -150,6 +189,9 @@ class Catalog:
     def __init__(self, cache_bytes: int = 512 << 20) -> None:
         self.albums: dict[int, AlbumSpec] = {}
         self.tracks: dict[int, TrackSpec] = {}
+        self.artist_names: dict[int, str] = {}  # every artist credited on an album
+        self.playlists: dict[str, ListingSpec] = {}
+        self.mixes: dict[str, ListingSpec] = {}
         self._covers: dict[str, int] = {}
         self._cache: collections.OrderedDict[tuple[int, str], tuple[bytes, ...]] = (
             collections.OrderedDict()
@@ -169,6 +211,7 @@ class Catalog:
         tracks: list[dict[str, Any]],
         *,
         release_date: str = "2019-05-03",
+        album_type: str = "ALBUM",
     ) -> int:
         year = release_date[:4]
         specs = []
@@ -192,7 +235,7 @@ class Catalog:
                 )
             )
         specs.sort(key=lambda s: (s.volume_number, s.track_number))
-        cover = str(uuid.uuid5(uuid.NAMESPACE_URL, f"dlqd-catalog-album-{album_id}"))
+        cover = str(uuid_module.uuid5(uuid_module.NAMESPACE_URL, f"dlqd-catalog-album-{album_id}"))
         album = AlbumSpec(
             id=album_id,
             title=title,
@@ -205,9 +248,12 @@ class Catalog:
             peak=0.988,
             track_ids=tuple(s.id for s in specs),
             number_of_volumes=max(s.volume_number for s in specs),
+            type=album_type,
         )
         for spec in specs:
             self.tracks[spec.id] = spec
+        for artist in artists:
+            self.artist_names.setdefault(artist.id, artist.name)
         self._covers[cover] = album_id
         self.albums[album_id] = album
         return album_id
@@ -252,6 +298,31 @@ class Catalog:
             return self.albums[album_id]
         except KeyError:
             raise NotFound(f"album {album_id}") from None
+
+    def playlist(self, uuid: str) -> ListingSpec:
+        try:
+            return self.playlists[uuid]
+        except KeyError:
+            raise NotFound(f"playlist {uuid}") from None
+
+    def mix(self, mix_id: str) -> ListingSpec:
+        try:
+            return self.mixes[mix_id]
+        except KeyError:
+            raise NotFound(f"mix {mix_id}") from None
+
+    def artist_name(self, artist_id: int) -> str:
+        try:
+            return self.artist_names[artist_id]
+        except KeyError:
+            raise NotFound(f"artist {artist_id}") from None
+
+    def releases(self, artist_id: int) -> tuple[AlbumSpec, ...]:
+        """The albums whose first artist is `artist_id`: ALBUMs newest first, then the rest."""
+        self.artist_name(artist_id)
+        own = [a for a in self.albums.values() if a.artists[0].id == artist_id]
+        own.sort(key=lambda a: (a.type != "ALBUM", _newest_first(a)))
+        return tuple(own)
 
     def album_for_cover(self, cover: str) -> int | None:
         """The album whose cover uuid is `cover`, if any."""
@@ -335,8 +406,15 @@ class Catalog:
         a = self.album(album_id)
         page = a.track_ids[offset : offset + min(limit, MAX_PAGE)]
         return {
+            **self._album_header(a),
+            "items": [{"type": "track", "item": self.track_json(tid)} for tid in page],
+        }
+
+    def _album_header(self, a: AlbumSpec) -> dict[str, Any]:
+        return {
             "id": a.id,
             "title": a.title,
+            "type": a.type,
             "numberOfTracks": len(a.track_ids),
             "numberOfVolumes": a.number_of_volumes,
             "releaseDate": a.release_date,
@@ -345,7 +423,70 @@ class Catalog:
             "upc": a.upc,
             "artist": _artist_json(a.artists[0]),
             "artists": [{"id": x.id, "name": x.name, "type": x.type} for x in a.artists],
-            "items": [{"type": "track", "item": self.track_json(tid)} for tid in page],
+        }
+
+    def _media_json(self, entry: int) -> dict[str, Any]:
+        """A listing's entry: the track's /info/ JSON, or the music video's."""
+        if entry != VIDEO_ID:
+            return self.track_json(entry)
+        return {
+            "id": VIDEO_ID,
+            "title": "Night Lines (Official Video)",
+            "type": "Music Video",
+            "duration": 200,
+            "quality": "MP4_1080P",
+            "album": None,
+            "artist": {"id": ARTIST_ID, "name": ARTIST_NAME},
+            "artists": [{"id": ARTIST_ID, "name": ARTIST_NAME, "type": "MAIN"}],
+        }
+
+    def playlist_json(self, uuid: str, limit: int = MAX_PAGE, offset: int = 0) -> dict[str, Any]:
+        """/playlist/ without its version: the header and one page of entries."""
+        if limit < 0 or offset < 0:
+            raise BadRequest("limit and offset must not be negative")
+        p = self.playlist(uuid)
+        page = p.entries[offset : offset + min(limit, MAX_PLAYLIST_PAGE)]
+        return {
+            "playlist": {
+                "uuid": p.id,
+                "title": p.title,
+                "description": f"{p.title}, for tests",
+                "type": "USER",
+                "creator": {"id": 0},
+                "numberOfTracks": sum(1 for e in p.entries if e != VIDEO_ID),
+                "numberOfVideos": sum(1 for e in p.entries if e == VIDEO_ID),
+                "duration": sum(self.tracks[e].duration for e in p.entries if e != VIDEO_ID),
+                "image": str(uuid_module.uuid5(uuid_module.NAMESPACE_URL, p.id)),
+            },
+            "items": [
+                {"item": self._media_json(e), "type": "video" if e == VIDEO_ID else "track"}
+                for e in page
+            ],
+        }
+
+    def mix_json(self, mix_id: str) -> dict[str, Any]:
+        """/mix/ without its version: the header and every entry, unwrapped."""
+        m = self.mix(mix_id)
+        return {
+            "mix": {"id": m.id, "title": m.title, "subTitle": ARTIST_NAME, "mixType": "ARTIST_MIX"},
+            "items": [self._media_json(e) for e in m.entries],
+        }
+
+    def artist_json(self, artist_id: int) -> dict[str, Any]:
+        """/artist/?id= without its version: who the artist is."""
+        name = self.artist_name(artist_id)
+        return {
+            "artist": {"id": artist_id, "name": name, "picture": None, "popularity": 42},
+            "cover": None,
+        }
+
+    def artist_releases_json(self, artist_id: int) -> dict[str, Any]:
+        """/artist/?f= without its version: the releases (headers only) and top tracks."""
+        releases = self.releases(artist_id)
+        top = [tid for a in releases for tid in a.track_ids][:3]
+        return {
+            "albums": {"items": [self._album_header(a) for a in releases]},
+            "tracks": [self.track_json(tid) for tid in top],
         }
 
     def playback_json(
@@ -458,6 +599,10 @@ class Catalog:
         return index
 
 
+def _newest_first(album: AlbumSpec) -> tuple[int, ...]:
+    return tuple(-int(part) for part in album.release_date.split("-"))
+
+
 def _populate(c: Catalog) -> None:
     examples = ArtistSpec(10, "The Examples")
     guest = ArtistSpec(11, "Guest Singer", "FEATURED")
@@ -508,6 +653,7 @@ def _populate(c: Catalog) -> None:
         (examples,),
         [{"title": "Lone Signal", "track_number": 1, "flac_seconds": 1.5, "duration": 2}],
         release_date="2023-02-10",
+        album_type="SINGLE",
     )
     c._add(
         FORMATS_ALBUM_ID,
@@ -541,6 +687,32 @@ def _populate(c: Catalog) -> None:
             {"title": ".hidden", "track_number": 4, "artists": (ArtistSpec(43, "/"),)},
         ],
         release_date="1999-12-31",
+    )
+    c._add(
+        SECOND_ALBUM_ID,
+        "Day Lines",
+        (examples,),
+        [{"title": "Morning", "track_number": 1}, {"title": "Noon", "track_number": 2}],
+        release_date="2021-09-24",
+    )
+    c._add(
+        EP_ALBUM_ID,
+        "Small Hours",
+        (examples,),
+        [{"title": "Two A.M.", "track_number": 1}, {"title": "Four A.M.", "track_number": 2}],
+        release_date="2024-03-15",
+        album_type="EP",
+    )
+    listed = PLAYLIST_TRACK_IDS
+    c.playlists[PLAYLIST_UUID] = ListingSpec(
+        PLAYLIST_UUID, PLAYLIST_TITLE, (*listed[:2], VIDEO_ID, *listed[2:])
+    )
+    big = BIG_PLAYLIST_TRACK_IDS
+    c.playlists[BIG_PLAYLIST_UUID] = ListingSpec(
+        BIG_PLAYLIST_UUID, "Long Player Backwards", (*big[:50], VIDEO_ID, *big[50:])
+    )
+    c.mixes[MIX_ID] = ListingSpec(
+        MIX_ID, MIX_TITLE, (*MIX_TRACK_IDS[:2], VIDEO_ID, *MIX_TRACK_IDS[2:])
     )
 
 
@@ -729,13 +901,14 @@ class CatalogServer:
     ) -> None:
         """Make the next `times` matching requests (None: all, until cleared) misbehave.
 
-        route: info|album|track|lyrics|media|cover; `track_id` matches info/track/lyrics/media,
-        `album_id` album/cover. fault: hang (never answer), stall (headers and
-        `after_bytes` of the body, default half, then nothing), status (`status`,
-        optional Retry-After), reset (partial body then TCP RST), short (full
-        Content-Length, partial body, then close), bad_json (truncated JSON),
-        bad_shape (valid envelope, fields missing), bad_manifest (track only:
-        manifest not base64).
+        route: one of ROUTES; `track_id` matches info/track/lyrics/media, `album_id`
+        album/cover (playlist, mix and artist requests match by route only).
+        fault: hang (never answer), stall (headers and `after_bytes` of the body,
+        default half, then nothing), status (`status`, optional Retry-After),
+        reset (partial body then TCP RST), short (full Content-Length, partial
+        body, then close), bad_json (truncated JSON), bad_shape (valid JSON
+        with `version` and any envelope, fields missing), bad_manifest (track
+        only: manifest not base64).
         """
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}")
@@ -931,7 +1104,7 @@ class _HTTPServer(ThreadingHTTPServer):
 _MEDIA_BTS = re.compile(r"^/media/([ab])/(\d+)/([A-Z_]+)\.(flac|m4a)$")
 _MEDIA_DASH = re.compile(r"^/media/dash/(\d+)/(init\.mp4|(\d+)\.m4s)$")
 _COVER = re.compile(r"^/images/((?:[0-9a-f]+/){4}[0-9a-f]+)/1280x1280\.jpg$")
-_JSON_ROUTES = {"/info/": "info", "/album/": "album", "/track/": "track", "/lyrics/": "lyrics"}
+_JSON_ROUTES = {f"/{route}/": route for route in JSON_ROUTES}
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -950,6 +1123,13 @@ def _int_param(query: dict[str, str], name: str, default: int | None = None) -> 
         return int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an integer") from None
+
+
+def _str_param(query: dict[str, str], name: str) -> str:
+    raw = query.get(name)
+    if not raw:
+        raise BadRequest(f"missing {name}")
+    return raw
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -1017,6 +1197,8 @@ class _Handler(BaseHTTPRequestHandler):
         """(route, track id, album id) of a request, ids None when absent or unknown."""
         if path in _JSON_ROUTES:
             route = _JSON_ROUTES[path]
+            if route not in ENVELOPES:  # playlist, mix, artist: no track or album id
+                return route, None, None
             raw = query.get("id", "")
             ident = int(raw) if raw.isdigit() else None
             return (route, None, ident) if route == "album" else (route, ident, None)
@@ -1034,15 +1216,19 @@ class _Handler(BaseHTTPRequestHandler):
         return None, None, None
 
     def _catalog_data(self, route: str | None, query: dict[str, str]) -> dict[str, Any] | None:
-        """The `data` the catalog would answer on a JSON route, for a script to alter."""
+        """What the catalog would answer on a JSON route, for a script to alter.
+
+        The envelope's object (`data`, `lyrics`) where the route has one, else
+        the whole answer (`version` included).
+        """
         if route not in JSON_ROUTES:
             return None
         try:
-            response = self._answer(route, "", query, None, None, None)
+            answer = self._json_answer(route, query)
         except (NotFound, BadRequest):
             return None
-        data = json.loads(response.body).get("lyrics" if route == "lyrics" else "data")
-        return data if isinstance(data, dict) else None
+        envelope = ENVELOPES.get(route)
+        return answer if envelope is None else answer[envelope]
 
     def _send_scripted(self, answer: Scripted) -> None:
         self.send_response(answer.status)
@@ -1071,30 +1257,18 @@ class _Handler(BaseHTTPRequestHandler):
         album_id: int | None,
         fault: _Fault | None,
     ) -> _Response:
-        app = self.server.app
-        catalog = app.catalog
         if route in JSON_ROUTES:
-            ident = _int_param(query, "id")
-            envelope = "lyrics" if route == "lyrics" else "data"
-            if route == "info":
-                data = catalog.track_json(ident)
-            elif route == "lyrics":
-                data = catalog.lyrics_json(ident)
-            elif route == "album":
-                limit = _int_param(query, "limit", MAX_PAGE)
-                data = catalog.album_json(ident, limit, _int_param(query, "offset", 0))
-            else:
-                quality = query.get("quality", "LOSSLESS")
-                effective = catalog.effective_quality(ident, quality)
-                token = app._issue_token(ident, effective)
-                data = catalog.playback_json(ident, quality, app.base_url, token)
+            answer = self._json_answer(route, query)
+            envelope = ENVELOPES.get(route)
             if fault is not None and fault.kind == "bad_json":
                 return _Response(200, b'{"version": "2.0", "data": {"id": ', "application/json")
             if fault is not None and fault.kind == "bad_shape":
-                return _json(200, {"version": API_VERSION, envelope: {"unexpected": True}})
+                unexpected = {"unexpected": True}
+                shape = unexpected if envelope is None else {envelope: unexpected}
+                return _json(200, {"version": API_VERSION, **shape})
             if fault is not None and fault.kind == "bad_manifest":
-                data["manifest"] = "%%% not base64 %%%"
-            return _json(200, {"version": API_VERSION, envelope: data})
+                answer["data"]["manifest"] = "%%% not base64 %%%"
+            return _json(200, answer)
         if route == "cover":
             if album_id is None:
                 raise NotFound(path)
@@ -1102,6 +1276,36 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "media" and track_id is not None:
             return self._media(path, query, track_id)
         raise NotFound(path)
+
+    def _json_answer(self, route: str, query: dict[str, str]) -> dict[str, Any]:
+        """The whole JSON answer of a JSON route, `version` and envelope included."""
+        app = self.server.app
+        catalog = app.catalog
+        content: dict[str, Any]
+        if route == "playlist":
+            limit = _int_param(query, "limit", MAX_PAGE)
+            offset = _int_param(query, "offset", 0)
+            content = catalog.playlist_json(_str_param(query, "id"), limit, offset)
+        elif route == "mix":
+            content = catalog.mix_json(_str_param(query, "id"))
+        elif route == "artist" and "f" in query:
+            content = catalog.artist_releases_json(_int_param(query, "f"))
+        elif route == "artist":
+            content = catalog.artist_json(_int_param(query, "id"))
+        elif route == "info":
+            content = {"data": catalog.track_json(_int_param(query, "id"))}
+        elif route == "lyrics":
+            content = {"lyrics": catalog.lyrics_json(_int_param(query, "id"))}
+        elif route == "album":
+            limit = _int_param(query, "limit", MAX_PAGE)
+            offset = _int_param(query, "offset", 0)
+            content = {"data": catalog.album_json(_int_param(query, "id"), limit, offset)}
+        else:
+            ident = _int_param(query, "id")
+            quality = query.get("quality", "LOSSLESS")
+            token = app._issue_token(ident, catalog.effective_quality(ident, quality))
+            content = {"data": catalog.playback_json(ident, quality, app.base_url, token)}
+        return {"version": API_VERSION, **content}
 
     def _media(self, path: str, query: dict[str, str], track_id: int) -> _Response:
         app = self.server.app
