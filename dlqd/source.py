@@ -36,6 +36,7 @@ from dlqd.errors import DlqdError, ErrorCode, from_http_status, map_httpx_errors
 from dlqd.holds import QueueHeld
 from dlqd.manifest import plan_from_playback
 from dlqd.meta import AlbumMeta, Lyrics, MediaPlan, TrackMeta
+from dlqd.model import RELEASE_KINDS
 from dlqd.transfer import MediaClient, trust_context
 from dlqd.upstream_schema import (
     AlbumPage,
@@ -77,8 +78,8 @@ MAX_REDIRECTS = 10  # more is a loop: TooManyRedirects, UPSTREAM_BAD_RESPONSE
 JSON = Mapping[str, Any]
 
 
-# Upstream release types a Discography keeps, and the kind each becomes.
-RELEASE_KINDS = {"ALBUM": "album", "EP": "ep", "SINGLE": "single"}
+# Upstream release types a Discography keeps, each as its kind (model.RELEASE_KINDS).
+KIND_OF_RELEASE_TYPE = {kind.upper(): kind for kind in RELEASE_KINDS}
 
 
 def _bad(message: str) -> DlqdError:
@@ -535,7 +536,7 @@ def build_discography(name: str, releases: Iterable[UpstreamRelease]) -> Discogr
     """Albums, EPs and singles in upstream order, each album id once; other types skipped."""
     kept: dict[int, Release] = {}
     for release in releases:
-        kind = RELEASE_KINDS.get(release.type)
+        kind = KIND_OF_RELEASE_TYPE.get(release.type)
         if kind is not None and release.id not in kept:
             kept[release.id] = Release(
                 album_id=release.id,
