@@ -1,8 +1,11 @@
 """What each control command does to the queue (DESIGN §4), given validated arguments.
 
-A handler checks the request against the live state, journals at most one
-event through the store, and returns the protocol `result`. Refusals raise
-`DlqdError` with a client code and change nothing. Framing, peer checks and
+A handler checks the request against the live state, journals its events
+through the store in one commit, and returns the protocol `result`. Refusals
+raise `DlqdError` with a client code and change nothing. A command on an
+artist job reaches the album jobs it queued (`parent` = it): cancel, pause,
+resume and priority cascade to them, retry re-queues its children that did
+not complete; a job an active artist job waits on cannot be removed. Framing, peer checks and
 rate limits belong to `dlqd.control`; in-flight cancellation to the scheduler.
 """
 
@@ -31,7 +34,7 @@ from dlqd.model import (
 from dlqd.picking import moved_ranks
 from dlqd.protocol import LIST_DEFAULT_LIMIT
 from dlqd.scheduler import Scheduler
-from dlqd.state import Event
+from dlqd.state import Event, QueueState, awaited_children, is_expanded, waiting_status
 from dlqd.store import Store
 from dlqd.summary import job_summary
 
@@ -68,21 +71,48 @@ class _Live:
     """What the job object needs beyond the job: run-order positions and speeds, read once."""
 
     def __init__(self, ctx: CommandContext) -> None:
+        self.state = ctx.store.state
         order = ctx.store.state.run_order()
         self.positions = {job.id: place for place, job in enumerate(order, start=1)}
         self.speeds = ctx.scheduler.speeds()
 
     def wire(self, job: Job) -> dict[str, Any]:
-        speed = self.speeds.get(job.id, 0)
-        return job.to_wire(speed_bps=speed, position=self.positions.get(job.id))
+        if job.type != "artist":
+            speed = self.speeds.get(job.id, 0)
+            return job.to_wire(speed_bps=speed, position=self.positions.get(job.id))
+        children = self.state.children_of(job)
+        speed = sum(self.speeds.get(child.id, 0) for child in children)
+        return job.to_wire(speed_bps=speed, position=self.positions.get(job.id), children=children)
 
 
 def _wire(ctx: CommandContext, job: Job) -> dict[str, Any]:
     return _Live(ctx).wire(job)
 
 
+RUNNABLE = (JobStatus.QUEUED, JobStatus.PROCESSING)  # what `pause` takes
+
+
 def _refuse_state(job: Job, action: str) -> DlqdError:
     return DlqdError(ErrorCode.INVALID_STATE, f"cannot {action} job {job.id}: it is {job.status}")
+
+
+def _own_children(state: QueueState, job: Job, statuses: Iterable[JobStatus]) -> list[Job]:
+    """The album jobs an artist job queued itself (not those taken by reference), in `statuses`."""
+    wanted = frozenset(statuses)
+    children = (state.jobs.get(child_id) for child_id in job.children)
+    return [c for c in children if c is not None and c.parent == job.id and c.status in wanted]
+
+
+def _awaiting_artist(state: QueueState, job: Job) -> Job | None:
+    """The active artist job that waits on `job`, if any."""
+    return next(
+        (
+            artist
+            for artist in state.active_jobs()
+            if artist.type == "artist" and job.id in artist.children
+        ),
+        None,
+    )
 
 
 def _check_accepting(ctx: CommandContext) -> None:
@@ -273,17 +303,40 @@ async def cancel(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     job = _get_job(ctx, args["id"])
     if job.status not in ACTIVE_STATUSES:
         raise _refuse_state(job, "cancel")
-    async with ctx.scheduler.stopped(job.id):  # entered once temp files are gone
+    async with AsyncExitStack() as stopped:  # entered once temp files are gone
+        await _stop_with_children(ctx, stopped, [job.id])
         job = _get_job(ctx, args["id"])
         if job.status not in ACTIVE_STATUSES:  # it finished while being stopped
             raise _refuse_state(job, "cancel")
-        await ctx.store.commit({"e": "cancel", "id": job.id, "at": ctx.clock()})
-    _log_cancelled(job)
+        cascaded = _own_children(ctx.store.state, job, ACTIVE_STATUSES)
+        now = ctx.clock()
+        await ctx.store.commit(
+            *({"e": "cancel", "id": child.id, "at": now} for child in cascaded),
+            {"e": "cancel", "id": job.id, "at": now},
+        )
+    for cancelled in [*cascaded, job]:
+        _log_cancelled(ctx, cancelled)
     return {"job": _wire(ctx, job)}
 
 
-def _log_cancelled(job: Job) -> None:
-    log.info("job cancelled", job_id=job.id, summary=job_summary(job))
+async def _stop_with_children(ctx: CommandContext, stack: AsyncExitStack, ids: list[str]) -> None:
+    """Stop the named jobs in flight, then the active album jobs the artist jobs among them queued.
+
+    The artists are stopped first, so an expansion under way has either committed
+    (its children are then stopped too) or will not happen.
+    """
+    for job_id in ids:
+        await stack.enter_async_context(ctx.scheduler.stopped(job_id))
+    for job_id in ids:
+        job = ctx.store.state.jobs.get(job_id)
+        if job is not None and job.type == "artist":
+            for child in _own_children(ctx.store.state, job, ACTIVE_STATUSES):
+                await stack.enter_async_context(ctx.scheduler.stopped(child.id))
+
+
+def _log_cancelled(ctx: CommandContext, job: Job) -> None:
+    summary = job_summary(job, ctx.store.state.children_of(job))
+    log.info("job cancelled", job_id=job.id, summary=summary)
 
 
 async def _cancel_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
@@ -291,24 +344,29 @@ async def _cancel_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
     jobs = ctx.store.state.jobs
     to_stop = [i for i in ids if i in jobs and jobs[i].status in ACTIVE_STATUSES]
     batch = _Batch()
+    cancelled: list[str] = []  # by this batch, cascaded children included
     async with AsyncExitStack() as stopped:
-        for job_id in to_stop:
-            await stopped.enter_async_context(ctx.scheduler.stopped(job_id))
+        await _stop_with_children(ctx, stopped, to_stop)
+        state = ctx.store.state
         for job_id in ids:
             entry: dict[str, Any] = {"id": job_id}
             try:
                 job = _get_job(ctx, job_id)
-                if job.status not in ACTIVE_STATUSES:  # finished already, or while being stopped
-                    raise _refuse_state(job, "cancel")
+                if job_id not in cancelled and job.status not in ACTIVE_STATUSES:
+                    raise _refuse_state(job, "cancel")  # finished already, or while being stopped
             except DlqdError as exc:
                 batch.refuse(entry, exc)
                 continue
-            batch.events.append({"e": "cancel", "id": job.id, "at": ctx.clock()})
+            for target in [*_own_children(state, job, ACTIVE_STATUSES), job]:
+                if target.id not in cancelled:
+                    cancelled.append(target.id)
+                    batch.events.append({"e": "cancel", "id": target.id, "at": ctx.clock()})
             batch.answer(entry, _job_entry(job, str(JobStatus.CANCELLED)), needs_commit=True)
         await batch.commit(ctx)
-    for entry in batch.entries:
-        if entry["ok"]:
-            _log_cancelled(ctx.store.state.jobs[entry["id"]])
+    for job_id in cancelled:
+        done = ctx.store.state.jobs.get(job_id)  # a failed commit rebuilt the state
+        if done is not None and done.status == JobStatus.CANCELLED:
+            _log_cancelled(ctx, done)
     return batch.result()
 
 
@@ -317,20 +375,71 @@ async def retry(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
         return await _retry_many(ctx, _selected(ctx, args, "failed", RETRYABLE_STATUSES))
     _check_accepting(ctx)
     job = _get_job(ctx, args["id"])
-    if job.status not in RETRYABLE_STATUSES:
-        raise _refuse_state(job, "retry")
-    twin = ctx.store.state.active_job_for(job.dedupe_key)
-    if twin is not None:
-        raise DlqdError(
-            ErrorCode.INVALID_STATE, f"an identical job {twin.id} is already {twin.status}"
-        )
-    _check_room(ctx)
+    room = ctx.max_queue - ctx.store.state.active_count
+    events = _retry_events(ctx, job, {}, room)
     warning = _retry_warning(job)  # read before the retry clears the errors
-    await ctx.store.commit({"e": "retry", "id": job.id, "at": ctx.clock()})
+    await ctx.store.commit(*events)
     result: dict[str, Any] = {"job": _wire(ctx, job)}
     if warning is not None:
         result["warning"] = warning
     return result
+
+
+def _retry_events(
+    ctx: CommandContext, job: Job, retried: dict[tuple[str, int | str, str], str], room: int
+) -> list[Event]:
+    """The records that retry `job`, each making one job active; refusals raise.
+
+    `retried` holds the jobs this request retries already, by dedupe key; the
+    ones these records retry are added. An expanded artist job runs again
+    without reading its discography: its children that did not complete are
+    retried with it (one already active again, or with an identical active job,
+    is waited on as it is), children removed since are dropped from its list.
+    """
+    state = ctx.store.state
+    if job.status not in RETRYABLE_STATUSES:
+        raise _refuse_state(job, "retry")
+    twin_id = _active_twin(state, job, retried)
+    if twin_id is not None:
+        twin = state.jobs[twin_id]  # retried by this request when it is not active yet
+        twin_status = twin.status if twin.status in ACTIVE_STATUSES else JobStatus.QUEUED
+        raise DlqdError(
+            ErrorCode.INVALID_STATE, f"an identical job {twin_id} is already {twin_status}"
+        )
+    now = ctx.clock()
+    events: list[Event] = []
+    record: Event = {"e": "retry", "id": job.id, "at": now}
+    newly: dict[tuple[str, int | str, str], str] = {job.dedupe_key: job.id}
+    if is_expanded(job):
+        children = []
+        for child_id in job.children:
+            child = state.jobs.get(child_id)
+            if child is None:
+                continue
+            if child.status in RETRYABLE_STATUSES and child_id not in retried.values():
+                child_twin = _active_twin(state, child, {**retried, **newly})
+                if child_twin is not None:
+                    children.append(child_twin)
+                    continue
+                newly[child.dedupe_key] = child.id
+                events.append({"e": "retry", "id": child.id, "at": now})
+            children.append(child_id)
+        if children != job.children:
+            record["children"] = children
+    events.append(record)
+    if len(events) > room:
+        raise _queue_full(ctx)
+    retried.update(newly)
+    return events
+
+
+def _active_twin(
+    state: QueueState, job: Job, retried: dict[tuple[str, int | str, str], str]
+) -> str | None:
+    """An active job identical to `job` (or one this request retries), other than `job`."""
+    twin = state.active_job_for(job.dedupe_key)
+    twin_id = twin.id if twin is not None else retried.get(job.dedupe_key)
+    return twin_id if twin_id != job.id else None
 
 
 def _retry_warning(job: Job) -> str | None:
@@ -353,34 +462,26 @@ async def _retry_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
     """Each job as `retry` would take it, each seeing the ones before; one journal batch."""
     state = ctx.store.state
     batch = _Batch()
-    retried: dict[tuple[str, int | str, str], str] = {}  # by this request
+    retried: dict[tuple[str, int | str, str], str] = {}  # by this request, children included
     room = ctx.max_queue - state.active_count
     for job_id in ids:
         entry: dict[str, Any] = {"id": job_id}
         try:
             _check_accepting(ctx)
             job = _get_job(ctx, job_id)
-            if job.status not in RETRYABLE_STATUSES:
-                raise _refuse_state(job, "retry")
-            twin = state.active_job_for(job.dedupe_key)
-            twin_id = twin.id if twin is not None else retried.get(job.dedupe_key)
-            if twin_id is not None:
-                twin_status = twin.status if twin is not None else JobStatus.QUEUED
-                raise DlqdError(
-                    ErrorCode.INVALID_STATE, f"an identical job {twin_id} is already {twin_status}"
-                )
-            if room <= 0:
-                raise _queue_full(ctx)
+            if retried.get(job.dedupe_key) == job.id:  # a child its artist job retried above
+                batch.answer(entry, _job_entry(job, str(JobStatus.QUEUED)), needs_commit=True)
+                continue
+            events = _retry_events(ctx, job, retried, room)
         except DlqdError as exc:
             batch.refuse(entry, exc)
             continue
-        retried[job.dedupe_key] = job.id
-        room -= 1
-        fields = _job_entry(job, str(JobStatus.QUEUED))
+        room -= len(events)
+        fields = _job_entry(job, str(waiting_status(job)))
         warning = _retry_warning(job)  # read before the retry clears the errors
         if warning is not None:
             fields["warning"] = warning
-        batch.events.append({"e": "retry", "id": job.id, "at": ctx.clock()})
+        batch.events.extend(events)
         batch.answer(entry, fields, needs_commit=True)
     await batch.commit(ctx)
     return batch.result()
@@ -389,12 +490,27 @@ async def _retry_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
 async def remove(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     if "id" not in args:
         statuses = args.get("status") or FINISHED_STATUSES
-        return await _remove_many(ctx, _selected(ctx, args, "finished", statuses))
+        selected = _selected(ctx, args, "finished", statuses)
+        if "ids" not in args:  # `--finished` leaves the children of running artist jobs be
+            awaited = awaited_children(ctx.store.state)
+            selected = [job_id for job_id in selected if job_id not in awaited]
+        return await _remove_many(ctx, selected)
     job = _get_job(ctx, args["id"])
-    if job.status not in FINISHED_STATUSES:
-        raise _refuse_state(job, "remove")
+    _check_removable(ctx.store.state, job)
     await ctx.store.commit({"e": "remove", "id": job.id})
     return {"removed": job.id}
+
+
+def _check_removable(state: QueueState, job: Job) -> None:
+    """A finished job no active artist job waits on (its outcome is part of that job's)."""
+    if job.status not in FINISHED_STATUSES:
+        raise _refuse_state(job, "remove")
+    artist = _awaiting_artist(state, job)
+    if artist is not None:
+        raise DlqdError(
+            ErrorCode.INVALID_STATE,
+            f"cannot remove job {job.id}: artist job {artist.id} waits on it until it finishes",
+        )
 
 
 async def _remove_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
@@ -403,8 +519,7 @@ async def _remove_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
         entry: dict[str, Any] = {"id": job_id}
         try:
             job = _get_job(ctx, job_id)
-            if job.status not in FINISHED_STATUSES:
-                raise _refuse_state(job, "remove")
+            _check_removable(ctx.store.state, job)
         except DlqdError as exc:
             batch.refuse(entry, exc)
             continue
@@ -435,8 +550,15 @@ async def set_priority(ctx: CommandContext, args: dict[str, Any]) -> dict[str, A
     job = _get_job(ctx, args["id"])
     if job.status not in ACTIVE_STATUSES:
         raise _refuse_state(job, "change the priority of")
-    if job.priority != args["priority"]:
-        await ctx.store.commit({"e": "priority", "id": job.id, "priority": args["priority"]})
+    changed = [
+        target
+        for target in [*_own_children(ctx.store.state, job, ACTIVE_STATUSES), job]
+        if target.priority != args["priority"]
+    ]
+    if changed:  # an artist job's active album jobs follow it
+        await ctx.store.commit(
+            *({"e": "priority", "id": t.id, "priority": args["priority"]} for t in changed)
+        )
     return {"job": _wire(ctx, job)}
 
 
@@ -448,12 +570,15 @@ async def pause(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     job = _get_job(ctx, args["id"])
     if job.status == JobStatus.PAUSED:
         return {}
-    if job.status not in (JobStatus.QUEUED, JobStatus.PROCESSING):
+    if job.status not in RUNNABLE:
         raise _refuse_state(job, "pause")
-    async with ctx.scheduler.stopped(job.id):
-        if job.status not in (JobStatus.QUEUED, JobStatus.PROCESSING):
+    async with AsyncExitStack() as stopped:
+        await _stop_with_children(ctx, stopped, [job.id])
+        job = _get_job(ctx, args["id"])
+        if job.status not in RUNNABLE:
             raise _refuse_state(job, "pause")
-        await ctx.store.commit({"e": "pause", "id": job.id})
+        children = _own_children(ctx.store.state, job, RUNNABLE)  # an artist job's album jobs
+        await ctx.store.commit(*({"e": "pause", "id": t.id} for t in [*children, job]))
     return {}
 
 
@@ -468,8 +593,10 @@ async def resume(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
     job = _get_job(ctx, args["id"])
     if job.status in FINISHED_STATUSES:
         raise _refuse_state(job, "resume")
-    if job.status == JobStatus.PAUSED:
-        await ctx.store.commit({"e": "resume", "id": job.id})
+    paused = [*_own_children(ctx.store.state, job, (JobStatus.PAUSED,)), job]
+    resumed = [target for target in paused if target.status == JobStatus.PAUSED]
+    if resumed:  # an artist job's paused album jobs go with it
+        await ctx.store.commit(*({"e": "resume", "id": target.id} for target in resumed))
     return {}
 
 

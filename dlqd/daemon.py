@@ -349,6 +349,8 @@ async def _run(
         max_passes=config.worker.max_passes,
         observe_track_seconds=metrics.observe_track_seconds,
         hook_on_finish=config.hooks.on_job_finished is not None,
+        max_queue=config.limits.max_queue,
+        max_job_releases=config.limits.max_job_tracks,
     )
     hooks = HookRunner(
         store,

@@ -23,6 +23,7 @@ import trio
 
 from dlqd.model import Job
 from dlqd.scheduler import JobWork, ResolvedJob, TrackResult, TrackRun
+from dlqd.source import Discography
 
 log = structlog.get_logger("dlqd.debug")
 
@@ -64,6 +65,9 @@ class FailingTrackWork:
 
     async def resolve(self, job: Job) -> ResolvedJob:
         return await self.work.resolve(job)
+
+    async def discography(self, job: Job) -> Discography:
+        return await self.work.discography(job)
 
     async def run_track(self, run: TrackRun) -> TrackResult:
         if run.track.track_id in self.track_ids:

@@ -20,7 +20,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +67,13 @@ def hook_environment(job: Job, library: Path, files_list: Path) -> dict[str, str
     return {name: value.replace("\0", "") for name, value in values.items()}
 
 
-def job_paths(job: Job) -> list[str]:
-    """The library-relative paths of the job's completed tracks, in track order."""
-    return [t.path for t in job.tracks if t.status == TrackStatus.COMPLETED and t.path]
+def job_paths(job: Job, children: Sequence[Job] = ()) -> list[str]:
+    """The library-relative paths of the job's completed tracks, in track order.
+
+    An artist job's are its album jobs' (`children`), album after album.
+    """
+    tracks = [t for owner in (job, *children) for t in owner.tracks]
+    return [t.path for t in tracks if t.status == TrackStatus.COMPLETED and t.path]
 
 
 async def run_program(program: Path, env: Mapping[str, str], timeout_s: float) -> HookRun:
@@ -175,7 +179,9 @@ class HookRunner:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DLQD_")}
         env.update(hook_environment(job, self.library, files_list))
         try:
-            await trio.to_thread.run_sync(self._write_list, files_list, job_paths(job))
+            await trio.to_thread.run_sync(
+                self._write_list, files_list, job_paths(job, self.store.state.children_of(job))
+            )
             run = await run_program(program, env, self.timeout_s)
         except OSError as exc:
             self.on_failure()

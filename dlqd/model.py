@@ -8,7 +8,7 @@ seconds since the epoch and rendered as RFC 3339 UTC.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -42,7 +42,7 @@ FINISHED_STATUSES = frozenset(
 RETRYABLE_STATUSES = frozenset({JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.CANCELLED})
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
 PRIORITIES = ("high", "normal", "low")  # start order
-JOB_TYPES = ("track", "album")  # issue 12 adds "playlist", "mix", "artist" as each lands
+JOB_TYPES = ("track", "album", "artist")  # issue 12 adds "playlist", "mix" as they land
 STRING_TARGET_TYPES = frozenset({"playlist", "mix"})  # target: a UUID / mix id string, not an int
 RELEASE_KINDS = ("album", "ep", "single")  # what an artist job may `include`
 DEFAULT_INCLUDE = ("album", "ep")
@@ -111,7 +111,9 @@ class Job:
     `seq` never repeats. `rank` is the job's place in the run order among jobs
     of its priority (lower runs first): new jobs take the next rank up, `move`
     changes it. `parent` is the artist job an album job was queued for;
-    `include` the release kinds an artist job queues (None for other types).
+    `include` the release kinds an artist job queues (None for other types);
+    `children` the album jobs an artist job waits on once expanded (those it
+    queued, and albums already active that it took by reference).
     """
 
     id: str
@@ -131,6 +133,7 @@ class Job:
     rank: int = 0
     parent: str | None = None
     include: tuple[str, ...] | None = None
+    children: list[str] = field(default_factory=list)
 
     @property
     def dedupe_key(self) -> tuple[str, int | str, str]:
@@ -211,6 +214,11 @@ class Job:
         """Seconds until the pending and downloading tracks are fetched at `speed_bps`."""
         if self.status != JobStatus.PROCESSING or speed_bps <= 0:
             return None
+        remaining = self.remaining_bytes(sizes)
+        return None if remaining is None else math.ceil(remaining / speed_bps)
+
+    def remaining_bytes(self, sizes: JobSizes | None = None) -> int | None:
+        """Bytes left to fetch for pending and downloading tracks; None when a size is unknown."""
         sizes = sizes or self.sizes()
         remaining = 0
         for track, size in zip(self.tracks, sizes.per_track, strict=True):
@@ -218,7 +226,7 @@ class Job:
                 if size is None:
                     return None
                 remaining += max(0, size - track.bytes_done)
-        return math.ceil(remaining / speed_bps)
+        return remaining
 
     def track(self, track_id: int) -> Track | None:
         for track in self.tracks:
@@ -226,11 +234,33 @@ class Job:
                 return track
         return None
 
-    def to_wire(self, *, speed_bps: int = 0, position: int | None = None) -> dict[str, Any]:
-        """The job object; `speed_bps` and `position` are live facts the caller knows."""
-        sizes = self.sizes()
+    def to_wire(
+        self,
+        *,
+        speed_bps: int = 0,
+        position: int | None = None,
+        children: Sequence[Job] = (),
+    ) -> dict[str, Any]:
+        """The job object; `speed_bps`, `position` and an artist job's `children` the caller knows.
+
+        An artist job has no tracks of its own: its progress, bytes and ETA are
+        its children's summed (`speed_bps` is theirs too, summed by the caller),
+        and `children_status` counts its children by status.
+        """
         running = self.status == JobStatus.PROCESSING
-        return {
+        if self.type == "artist":
+            progress = _summed_progress(self, children, speed_bps)
+        else:
+            sizes = self.sizes()
+            progress = _Progress(
+                attempts=self.attempts,
+                progress=self.progress(sizes),
+                bytes_done=self.bytes_done,
+                bytes_total=sizes.total,
+                estimated=sizes.estimated,
+                eta_s=self.eta_s(speed_bps, sizes),
+            )
+        wire: dict[str, Any] = {
             "id": self.id,
             "type": self.type,
             "target_id": self.target_id,
@@ -241,20 +271,71 @@ class Job:
             "created_at": rfc3339(self.created_at),
             "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at),
-            "attempts": self.attempts,
-            "progress": self.progress(sizes),
-            "bytes_done": self.bytes_done,
-            "bytes_total": sizes.total,
-            "bytes_total_estimated": sizes.estimated,
+            "attempts": progress.attempts,
+            "progress": progress.progress,
+            "bytes_done": progress.bytes_done,
+            "bytes_total": progress.bytes_total,
+            "bytes_total_estimated": progress.estimated,
             "speed_bps": speed_bps if running else 0,
-            "eta_s": self.eta_s(speed_bps, sizes),
+            "eta_s": progress.eta_s,
             "error": self.error,
             "title": self.title,
             "artist": self.artist,
             "parent": self.parent,
             "include": list(self.include) if self.include is not None else None,
+            "children": list(self.children),
             "tracks": [t.to_wire() for t in self.tracks],
         }
+        if self.type == "artist":
+            counts: dict[str, int] = {}
+            for child in children:
+                counts[str(child.status)] = counts.get(str(child.status), 0) + 1
+            wire["children_status"] = counts
+        return wire
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    """The progress fields of a job object."""
+
+    attempts: int
+    progress: float
+    bytes_done: int
+    bytes_total: int
+    estimated: bool
+    eta_s: int | None
+
+
+def _summed_progress(job: Job, children: Sequence[Job], speed_bps: int) -> _Progress:
+    """An artist job's progress: its children's bytes summed, as one album's tracks are."""
+    all_sizes = [child.sizes() for child in children]
+    total = sum(sizes.total for sizes in all_sizes)
+    done = sum(child.bytes_done for child in children)
+    if children and total and all(sizes.complete for sizes in all_sizes):
+        progress = round(min(1.0, done / total), 4)
+    elif children:
+        shares = (child.progress(sizes) for child, sizes in zip(children, all_sizes, strict=True))
+        progress = round(sum(shares) / len(children), 4)
+    else:
+        progress = 1.0 if job.status == JobStatus.COMPLETED else 0.0
+    eta: int | None = None
+    if job.status == JobStatus.PROCESSING and speed_bps > 0:
+        left = [
+            child.remaining_bytes(sizes)
+            for child, sizes in zip(children, all_sizes, strict=True)
+            if child.status in ACTIVE_STATUSES
+        ]
+        known = [bytes_left for bytes_left in left if bytes_left is not None]
+        if len(known) == len(left):
+            eta = math.ceil(sum(known) / speed_bps)
+    return _Progress(
+        attempts=max((child.attempts for child in children), default=0),
+        progress=progress,
+        bytes_done=done,
+        bytes_total=total,
+        estimated=any(sizes.estimated for sizes in all_sizes),
+        eta_s=eta,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,9 +76,12 @@ def notify_targets(urls: Sequence[str]) -> list[Target]:
     return targets
 
 
-def job_message(job: Job) -> Message:
-    """`dlqd: Artist – Album completed` and one paragraph: tracks, size, time, what failed."""
-    facts = job_facts(job)
+def job_message(job: Job, children: Sequence[Job] = ()) -> Message:
+    """`dlqd: Artist – Album completed` and one paragraph: tracks, size, time, what failed.
+
+    An artist job's (`children`: its album jobs) counts its albums by outcome.
+    """
+    facts = job_facts(job, children)
     name = job_name(job)
     sentences = [f"{name}: {', '.join(facts)}." if facts else f"{name}."]
     failed = [t for t in job.tracks if t.status == TrackStatus.FAILED]
@@ -123,7 +126,8 @@ class Notifications:
         if job is None:
             return
         try:
-            self._send.send_nowait(job_message(job))
+            children = [child for c in job.children if (child := self.jobs(c)) is not None]
+            self._send.send_nowait(job_message(job, children))
         except trio.WouldBlock:
             self.on_failure()
             log.warning("notification dropped: too many waiting", job_id=job.id)

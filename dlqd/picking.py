@@ -7,7 +7,9 @@ hands out its tracks ahead of the others, so a high-priority job submitted
 while a long album runs gets the very next free slot. A job still being
 resolved holds back only jobs of a lower priority (its tracks are not known
 yet, and they would otherwise be passed over); a slow resolve never delays
-jobs of its own priority. `moved_ranks` decides where `move` puts a job.
+jobs of its own priority. An artist job has no tracks: it is never picked,
+and once expanded it holds nothing back (its album jobs are picked like any
+other). `moved_ranks` decides where `move` puts a job.
 This module never looks at holds or slots — the scheduler asks only when one
 is free and nothing holds the queue — and never does I/O.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection, Container, Iterable, Sequence
 
 from dlqd.model import PRIORITIES, Job, JobStatus, Track, TrackStatus
+from dlqd.state import is_expanded
 
 RUNNABLE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING})
 
@@ -40,7 +43,7 @@ def next_track(
     best_key: tuple[int, int, int] | None = None
     waiting_rank = len(PRIORITIES)  # the best priority of a job still being resolved
     for job in jobs:
-        if job.status not in RUNNABLE_STATUSES:
+        if job.status not in RUNNABLE_STATUSES or is_expanded(job):
             continue
         if job.id not in resolved:
             waiting_rank = min(waiting_rank, PRIORITIES.index(job.priority))

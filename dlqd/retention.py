@@ -13,7 +13,7 @@ import structlog
 import trio
 
 from dlqd.model import JobStatus
-from dlqd.state import QueueState
+from dlqd.state import QueueState, awaited_children
 from dlqd.store import Store
 
 log = structlog.get_logger("dlqd.retention")
@@ -24,11 +24,13 @@ def expired_job_ids(
 ) -> list[str]:
     """Completed jobs older than `completed_h`; failed, partial and cancelled older than `failed_h`.
 
-    A retention of 0 hours keeps jobs forever.
+    A retention of 0 hours keeps jobs forever; a job an active artist job
+    waits on stays until that job finishes (its outcome is part of it).
     """
     expired = []
+    awaited = awaited_children(state)
     for job in state.jobs.values():
-        if job.finished_at is None:
+        if job.finished_at is None or job.id in awaited:
             continue
         if job.status == JobStatus.COMPLETED:
             hours = completed_h

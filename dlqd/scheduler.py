@@ -9,7 +9,11 @@ a track slot. While `Holds` says the queue is held nothing new starts and
 nothing is resolved; a fault hold also stops the running tracks and keeps
 their partial files, and the tries it interrupted do not count. A track out of retries on a
 transient error comes back for a later pass after `requeue_after_s`, up to
-`max_passes` passes, before its job may finish. Every running track owns a
+`max_passes` passes, before its job may finish. An artist job takes no
+track slot: its resolve reads the discography and expands it into album
+jobs (`expand`, with their `submit` records, in one commit), and it
+finishes once every one of those children has, with their outcome summed
+up. Every running track owns a
 `CancelScope`, so cancel and pause stop it in flight, and runs under its own
 deadline, so nothing stays `processing` forever. The scheduler journals each
 transition through the store and never touches files or the network itself
@@ -32,7 +36,15 @@ from dlqd.codes import DEFERRABLE_CODES
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.holds import FAULT_REASONS, Holds, QueueHeld
 from dlqd.meta import TrackMeta
-from dlqd.model import ACTIVE_STATUSES, Job, JobStatus, Track, TrackStatus
+from dlqd.model import (
+    ACTIVE_STATUSES,
+    DEFAULT_INCLUDE,
+    FINISHED_STATUSES,
+    Job,
+    JobStatus,
+    Track,
+    TrackStatus,
+)
 from dlqd.naming import JobNames
 from dlqd.picking import (
     RUNNABLE_STATUSES,
@@ -43,9 +55,17 @@ from dlqd.picking import (
     resolve_order,
 )
 from dlqd.rates import RateMeter
-from dlqd.state import job_outcome
+from dlqd.source import Discography, Release
+from dlqd.state import artist_outcome, is_expanded, job_outcome
 from dlqd.store import RecordRefused, Store
-from dlqd.summary import error_text, human_bytes, job_name, job_summary, track_summary
+from dlqd.summary import (
+    error_text,
+    human_bytes,
+    job_name,
+    job_summary,
+    printable,
+    track_summary,
+)
 
 log = structlog.get_logger("dlqd.scheduler")
 
@@ -107,6 +127,8 @@ class JobWork(Protocol):
 
     async def resolve(self, job: Job) -> ResolvedJob: ...
 
+    async def discography(self, job: Job) -> Discography: ...
+
     async def run_track(self, run: TrackRun) -> TrackResult: ...
 
 
@@ -134,6 +156,8 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         observe_track_seconds: Callable[[float], None] = lambda seconds: None,
         hook_on_finish: bool = False,
+        max_queue: int = 1000,
+        max_job_releases: int = 5000,
     ):
         self.store = store
         self.work = work
@@ -146,6 +170,8 @@ class Scheduler:
         self.observe_track_seconds = observe_track_seconds  # the metrics' histogram
         # A completion hook is configured: each finish record marks it pending (dlqd.hooks).
         self.hook_on_finish = hook_on_finish
+        self.max_queue = max_queue  # an artist job's children must all fit (limits.max_queue)
+        self.max_job_releases = max_job_releases  # limits.max_job_tracks bounds them too
         self.draining = False
         self.heartbeat = trio.current_time()
         self._resolve_limiter = trio.CapacityLimiter(resolve_concurrency)
@@ -221,6 +247,7 @@ class Scheduler:
         for job in resolve_order(self._startable_jobs()):
             if (
                 job.id not in self._metas
+                and not is_expanded(job)
                 and job.id not in self._resolving
                 and self._resolve_passes.ready(job.id, now)
             ):
@@ -242,12 +269,16 @@ class Scheduler:
             self.store.notify_changed()
 
     async def _resolve_job(self, job_id: str, log_: structlog.BoundLogger) -> None:
+        discography: Discography | None = None  # an artist job's, read instead of tracks
         while True:
             job = self.store.state.jobs.get(job_id)
             if job is None or job.status not in RUNNABLE_STATUSES:
                 return
             try:
-                resolved = await self.work.resolve(job)
+                if job.type == "artist":
+                    discography = await self.work.discography(job)
+                else:
+                    resolved = await self.work.resolve(job)
             except QueueHeld as held:
                 log_.info("resolve waits for a hold", reason=str(held.reason))
                 while self.holds.is_held(held.reason):
@@ -266,6 +297,9 @@ class Scheduler:
                 await self._fail_unresolved(job_id, exc.to_dict(), log_)
                 return
             break
+        if discography is not None:
+            await self._expand(job_id, discography, log_)
+            return
         self._resolve_passes.forget(job_id)
         job = self.store.state.jobs[job_id]
         if not job.title or [(t.track_id, t.duration) for t in job.tracks] != [
@@ -284,6 +318,87 @@ class Scheduler:
         self._metas[job_id] = {meta.track_id: meta for meta in resolved.tracks}
         line = f"job {job_id} resolved: {job_name(job)} ({len(resolved.tracks)} tracks)"
         log_.info("job resolved", title=resolved.title, tracks=len(resolved.tracks), summary=line)
+
+    async def _expand(
+        self, job_id: str, discography: Discography, log_: structlog.BoundLogger
+    ) -> None:
+        """Queue one album job per release of the included kinds, in one commit with `expand`.
+
+        An album already active (same album and quality) is not queued again:
+        the artist job waits on it by reference. All or nothing: when the new
+        album jobs do not all fit under `limits.max_queue`, none is queued and
+        the artist job fails QUEUE_FULL.
+        """
+        self._resolve_passes.forget(job_id)
+        state = self.store.state
+        job = state.jobs[job_id]
+        if job.status not in RUNNABLE_STATUSES:  # paused or cancelled while reading
+            return
+        error = self._expansion_refused(job, discography)
+        if error is not None:
+            await self._fail_unresolved(job_id, error, log_)
+            return
+        include = job.include or DEFAULT_INCLUDE
+        releases = [release for release in discography.releases if release.kind in include]
+        children: list[str] = []
+        events: list[dict[str, object]] = []
+        now = self.clock()
+        next_seq = state.next_seq
+        for release in releases:
+            twin = state.active_job_for(("album", release.album_id, job.quality))
+            if twin is not None:
+                children.append(twin.id)
+                continue
+            child_id = str(next_seq)
+            next_seq += 1
+            children.append(child_id)
+            events.append(_child_submit(job, child_id, release, now))
+        expand = {"e": "expand", "id": job_id, "name": discography.name, "children": children}
+        try:
+            await self.store.commit(*events, {**expand, "at": now})
+        except RecordRefused as exc:
+            log_.error("the discography cannot be journaled", error=exc.message)
+            await self._fail_unresolved(job_id, _unrecordable(exc), log_)
+            return
+        job = self.store.state.jobs[job_id]
+        line = (
+            f"job {job_id} expanded: {job_name(job)} ({len(releases)} releases, "
+            f"{len(events)} album jobs queued)"
+        )
+        log_.info("artist expanded", releases=len(releases), queued=len(events), summary=line)
+
+    def _expansion_refused(self, job: Job, discography: Discography) -> dict[str, str] | None:
+        """Why the artist job cannot expand (no release it wants, too many, no room), or None."""
+        include = job.include or DEFAULT_INCLUDE
+        releases = [release for release in discography.releases if release.kind in include]
+        who = f"artist {job.target_id} ({printable(discography.name)})"
+        if not releases:
+            listed = _kind_counts(discography.releases)
+            return {
+                "code": str(ErrorCode.UPSTREAM_NOT_FOUND),
+                "message": f"{who} has no release of the kinds {', '.join(include)}"
+                + (f"; it lists {listed}" if listed else ""),
+            }
+        if len(releases) > self.max_job_releases:
+            return {
+                "code": str(ErrorCode.UPSTREAM_BAD_RESPONSE),
+                "message": f"{who} lists {len(releases)} releases of the kinds "
+                f"{', '.join(include)}, more than limits.max_job_tracks = {self.max_job_releases}",
+            }
+        state = self.store.state
+        new = sum(
+            1
+            for release in releases
+            if state.active_job_for(("album", release.album_id, job.quality)) is None
+        )
+        room = self.max_queue - state.active_count
+        if new > room:
+            return {
+                "code": str(ErrorCode.QUEUE_FULL),
+                "message": f"{who} has {new} albums to queue but the queue has room for "
+                f"{max(room, 0)} (limits.max_queue = {self.max_queue}); none was queued",
+            }
+        return None
 
     # --- tracks -------------------------------------------------------------------
 
@@ -466,6 +581,27 @@ class Scheduler:
                 await self._finish(job.id, status, error, log.bind(job_id=job.id))
             except DlqdError as exc:
                 log.error("job finish lost: journal unavailable", error_code=str(exc.code))
+        await self._finish_done_artists()
+
+    async def _finish_done_artists(self) -> None:
+        """Finish expanded artist jobs whose every child has finished (or was removed)."""
+        jobs = self.store.state.jobs
+        done = [
+            job
+            for job in self.store.state.active_jobs()
+            if job.status == JobStatus.PROCESSING
+            and is_expanded(job)
+            and all(
+                child not in jobs or jobs[child].status in FINISHED_STATUSES
+                for child in job.children
+            )
+        ]
+        for job in done:
+            status, error = artist_outcome([jobs.get(child) for child in job.children])
+            try:
+                await self._finish(job.id, status, error, log.bind(job_id=job.id))
+            except DlqdError as exc:
+                log.error("job finish lost: journal unavailable", error_code=str(exc.code))
 
     async def _fail_unresolved(
         self, job_id: str, error: dict[str, str], log_: structlog.BoundLogger
@@ -498,12 +634,13 @@ class Scheduler:
         if self.hook_on_finish:
             event["hook"] = True
         await self.store.commit(*with_events, {**event, "at": self.clock()})
-        job = self.store.state.jobs[job_id]
+        state = self.store.state
+        job = state.jobs[job_id]
         log_.info(
             "job finished",
             status=str(status),
             error_code=(error or {}).get("code"),
-            summary=job_summary(job),
+            summary=job_summary(job, state.children_of(job)),
         )
 
     # --- control ------------------------------------------------------------------
@@ -551,7 +688,9 @@ class Scheduler:
         for job_id in {owner for owner, _ in self._tracks}:
             await self._stop_job(job_id)
         jobs = self.store.state.active_jobs()
-        return [job.id for job in jobs if job.status == JobStatus.PROCESSING]
+        return [
+            job.id for job in jobs if job.status == JobStatus.PROCESSING and not is_expanded(job)
+        ]
 
     def _stop_everything(self) -> None:
         """After a journal rollback: running work may belong to undone events."""
@@ -619,6 +758,26 @@ def _unrecordable(exc: RecordRefused) -> dict[str, str]:
         "code": str(ErrorCode.UPSTREAM_BAD_RESPONSE),
         "message": f"the upstream sent data dlqd cannot record: {exc.message}",
     }
+
+
+def _child_submit(artist: Job, child_id: str, release: Release, at: float) -> dict[str, object]:
+    """The `submit` of an album job an artist job queues: its quality and priority, its parent."""
+    return {
+        "e": "submit",
+        "id": child_id,
+        "type": "album",
+        "target_id": release.album_id,
+        "quality": artist.quality,
+        "priority": artist.priority,
+        "at": at,
+        "parent": artist.id,
+    }
+
+
+def _kind_counts(releases: Sequence[Release]) -> str:
+    """`2 singles, 1 ep`: what a discography holds, by kind."""
+    counts = Counter(release.kind for release in releases)
+    return ", ".join(f"{count} {kind}{'s' if count > 1 else ''}" for kind, count in counts.items())
 
 
 def _resolve_event(job_id: str, resolved: ResolvedJob) -> dict[str, object]:

@@ -57,6 +57,10 @@ class QueueState:
         """Queued, paused and processing jobs: at most limits.max_queue, not the history."""
         return (self.jobs[job_id] for job_id in self.active_by_key.values())
 
+    def children_of(self, job: Job) -> list[Job]:
+        """An artist job's children that are still in the queue, in its order."""
+        return [self.jobs[child] for child in job.children if child in self.jobs]
+
     def run_order(self) -> list[Job]:
         """The active jobs in the order they run: priority, then rank (see `Job.run_key`)."""
         return sorted(self.active_jobs(), key=lambda job: job.run_key)
@@ -93,16 +97,32 @@ def recover_interrupted(state: QueueState) -> list[str]:
     """After a restart: jobs that were processing are queued again.
 
     Finished tracks stay finished (their files are in the library); a track
-    that was downloading is pending again. Returns the re-queued job ids.
+    that was downloading is pending again. An expanded artist job stays
+    processing: its children carry its work. Returns the re-queued job ids.
     """
     requeued = []
     for job in state.active_jobs():
         for track in job.tracks:
             _reset_unfinished_track(track)
-        if job.status == JobStatus.PROCESSING:
+        if job.status == JobStatus.PROCESSING and not is_expanded(job):
             job.status = JobStatus.QUEUED
             requeued.append(job.id)
     return requeued
+
+
+def is_expanded(job: Job) -> bool:
+    """An artist job that has queued (or taken on) its album jobs: it is never resolved again."""
+    return job.type == "artist" and bool(job.children)
+
+
+def waiting_status(job: Job) -> JobStatus:
+    """Where a job set to run again stands: queued, or processing for an expanded artist job."""
+    return JobStatus.PROCESSING if is_expanded(job) else JobStatus.QUEUED
+
+
+def awaited_children(state: QueueState) -> set[str]:
+    """Jobs an active artist job waits on: removing one would lose part of its outcome."""
+    return {child for job in state.active_jobs() if job.type == "artist" for child in job.children}
 
 
 def _job(state: QueueState, event: Event) -> Job:
@@ -171,6 +191,22 @@ def _on_resolve(state: QueueState, event: Event) -> None:
         track.duration = later[0] if later else None
         resolved.append(track)
     job.tracks = resolved
+
+
+def _on_expand(state: QueueState, event: Event) -> None:
+    """An artist job's discography read: its name and the album jobs it now waits on.
+
+    The child jobs' own `submit` records come in the same batch, before this one.
+    """
+    job = _job(state, event)
+    for child_id in event["children"]:
+        if child_id not in state.jobs:
+            raise ReplayError(f"expand of job {job.id} names unknown job {child_id!r}")
+    job.title = job.artist = event["name"]
+    job.children = list(event["children"])
+    job.status = JobStatus.PROCESSING
+    if job.started_at is None:
+        job.started_at = event["at"]
 
 
 def _on_start(state: QueueState, event: Event) -> None:
@@ -255,17 +291,22 @@ def _on_pause(state: QueueState, event: Event) -> None:
 
 
 def _on_resume(state: QueueState, event: Event) -> None:
-    _job(state, event).status = JobStatus.QUEUED
+    job = _job(state, event)
+    job.status = waiting_status(job)
 
 
 def _on_requeue(state: QueueState, event: Event) -> None:
     """A processing job handed back to the queue (drain at shutdown)."""
-    _set_aside(_job(state, event), JobStatus.QUEUED)
+    job = _job(state, event)
+    _set_aside(job, waiting_status(job))
 
 
 def _on_retry(state: QueueState, event: Event) -> None:
+    """A finished job runs again; an artist job's record may name its children anew."""
     job = _job(state, event)
-    job.status = JobStatus.QUEUED
+    if "children" in event:
+        job.children = list(event["children"])
+    job.status = waiting_status(job)
     job.error = None
     job.finished_at = None
     state.hooks_pending.pop(job.id, None)  # its next finish decides
@@ -317,6 +358,7 @@ def _on_release(state: QueueState, event: Event) -> None:
 _HANDLERS: dict[str, Callable[[QueueState, Event], None]] = {
     "submit": _on_submit,
     "resolve": _on_resolve,
+    "expand": _on_expand,
     "start": _on_start,
     "track_done": _on_track_done,
     "track_deferred": _on_track_deferred,
@@ -408,6 +450,7 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
         row.append(job.rank)
         row.append(job.parent)
         row.append(list(job.include) if job.include is not None else None)
+        row.append(job.children)
         jobs.append(row)
     return {
         "next_seq": state.next_seq,
@@ -452,6 +495,8 @@ def from_snapshot(data: dict[str, Any]) -> QueueState:
             job.parent = row[job_width + 2]
             include = row[job_width + 3]
             job.include = tuple(include) if include is not None else None
+        if len(row) > job_width + 4:  # an artist job's children: since issue 12's artists
+            job.children = list(row[job_width + 4])
         job.status = status = job_statuses[job.status]
         tracks = job.tracks
         for track_row in track_rows:
@@ -492,5 +537,32 @@ def job_outcome(job: Job) -> tuple[JobStatus, dict[str, str] | None]:
     if job.tracks and completed == len(job.tracks):
         return JobStatus.COMPLETED, None
     if completed == 0:
+        return JobStatus.FAILED, first_error
+    return JobStatus.PARTIAL, first_error
+
+
+def artist_outcome(children: list[Job | None]) -> tuple[JobStatus, dict[str, str] | None]:
+    """The terminal status of an artist job whose children have all finished, and its error.
+
+    completed: every child completed; failed: none delivered anything (none
+    completed or partial); partial otherwise. A cancelled child counts as not
+    completed, and so does one removed meanwhile (None). The error is the first
+    child error, in the order the discography listed them, naming that child.
+    """
+    statuses = [child.status if child is not None else None for child in children]
+    first_error = next(
+        (
+            {
+                "code": child.error.get("code", ""),
+                "message": f"album job {child.id}: {child.error.get('message', '')}",
+            }
+            for child in children
+            if child is not None and child.error and child.status != JobStatus.COMPLETED
+        ),
+        None,
+    )
+    if statuses and all(status == JobStatus.COMPLETED for status in statuses):
+        return JobStatus.COMPLETED, None
+    if not any(status in (JobStatus.COMPLETED, JobStatus.PARTIAL) for status in statuses):
         return JobStatus.FAILED, first_error
     return JobStatus.PARTIAL, first_error

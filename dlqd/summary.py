@@ -12,6 +12,8 @@ Pure: reads jobs and numbers, returns strings; never logs.
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
+from collections.abc import Sequence
 
 from dlqd.model import Job, JobStatus, TrackStatus
 
@@ -29,7 +31,12 @@ def printable(text: str, limit: int = MAX_TEXT_CHARS) -> str:
 
 
 def job_name(job: Job) -> str:
-    """`Artist – Title`, or what was asked for (`album 1102`) before the job was resolved."""
+    """`Artist – Title`, or what was asked for (`album 1102`) before the job was resolved.
+
+    An artist job is `Artist – discography` once its discography was read.
+    """
+    if job.type == "artist" and job.artist:
+        return f"{printable(job.artist)} – discography"
     if job.title:
         return (
             f"{printable(job.artist)} – {printable(job.title)}"
@@ -39,23 +46,37 @@ def job_name(job: Job) -> str:
     return f"{job.type} {job.target_id}"
 
 
-def job_facts(job: Job) -> list[str]:
-    """`12/12 tracks`, `412 MiB in 48 s`: what a finished job's summary and notification say."""
+def job_facts(job: Job, children: Sequence[Job] = ()) -> list[str]:
+    """`12/12 tracks`, `412 MiB in 48 s`: what a finished job's summary and notification say.
+
+    An artist job (`children`: its album jobs) says `3 albums: 2 completed, 1 partial`
+    and its children's bytes.
+    """
     facts = []
     if job.tracks:
         done = sum(1 for t in job.tracks if t.status == TrackStatus.COMPLETED)
         facts.append(f"{done}/{len(job.tracks)} tracks")
-    if job.bytes_done:
-        size = human_bytes(job.bytes_done)
+    if children:
+        facts.append(album_counts(children))
+    bytes_done = sum(child.bytes_done for child in children) if children else job.bytes_done
+    if bytes_done:
+        size = human_bytes(bytes_done)
         if job.started_at is not None and job.finished_at is not None:
             size += f" in {human_seconds(job.finished_at - job.started_at)}"
         facts.append(size)
     return facts
 
 
-def job_summary(job: Job) -> str:
+def album_counts(children: Sequence[Job]) -> str:
+    """`3 albums: 2 completed, 1 partial`: an artist job's children by status."""
+    counts = Counter(child.status for child in children)
+    parts = ", ".join(f"{counts[status]} {status}" for status in JobStatus if counts[status])
+    return f"{len(children)} album{'s' if len(children) != 1 else ''}: {parts}"
+
+
+def job_summary(job: Job, children: Sequence[Job] = ()) -> str:
     """`job 17 completed: Artist – Album (12/12 tracks, 412 MiB in 48 s)`, and the error if any."""
-    facts = job_facts(job)
+    facts = job_facts(job, children)
     line = f"job {job.id} {job.status}: {job_name(job)}"
     if facts:
         line += f" ({', '.join(facts)})"

@@ -43,7 +43,7 @@ from dlqd.meta import Lyrics, MediaPlan, TrackMeta
 from dlqd.model import Job
 from dlqd.safefs import UnsafePathError, unlink_beneath
 from dlqd.scheduler import ResolvedJob, TrackResult, TrackRun
-from dlqd.source import Source, with_playback_gains
+from dlqd.source import Discography, Source, with_playback_gains
 
 log = structlog.get_logger("dlqd.worker")
 T = TypeVar("T")
@@ -152,8 +152,18 @@ class DownloadWork:
         The scheduler calls this before the job takes any track slot, so a
         slow or hanging upstream holds up only this job's start.
         """
+        return await self._within_resolve_timeout(job, self._resolve(job))
+
+    async def discography(self, job: Job) -> Discography:
+        """An artist job's releases, with retries, within `resolve_timeout_s`, else TIMEOUT."""
+        artist = self.retry.run(
+            lambda: self.source.artist(job.target_number), what=f"artist {job.target_id}"
+        )
+        return await self._within_resolve_timeout(job, artist)
+
+    async def _within_resolve_timeout(self, job: Job, reading: Awaitable[T]) -> T:
         with trio.move_on_after(self.resolve_timeout_s):
-            return await self._resolve(job)
+            return await reading
         raise DlqdError(
             ErrorCode.TIMEOUT,
             f"{job.type} {job.target_id}: metadata not resolved within "
