@@ -17,14 +17,23 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from dlqd import __version__
-from dlqd.model import FINISHED_STATUSES, MOVES, PRIORITIES, QUALITIES, JobStatus, canonical_choice
+from dlqd.model import (
+    DEFAULT_INCLUDE,
+    FINISHED_STATUSES,
+    MOVES,
+    PRIORITIES,
+    QUALITIES,
+    RELEASE_KINDS,
+    JobStatus,
+    canonical_choice,
+)
 
 DEFAULT_SOCKET = "/run/dlqd/dlqd.sock"
 DEFAULT_TIMEOUT_S = 10.0
 EXIT_USAGE = 2
 JOB_STATUSES = tuple(str(status) for status in JobStatus)
 FINISHED = tuple(str(status) for status in JobStatus if status in FINISHED_STATUSES)
-ADD_TYPES = ("track", "album")
+ADD_TYPES = ("track", "album", "artist")
 SHELLS = ("bash", "zsh")
 
 
@@ -56,6 +65,19 @@ def one_of(choices: Sequence[str]) -> dict[str, Any]:
     convert.__name__ = "choice"  # argparse names the type in some messages
     convert.choices = listed  # type: ignore[attr-defined]
     return {"type": convert, "metavar": "{" + ",".join(listed) + "}"}
+
+
+def release_kinds(text: str) -> list[str]:
+    """`--include album,ep`: release kinds, comma-separated, any case, each known."""
+    kinds = []
+    for word in (part.strip() for part in text.split(",")):
+        kind = canonical_choice(word, RELEASE_KINDS)
+        if kind is None:
+            raise argparse.ArgumentTypeError(
+                f"{word!r} is not a release kind: use {', '.join(RELEASE_KINDS)}, comma-separated"
+            )
+        kinds.append(kind)
+    return kinds
 
 
 def _seconds(text: str) -> float:
@@ -105,13 +127,23 @@ def build_parser() -> Parser:
         sub.set_defaults(usage_error=sub.error)
         return sub
 
-    add = command("add", "queue tracks or albums by id or TIDAL share link")
+    add = command(
+        "add",
+        "queue tracks, albums or artists (one album job per release) by id or TIDAL share link",
+    )
     add.add_argument("type", **one_of(ADD_TYPES))
     add.add_argument(
         "targets", nargs="+", metavar="ID|URL", help="ids or share links; - reads them from stdin"
     )
     add.add_argument("--quality", **one_of(QUALITIES), default="LOSSLESS")
     add.add_argument("--priority", **one_of(PRIORITIES), default="normal")
+    add.add_argument(
+        "--include",
+        type=release_kinds,
+        metavar="KINDS",
+        help=f"artist only: release kinds to queue, of {','.join(RELEASE_KINDS)} "
+        f"(default {','.join(DEFAULT_INCLUDE)})",
+    )
 
     ls = command("ls", "list jobs in run order (all, or those the filters pick)")
     ls.add_argument("--status", action="append", **one_of(JOB_STATUSES), help="repeatable")
@@ -124,7 +156,9 @@ def build_parser() -> Parser:
         help="active, or created or finished since (2h, 3d, 2026-11-01)",
     )
 
-    command("show", "show one job and its tracks").add_argument("job", metavar="JOB")
+    command("show", "show one job and its tracks (an artist job: its album jobs)").add_argument(
+        "job", metavar="JOB"
+    )
 
     cancel = command("cancel", "cancel queued, paused or processing jobs")
     cancel.add_argument("jobs", nargs="*", metavar="JOB")

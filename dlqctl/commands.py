@@ -69,6 +69,8 @@ def add(args: argparse.Namespace, client: Client, out: Output) -> int:
     words: list[str] = []
     for word in args.targets:
         words.extend(read_targets(sys.stdin) if word == "-" else [word])
+    if args.include is not None and args.type != "artist":
+        usage(args, "--include goes only with add artist")
     try:
         ids = [parse_target(word, args.type) for word in words]
     except BadTarget as exc:
@@ -77,6 +79,9 @@ def add(args: argparse.Namespace, client: Client, out: Output) -> int:
         {"type": args.type, "target_id": target, "quality": args.quality, "priority": args.priority}
         for target in ids
     ]
+    if args.include is not None:
+        for item in items:
+            item["include"] = args.include
     if args.targets != ["-"] and len(items) == 1:  # one id: the one-job form and its answer
         result = client.call("submit", items[0])
         verb = "queued" if result["created"] else "already queued as"
@@ -235,8 +240,21 @@ def queue_in_run_order(client: Client, statuses: Sequence[str]) -> list[dict[str
 
 def show(args: argparse.Namespace, client: Client, out: Output) -> int:
     job = client.call("get", {"id": args.job})["job"]
-    out.emit(job, render.render_job)
+    children = [] if out.as_json else _children(client, job)
+    out.emit(job, lambda shown: render.render_job(shown, children))
     return EXIT_OK
+
+
+def _children(client: Client, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """An artist job's album jobs, as they are now (one removed since is left out)."""
+    children = []
+    for child_id in job.get("children") or []:
+        try:
+            children.append(client.call("get", {"id": child_id})["job"])
+        except Refused as refusal:
+            if refusal.code != "NOT_FOUND":
+                raise
+    return [text.printable_doc(child) for child in children]
 
 
 # --- the rest ----------------------------------------------------------------------

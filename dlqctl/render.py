@@ -16,6 +16,7 @@ from dlqctl import text
 BAR_CELLS = 10
 MIN_TITLE_CELLS = 20  # below this the bar is dropped to leave the title room
 JOB_HEADERS = ("ID", "STATUS", "PROGRESS", "TRACKS", "SPEED", "ETA", "QUALITY", "ARTIST – TITLE")
+CHILD_HEADERS = ("ID", "STATUS", "PROGRESS", "TRACKS", "TARGET", "ARTIST – TITLE")
 SHORT_QUALITY = {"HI_RES_LOSSLESS": "HI_RES"}
 STATUSES = ("queued", "paused", "processing", "completed", "partial", "failed", "cancelled")
 RUNNING = ("processing",)
@@ -25,14 +26,31 @@ RUNNING = ("processing",)
 
 
 def label(job: dict[str, Any]) -> str:
-    """`Artist – Title`, or `album 1102` until the daemon has read the title."""
+    """`Artist – Title`, or `album 1102` until the daemon has read the title.
+
+    An artist job reads `Artist – discography (album, ep)`.
+    """
+    if job.get("type") == "artist" and job.get("artist"):
+        kinds = ", ".join(job.get("include") or [])
+        return f"{job['artist']} – discography" + (f" ({kinds})" if kinds else "")
     title = job.get("title") or f"{job.get('type', 'job')} {job.get('target_id', '?')}"
     return f"{job['artist']} – {title}" if job.get("artist") else str(title)
+
+
+def children_cell(job: dict[str, Any]) -> str:
+    """`3 albums: 2 completed, 1 processing` from an artist job's `children_status`."""
+    counts = job.get("children_status") or {}
+    total = sum(counts.values())
+    parts = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
+    return f"{total} album{'s' if total != 1 else ''}" + (f": {parts}" if parts else "")
 
 
 def tracks_done(job: dict[str, Any]) -> str:
     """`n/m` finished tracks; `-` while an album's track list is unknown."""
     tracks = job.get("tracks") or []
+    if job.get("type") == "artist" and job.get("children_status"):
+        counts = job["children_status"]
+        return f"{counts.get('completed', 0)}/{sum(counts.values())} albums"
     if not tracks:
         return "-"
     done = sum(1 for track in tracks if track.get("status") == "completed")
@@ -78,7 +96,8 @@ def _khz(sample_rate: Any) -> str:
     return f"{sample_rate / 1000:g}" if isinstance(sample_rate, int | float) else str(sample_rate)
 
 
-def job_row(job: dict[str, Any], bar_cells: int = BAR_CELLS) -> list[str]:
+def job_row(job: dict[str, Any], bar_cells: int = BAR_CELLS, child: bool = False) -> list[str]:
+    """One `ls` row; a `child` (an album job under its artist job, just above) is indented."""
     return [
         str(job.get("id", "?")),
         str(job.get("status", "?")),
@@ -87,7 +106,7 @@ def job_row(job: dict[str, Any], bar_cells: int = BAR_CELLS) -> list[str]:
         speed_cell(job),
         eta_cell(job),
         quality_label(job),
-        label(job),
+        f"  └ {label(job)}" if child else label(job),
     ]
 
 
@@ -98,10 +117,41 @@ def job_table(jobs: Sequence[dict[str, Any]], width: int) -> list[str]:
     """The `ls` table fitted to `width` cells; the bar goes first when room is short."""
     if not jobs:
         return []
-    rows = [job_row(job) for job in jobs]
+    placed = with_children_under_parents(jobs)
+    rows = [job_row(job, child=child) for job, child in placed]
     if width - _fixed_cells(rows) < MIN_TITLE_CELLS:
-        rows = [job_row(job, bar_cells=0) for job in jobs]
+        rows = [job_row(job, bar_cells=0, child=child) for job, child in placed]
     return text.columns(JOB_HEADERS, rows, stretch=len(JOB_HEADERS) - 1, width=width)
+
+
+def with_children_under_parents(
+    jobs: Sequence[dict[str, Any]],
+) -> list[tuple[dict[str, Any], bool]]:
+    """The jobs in their order, except that an artist job's listed children follow it.
+
+    Each with whether it sits under its parent. A child whose artist job is not
+    listed (filtered out, or removed) keeps its own place.
+    """
+    by_id = {job.get("id"): job for job in jobs}
+    under = {
+        child_id
+        for job in jobs
+        if job.get("type") == "artist"
+        for child_id in job.get("children") or []
+        if child_id in by_id
+    }
+    placed: list[tuple[dict[str, Any], bool]] = []
+    for job in jobs:
+        if job.get("id") in under:
+            continue
+        placed.append((job, False))
+        if job.get("type") == "artist":
+            placed.extend(
+                (by_id[child_id], True)
+                for child_id in job.get("children") or []
+                if child_id in by_id
+            )
+    return placed
 
 
 def _fixed_cells(rows: Sequence[Sequence[str]]) -> int:
@@ -112,7 +162,8 @@ def _fixed_cells(rows: Sequence[Sequence[str]]) -> int:
     )
 
 
-def render_job(job: dict[str, Any]) -> str:
+def render_job(job: dict[str, Any], children: Sequence[dict[str, Any]] = ()) -> str:
+    """`show`: the job, then its tracks, or an artist job's album jobs (`children`)."""
     speed = f"  {text.rate(job.get('speed_bps'))}" if job.get("status") in RUNNING else ""
     eta = f"  ETA {eta_cell(job)}" if eta_cell(job) != "-" else ""
     estimated = " (estimated)" if job.get("bytes_total_estimated") else ""
@@ -127,8 +178,27 @@ def render_job(job: dict[str, Any]) -> str:
         f"  created:  {job['created_at']}  started: {job['started_at'] or '-'}  "
         f"finished: {job['finished_at'] or '-'}",
     ]
+    if job.get("parent"):
+        lines.append(f"  parent:   artist job {job['parent']}")
+    if job.get("type") == "artist":
+        kinds = ", ".join(job.get("include") or [])
+        lines.append(f"  albums:   {children_cell(job)}  (include {kinds})")
     if job["error"]:
         lines.append(f"  error:    {job['error']['code']}: {job['error']['message']}")
+    if children:
+        rows = [
+            [
+                str(child["id"]),
+                str(child["status"]),
+                progress_cell(child),
+                tracks_done(child),
+                f"{child['type']} {child['target_id']}",
+                label(child),
+            ]
+            for child in children
+        ]
+        lines.append("")
+        lines.extend(text.columns(CHILD_HEADERS, rows, stretch=None, width=10**6))
     if job["tracks"]:
         rows = []
         for t in job["tracks"]:

@@ -279,6 +279,16 @@ def test_an_artist_whose_albums_do_not_fit_the_queue_queues_none(
     assert not [j for j in daemon.jobs() if j["type"] == "album"]
 
 
+def test_a_bad_include_is_invalid_argument_and_queues_nothing(
+    daemon: DaemonProcess, upstream: CatalogServer
+) -> None:
+    refusal = daemon.refused(
+        "submit", type="artist", target_id=ARTIST_ID, quality="LOSSLESS", include=["live"]
+    )
+    assert refusal.code == "INVALID_ARGUMENT" and "include" in refusal.message
+    assert daemon.jobs() == []
+
+
 def test_dlqctl_add_artist_takes_ids_share_links_and_include(
     daemon: DaemonProcess, upstream: CatalogServer
 ) -> None:
@@ -326,11 +336,10 @@ def test_dlqctl_ls_and_show_list_an_artist_jobs_children(
     assert code == 0, err
     lines = out.splitlines()
     parent_line = next(i for i, line in enumerate(lines) if line.split()[0] == job_id)
-    assert f"{ARTIST_NAME} – discography" in lines[parent_line]
-    for offset, child_id in enumerate(artist["children"], start=1):
-        assert lines[parent_line + offset].split()[0] == f"└{child_id}" or lines[
-            parent_line + offset
-        ].lstrip().startswith(f"└ {child_id}")
+    assert "3/3 albums" in lines[parent_line] and ARTIST_NAME[:8] in lines[parent_line]
+    for offset, child_id in enumerate(artist["children"], start=1):  # indented under it
+        child_line = lines[parent_line + offset]
+        assert child_line.split()[0] == child_id and "└" in child_line, out
     code, out, err = dlqctl(daemon.socket, "show", job_id)
     assert code == 0, err
     assert "3 albums: 3 completed" in out

@@ -120,6 +120,13 @@ def test_args_may_be_left_out_when_a_command_takes_none() -> None:
     assert parse_request(request("stats")).args == {}
 
 
+def test_an_artist_submit_defaults_to_albums_and_eps_and_takes_include_in_any_case() -> None:
+    artist = {**SUBMIT, "type": "artist"}
+    assert parse_request(request("submit", artist)).args["include"] == ("album", "ep")
+    chosen = parse_request(request("submit", {**artist, "include": ["SINGLE", "album"]}))
+    assert chosen.args["include"] == ("album", "single")
+
+
 @pytest.mark.parametrize("quality", ["LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS"])
 def test_every_quality_is_accepted(quality: str) -> None:
     assert parse_request(request("submit", {**SUBMIT, "quality": quality})).args["quality"]
@@ -142,6 +149,11 @@ def test_every_quality_is_accepted(quality: str) -> None:
         ({**SUBMIT, "quality": "lossless "}, "quality"),  # any case, but nothing added
         ({**SUBMIT, "quality": None}, "quality"),
         ({**SUBMIT, "type": "playlist"}, "type"),
+        ({**SUBMIT, "type": "artist", "include": ["album", "live"]}, "include"),
+        ({**SUBMIT, "type": "artist", "include": []}, "include"),
+        ({**SUBMIT, "type": "artist", "include": "album"}, "include"),
+        ({**SUBMIT, "type": "artist", "target_id": "10"}, "target_id"),
+        ({**SUBMIT, "include": ["single"]}, "include goes only with type artist"),
         ({**SUBMIT, "priority": "urgent"}, "priority"),
         ({**SUBMIT, "extra": 1}, "extra"),  # unknown argument
         ({"type": "album", "target_id": 1}, "quality"),  # missing
