@@ -344,6 +344,4 @@ def test_dlqctl_ls_and_show_list_an_artist_jobs_children(
     assert code == 0, err
     assert "3 albums: 3 completed" in out
     for child in children_of(daemon, artist):
-        assert any(
-            line.split()[:2] == [child["id"], "completed"] for line in out.splitlines()
-        ), out
+        assert any(line.split()[:2] == [child["id"], "completed"] for line in out.splitlines()), out

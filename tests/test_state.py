@@ -19,6 +19,8 @@ from dlqd.state import (
     ReplayError,
     apply,
     apply_all,
+    artist_outcome,
+    awaited_children,
     from_snapshot,
     job_outcome,
     recover_interrupted,
@@ -361,6 +363,84 @@ def test_snapshot_round_trip_keeps_a_string_target_an_artist_include_and_a_paren
     assert (jobs["2"].include, jobs["2"].parent) == (None, "1")
     assert jobs["4"].target_id == playlist_uuid
     assert restored.active_job_for(("playlist", playlist_uuid, "LOSSLESS")) is jobs["4"]
+
+
+def expanded_artist() -> QueueState:
+    """Artist job 2 expanded into album 3 (queued by it) and album 1 (active, by reference)."""
+    return replay(
+        submit("1", "album", 100),
+        {**submit("2", "artist", 10), "include": ["album", "ep"]},
+        {**submit("3", "album", 600), "parent": "2"},
+        {"e": "expand", "id": "2", "name": "The Examples", "children": ["3", "1"], "at": AT + 2},
+    )
+
+
+def test_expand_makes_an_artist_job_processing_with_its_children_and_name() -> None:
+    state = expanded_artist()
+    artist = state.jobs["2"]
+    assert artist.status == JobStatus.PROCESSING and artist.started_at == AT + 2
+    assert artist.children == ["3", "1"]
+    assert (artist.title, artist.artist, artist.tracks) == ("The Examples", "The Examples", [])
+    assert (state.jobs["3"].parent, state.jobs["1"].parent) == ("2", None)
+    assert awaited_children(state) == {"1", "3"}
+
+
+def test_an_expanded_artist_job_stays_processing_through_restart_requeue_and_resume() -> None:
+    state = expanded_artist()
+    assert recover_interrupted(state) == []
+    assert state.jobs["2"].status == JobStatus.PROCESSING
+    for event in (
+        {"e": "requeue", "id": "2"},
+        {"e": "pause", "id": "2"},
+        {"e": "resume", "id": "2"},
+    ):
+        apply(state, event)
+    assert state.jobs["2"].status == JobStatus.PROCESSING
+
+
+def test_expand_naming_an_unknown_child_is_a_replay_error() -> None:
+    state = replay(submit("1", "artist", 10))
+    with pytest.raises(ReplayError):
+        apply(state, {"e": "expand", "id": "1", "name": "X", "children": ["9"], "at": AT})
+
+
+def test_retry_of_an_artist_job_can_name_its_children_anew_and_keeps_it_processing() -> None:
+    state = expanded_artist()
+    for job_id in ("3", "1"):
+        apply(state, {"e": "cancel", "id": job_id, "at": AT + 3})
+    apply(state, {"e": "finish", "id": "2", "status": "failed", "error": None, "at": AT + 4})
+    apply(state, {"e": "retry", "id": "3", "at": AT + 5})
+    apply(state, {"e": "retry", "id": "2", "at": AT + 5, "children": ["3"]})
+    artist = state.jobs["2"]
+    assert (artist.status, artist.children, artist.finished_at) == (
+        JobStatus.PROCESSING,
+        ["3"],
+        None,
+    )
+
+
+def test_snapshot_round_trip_keeps_an_artist_jobs_children() -> None:
+    state = expanded_artist()
+    restored = through_msgpack(state)
+    assert describe(restored) == describe(state)
+    assert restored.jobs["2"].children == ["3", "1"]
+
+
+def test_artist_outcome_sums_its_children() -> None:
+    state = expanded_artist()
+    three, one = state.jobs["3"], state.jobs["1"]
+    error = {"code": "UPSTREAM_NOT_FOUND", "message": "gone"}
+    three.status = one.status = JobStatus.COMPLETED
+    assert artist_outcome([three, one]) == (JobStatus.COMPLETED, None)
+    one.status, one.error = JobStatus.FAILED, error
+    status, first = artist_outcome([three, one])
+    assert status == JobStatus.PARTIAL and first is not None
+    assert first["code"] == "UPSTREAM_NOT_FOUND" and "album job 1" in first["message"]
+    three.status = JobStatus.PARTIAL  # some of its tracks: the artist delivered something
+    assert artist_outcome([three, one])[0] == JobStatus.PARTIAL
+    three.status = JobStatus.CANCELLED
+    assert artist_outcome([three, one])[0] == JobStatus.FAILED
+    assert artist_outcome([None, one])[0] == JobStatus.FAILED  # a child removed meanwhile
 
 
 def test_snapshot_stores_a_downloading_track_as_pending_without_its_bytes() -> None:
