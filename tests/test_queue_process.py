@@ -60,6 +60,7 @@ JOB_KEYS = {
     "artist",
     "parent",
     "include",
+    "children",
     "tracks",
 }
 TRACK_KEYS = {
