@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from itertools import chain
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeGuard
 from urllib.parse import urlsplit
 
@@ -141,6 +141,28 @@ class _Path(_TextKind):
 
 
 _OCTAL_MODE = re.compile(r"(?:0o)?([0-7]{1,4})")
+
+
+class _LibraryFolder(_TextKind):
+    """A folder inside the library, given relative to it ("." is the library itself).
+
+    Never absolute, never through `..`, never into dlqd's own `.dlqd-tmp`:
+    whatever is configured, files written there stay in the library.
+    """
+
+    expected = 'a folder relative to the library, without "..", such as "Playlists"'
+
+    def convert(self, value: object) -> PurePosixPath:
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise _Invalid(self.expected)
+        folder = PurePosixPath(value)
+        if folder.is_absolute() or ".." in folder.parts:
+            raise _Invalid(self.expected)
+        if folder.parts[:1] == (".dlqd-tmp",):
+            raise _Invalid(
+                self.expected, problem="must not be inside .dlqd-tmp, dlqd's temp folder"
+            )
+        return folder
 
 
 class _OctalMode(_TextKind):
@@ -308,7 +330,7 @@ class WorkerConfig:
 
 @dataclass(frozen=True, slots=True)
 class FilesConfig:
-    """[files]: how finished tracks are named, what happens on a name clash, where covers go."""
+    """[files]: how tracks are named, what a name clash does, where covers and playlists go."""
 
     naming: str = field(
         default="{album_artist}/{album}/{disc_prefix}{track:02d} - {title}",
@@ -324,6 +346,9 @@ class FilesConfig:
     recheck_s: float = field(default=30.0, metadata=_checked_as(_DURATION))
     lyrics: str = field(
         default="embed", metadata=_checked_as(_Choice(("embed", "lrc", "both", "none")))
+    )
+    playlist_dir: PurePosixPath = field(
+        default=PurePosixPath("Playlists"), metadata=_checked_as(_LibraryFolder())
     )
 
 

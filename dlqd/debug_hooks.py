@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import structlog
 import trio
 
+from dlqd.meta import TrackMeta
 from dlqd.model import Job
 from dlqd.scheduler import JobWork, ResolvedJob, TrackResult, TrackRun
 from dlqd.source import Discography
@@ -68,6 +69,9 @@ class FailingTrackWork:
 
     async def discography(self, job: Job) -> Discography:
         return await self.work.discography(job)
+
+    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> None:
+        await self.work.before_finish(job, metas)
 
     async def run_track(self, run: TrackRun) -> TrackResult:
         if run.track.track_id in self.track_ids:

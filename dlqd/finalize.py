@@ -3,14 +3,15 @@
 Owns: taking a finished temp file from `library/.dlqd-tmp/`, naming it, tagging
 it, deciding what to do about an existing file (also before a download:
 `skip_before_fetch`), and moving it into place atomically and durably;
-`cover.jpg` and the synced lyrics (`.lrc`) beside it; the temp directory and
-its start-up sweep. Never leaves a half-written file under a final name, never
-writes outside the library, and never leaves the temp file behind, whatever
-happens. Never follows a symbolic link below the library: `.dlqd-tmp`, every
-folder on the way to a final name and the final name itself are opened
-relative to their parent's fd without following links (`dlqd.safefs`), and
-the move happens relative to those fds, so a link planted there fails the
-track FILESYSTEM_ERROR instead of sending its file elsewhere. Blocking I/O on
+`cover.jpg` and the synced lyrics (`.lrc`) beside it; the M3U8 file of a
+playlist or mix job (`write_playlist`); the temp directory and its start-up
+sweep. Never leaves a half-written file under a final name, never writes
+outside the library, and never leaves the temp file behind, whatever happens.
+Never follows a symbolic link below the library: `.dlqd-tmp`, every folder on
+the way to a final name and the final name itself are opened relative to
+their parent's fd without following links (`dlqd.safefs`), and the move
+happens relative to those fds, so a link planted there fails the track
+FILESYSTEM_ERROR instead of sending its file elsewhere. Blocking I/O on
 purpose: the daemon runs it in a worker thread.
 """
 
@@ -31,7 +32,9 @@ from typing import BinaryIO, Literal, Protocol
 
 import structlog
 
+from dlqd import m3u8
 from dlqd.errors import DlqdError, ErrorCode, from_oserror
+from dlqd.m3u8 import PlaylistEntry
 from dlqd.meta import TrackMeta
 from dlqd.naming import JobNames, detect_extension, numbered_name
 from dlqd.safefs import UnsafePathError, is_link, open_dir, open_file, open_in, unlink_beneath
@@ -568,6 +571,109 @@ def _write_lyrics_file(album_fd: int, track_name: str, text: str) -> None:
             os.unlink(staging_name, dir_fd=album_fd)
         raise
     os.fsync(album_fd)
+
+
+def write_playlist(
+    library: Path,
+    folder: PurePosixPath,
+    title: str,
+    source: str,
+    entries: Sequence[PlaylistEntry],
+) -> str | None:
+    """Write a playlist's M3U8 at `folder/{title}.m3u8` in the library; its library path.
+
+    Lists, in order, the `entries` whose file is in the library now (a regular
+    file, reached without following a link); None, and nothing written, when
+    none is. `source` ("playlist <uuid>") is recorded in the file: a
+    `{title}.m3u8` that another playlist or mix wrote, or the user's own, is
+    left alone and this one is `{title} (<source>).m3u8`. Staged in
+    `.dlqd-tmp`, fsynced and renamed over the old file, the folder fsynced, so
+    a reader sees the old playlist or the new one, whole. Missing folders are
+    made; a link on the way or at the name raises FILESYSTEM_ERROR, like every
+    other DlqdError from the filesystem (DISK_FULL too).
+    """
+    try:
+        return _write_playlist(library, folder, title, source, entries)
+    except OSError as exc:
+        raise from_oserror(exc, f"writing the playlist file of {source}") from exc
+
+
+def _write_playlist(
+    library: Path,
+    folder: PurePosixPath,
+    title: str,
+    source: str,
+    entries: Sequence[PlaylistEntry],
+) -> str | None:
+    present = [entry for entry in entries if _is_in_library(library, entry.path)]
+    if not present:
+        return None
+    text = m3u8.render(title, source, folder, present).encode("utf-8")
+    with contextlib.ExitStack() as fds:
+        library_fd = _closing(fds, os.open(library, _LIBRARY_FLAGS))
+        place = _AlbumFolder(library, library_fd, folder, fds)
+        scratch_fd = _closing(fds, open_tmp_dir(library))
+        with _library_lock:
+            folder_fd = place.create()
+            name = _playlist_name(folder_fd, place.path, title, source)
+            staging_name, staging = _create_staging(scratch_fd, "playlist-", m3u8.SUFFIX)
+            try:
+                with staging:
+                    staging.write(text)
+                    staging.flush()
+                    # Private while staged; then what a new file in that folder gets.
+                    folder_mode = stat.S_IMODE(os.fstat(folder_fd).st_mode)
+                    os.fchmod(staging.fileno(), folder_mode & 0o666)
+                    os.fsync(staging.fileno())
+                    _move_into_place(scratch_fd, staging_name, staging, folder_fd, name)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(staging_name, dir_fd=scratch_fd)
+    return (folder / name).as_posix()
+
+
+def _playlist_name(folder_fd: int, shown: Path, title: str, source: str) -> str:
+    """`{title}.m3u8`, unless a file there is not this playlist's: then the source's own name."""
+    name = m3u8.file_name(title)
+    owner = _playlist_owner(folder_fd, name, shown)
+    if owner is None or owner == source:
+        return name
+    name = m3u8.file_name(title, source)
+    _playlist_owner(folder_fd, name, shown)  # refuses a link there
+    return name
+
+
+def _playlist_owner(folder_fd: int, name: str, shown: Path) -> str | None:
+    """Whose playlist is at `name`: None when nothing is, "" when not one dlqd wrote.
+
+    A link at the name raises UnsafePathError: never followed, never replaced.
+    """
+    try:
+        mode = os.lstat(name, dir_fd=folder_fd).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        raise UnsafePathError(shown / name, "a symbolic link")
+    if not stat.S_ISREG(mode):
+        return ""
+    # O_NONBLOCK: a FIFO swapped in meanwhile must not hang the check.
+    fd = open_file(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=folder_fd, shown=shown / name)
+    with os.fdopen(fd, "rb") as existing:
+        return m3u8.source_of(existing.read(m3u8.HEAD_BYTES)) or ""
+
+
+def _is_in_library(library: Path, path: str) -> bool:
+    """Whether the library holds a regular file at `path`, reached without following a link."""
+    relative = PurePosixPath(path)
+    with contextlib.ExitStack() as fds:
+        try:
+            library_fd = _closing(fds, os.open(library, _LIBRARY_FLAGS))
+            folder = _AlbumFolder(library, library_fd, relative.parent, fds)
+            if folder.fd is None:
+                return False
+            return stat.S_ISREG(os.lstat(relative.name, dir_fd=folder.fd).st_mode)
+        except OSError:
+            return False
 
 
 def _lexists(name: str, dir_fd: int) -> bool:

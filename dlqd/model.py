@@ -42,8 +42,10 @@ FINISHED_STATUSES = frozenset(
 RETRYABLE_STATUSES = frozenset({JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.CANCELLED})
 QUALITIES = ("LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS")
 PRIORITIES = ("high", "normal", "low")  # start order
-JOB_TYPES = ("track", "album", "artist")  # issue 12 adds "playlist", "mix" as they land
+JOB_TYPES = ("track", "album", "playlist", "mix", "artist")
 STRING_TARGET_TYPES = frozenset({"playlist", "mix"})  # target: a UUID / mix id string, not an int
+# Jobs whose tracks come from many albums and that end by writing an M3U8 playlist file.
+LISTING_TYPES = frozenset({"playlist", "mix"})
 RELEASE_KINDS = ("album", "ep", "single")  # what an artist job may `include`
 DEFAULT_INCLUDE = ("album", "ep")
 MOVES = ("top", "bottom", "up", "down")  # `move`: where a job goes in the run order

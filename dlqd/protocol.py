@@ -37,8 +37,8 @@ PROTOCOL_VERSION = 1
 LENGTH_PREFIX = struct.Struct(">I")
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # dlqctl reads responses up to this size
 MAX_TARGET_ID = 2**31 - 1
-_PLAYLIST_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
-_MIX_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+PLAYLIST_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+MIX_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 LIST_DEFAULT_LIMIT = 500  # jobs per `list` page when `limit` is left out
 LIST_MAX_LIMIT = 5000
 BATCH_MAX_ITEMS = 1000  # items of a batch `submit`, ids of a batch `retry`/`cancel`/`remove`
@@ -143,10 +143,10 @@ def _target_for(job_type: str, value: Any, name: str) -> int | str:
     if job_type not in STRING_TARGET_TYPES:
         return _target_id(value, name)
     if job_type == "playlist":
-        if not isinstance(value, str) or not _PLAYLIST_UUID.fullmatch(value):
+        if not isinstance(value, str) or not PLAYLIST_UUID.fullmatch(value):
             raise _invalid(f"{name} of a playlist must be its UUID string; got {value!r:.80}")
         return value.lower()
-    if not isinstance(value, str) or not _MIX_ID.fullmatch(value):
+    if not isinstance(value, str) or not MIX_ID.fullmatch(value):
         raise _invalid(
             f"{name} of a mix must be its id: 1 to 64 letters, digits, - or _; got {value!r:.80}"
         )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -130,6 +130,12 @@ class JobWork(Protocol):
     async def discography(self, job: Job) -> Discography: ...
 
     async def run_track(self, run: TrackRun) -> TrackResult: ...
+
+    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> None:
+        """A job's last step once its tracks are done (a playlist's M3U8), before its finish.
+
+        Raises QueueHeld to wait for a hold, DlqdError when the step failed.
+        """
 
 
 @dataclass
@@ -576,9 +582,13 @@ class Scheduler:
             and is_finished(job)
         ]
         for job in done:
-            status, error = job_outcome(job)
+            log_ = log.bind(job_id=job.id)
+            outcome = await self._last_step(job, log_)
+            if outcome is None:
+                continue
+            status, error = outcome
             try:
-                await self._finish(job.id, status, error, log.bind(job_id=job.id))
+                await self._finish(job.id, status, error, log_)
             except DlqdError as exc:
                 log.error("job finish lost: journal unavailable", error_code=str(exc.code))
         await self._finish_done_artists()
@@ -602,6 +612,33 @@ class Scheduler:
                 await self._finish(job.id, status, error, log.bind(job_id=job.id))
             except DlqdError as exc:
                 log.error("job finish lost: journal unavailable", error_code=str(exc.code))
+
+    async def _last_step(
+        self, job: Job, log_: structlog.BoundLogger
+    ) -> tuple[JobStatus, dict[str, str] | None] | None:
+        """The job's status and error after `JobWork.before_finish`; None: wait for a hold.
+
+        A failed last step (the playlist file not written) keeps the tracks'
+        outcome, but a job it leaves incomplete is not `completed`: it is
+        `partial`, with the step's error, so `retry` can run the step again.
+        """
+        status, error = job_outcome(job)
+        try:
+            await self.work.before_finish(job, self._metas[job.id])
+        except QueueHeld as held:
+            log_.info("job finish waits for a hold", reason=str(held.reason))
+            return None
+        except Exception as exc:  # a bug in the step must fail the step, not the daemon
+            failure = exc if isinstance(exc, DlqdError) else None
+            if failure is None:
+                log_.exception("internal error in a job's last step")
+                failure = DlqdError(ErrorCode.INTERNAL_ERROR, f"internal error: {exc!r}")
+            log_.error(
+                "job's last step failed", error_code=str(failure.code), error=failure.message
+            )
+            status = JobStatus.PARTIAL if status == JobStatus.COMPLETED else status
+            return status, failure.to_dict()
+        return status, error
 
     async def _fail_unresolved(
         self, job_id: str, error: dict[str, str], log_: structlog.BoundLogger

@@ -1,10 +1,11 @@
-"""The work of one job: resolve its metadata, then fetch and finalize each track.
+"""The work of one job: resolve its metadata, fetch and finalize each track, then its last step.
 
 Owns the retry policy (jittered backoff from `backoff_s`, `Retry-After` when
 longer but never past `max_retry_after_s`, `max_retries` per track), the
 deadline on resolving a job's metadata, the disk-space preflight, the integrity check
 of each finished download, the temp-file lifecycle in `library/.dlqd-tmp/`, the
-per-album cover cache, and turning a full disk or a library that is gone into a
+per-album cover cache, a playlist's or mix's M3U8 once its tracks are done
+(`before_finish`, written by finalize), and turning a full disk or a library that is gone into a
 hold of the whole queue (`QueueHeld`, via `LibraryWatch`) instead of a failed
 track. It never writes into the library itself —
 `finalize_track` does — and never journals: it reports to the scheduler
@@ -18,7 +19,7 @@ import dataclasses
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -35,19 +36,29 @@ from dlqd.fetch import (
     fetch_to_file,
     sidecar_path,
 )
-from dlqd.finalize import TMP_DIRNAME, Candidate, finalize_track, skip_before_fetch, tmp_dir
+from dlqd.finalize import (
+    TMP_DIRNAME,
+    Candidate,
+    finalize_track,
+    skip_before_fetch,
+    tmp_dir,
+    write_playlist,
+)
 from dlqd.holds import HoldReason, QueueHeld
 from dlqd.integrity import check_media_integrity
 from dlqd.library_watch import LibraryWatch
-from dlqd.meta import Lyrics, MediaPlan, TrackMeta
-from dlqd.model import Job
+from dlqd.m3u8 import PlaylistEntry, source_line_value
+from dlqd.meta import AlbumMeta, Lyrics, MediaPlan, TrackMeta
+from dlqd.model import LISTING_TYPES, Job, TrackStatus
 from dlqd.safefs import UnsafePathError, unlink_beneath
 from dlqd.scheduler import ResolvedJob, TrackResult, TrackRun
-from dlqd.source import Discography, Source, with_playback_gains
+from dlqd.source import Discography, Listing, Source, with_playback_gains
 
 log = structlog.get_logger("dlqd.worker")
 T = TypeVar("T")
 COVER_CACHE_SIZE = 8  # albums whose tracks are running at once, with room to spare
+LISTING_ALBUM_READS = 4  # albums of one playlist or mix read at once while resolving it
+VARIOUS_ARTISTS = "Various artists"  # a playlist's or mix's artist when its tracks have several
 # The containers each asked quality can arrive in (before the playback info says which).
 _EXTENSIONS_FOR = {"LOW": ("m4a",), "HIGH": ("m4a",), "LOSSLESS": ("flac", "m4a")}
 _ALL_EXTENSIONS = ("flac", "m4a", "mp3")
@@ -171,6 +182,8 @@ class DownloadWork:
         )
 
     async def _resolve(self, job: Job) -> ResolvedJob:
+        if job.type in LISTING_TYPES:
+            return await self._resolve_listing(job)
         if job.type == "album":
             album = await self.retry.run(
                 lambda: self.source.album(job.target_number), what=f"album {job.target_id}"
@@ -184,6 +197,91 @@ class DownloadWork:
             lambda: self.source.track_meta(job.target_number), what=f"track {job.target_id}"
         )
         return ResolvedJob(meta.display_title, meta.display_artist, _asked((meta,), job.quality))
+
+    async def _resolve_listing(self, job: Job) -> ResolvedJob:
+        """A playlist or mix: its tracks in order, each as its own album's job would have it.
+
+        Every album the listing touches is read once (a few at a time), and
+        each track takes its TrackMeta from its album's listing: same folder,
+        disc prefix, totals, album artist and cover as an album job gives it.
+        A track its album does not list falls back to the track's own metadata.
+        """
+        target = str(job.target_id)
+        read: Callable[[str], Awaitable[Listing]] = (
+            self.source.playlist if job.type == "playlist" else self.source.mix
+        )
+        listing = await self.retry.run(lambda: read(target), what=f"{job.type} {target}")
+        if not listing.refs:
+            raise DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{job.type} {target} lists no tracks")
+        albums = await self._albums({ref.album_id: None for ref in listing.refs})
+        by_track = {meta.track_id: meta for album in albums.values() for meta in album.tracks}
+        tracks = []
+        for ref in listing.refs:
+            meta = by_track.get(ref.track_id)
+            tracks.append(meta if meta is not None else await self._track_meta(ref.track_id))
+        artist = _listing_artist(tracks)
+        return ResolvedJob(listing.title, artist, _asked(tuple(tracks), job.quality))
+
+    async def _track_meta(self, track_id: int) -> TrackMeta:
+        """One track's metadata on its own (it reads the track's album again)."""
+        return await self.retry.run(
+            lambda: self.source.track_meta(track_id), what=f"track {track_id}"
+        )
+
+    async def _albums(self, album_ids: Iterable[int]) -> dict[int, AlbumMeta]:
+        """Each album read once, `LISTING_ALBUM_READS` at a time; the first failure is raised."""
+        albums: dict[int, AlbumMeta] = {}
+        failures: list[DlqdError] = []
+        limiter = trio.CapacityLimiter(LISTING_ALBUM_READS)
+
+        async def read_album(album_id: int, cancel_scope: trio.CancelScope) -> None:
+            async with limiter:
+                try:
+                    albums[album_id] = await self.retry.run(
+                        lambda: self.source.album(album_id), what=f"album {album_id}"
+                    )
+                except DlqdError as exc:
+                    failures.append(exc)
+                    cancel_scope.cancel()  # the job cannot resolve: stop reading the others
+
+        async with trio.open_nursery() as nursery:
+            for album_id in album_ids:
+                nursery.start_soon(read_album, album_id, nursery.cancel_scope)
+        if failures:
+            raise failures[0]
+        return albums
+
+    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> None:
+        """A playlist's or mix's M3U8, written once every track has an outcome; else nothing.
+
+        Lists the tracks whose file is in the library, in the listing's order
+        (`metas` gives their artists). A library or disk that cannot take the
+        file raises `QueueHeld`: the job waits for the hold to end instead of
+        finishing without its playlist. Other failures raise DlqdError.
+        """
+        if job.type not in LISTING_TYPES:
+            return
+        entries = []
+        for track in job.tracks:
+            if track.status == TrackStatus.COMPLETED and track.path:
+                meta = metas.get(track.track_id)
+                artist = meta.display_artist if meta is not None else ""
+                entries.append(PlaylistEntry(track.path, track.duration, artist, track.title))
+        source = source_line_value(job.type, job.target_id)
+        try:
+            await self._preflight()
+            path = await trio.to_thread.run_sync(
+                write_playlist, self.library, self.files.playlist_dir, job.title, source, entries
+            )
+        except DlqdError as exc:
+            held = await self._library_hold(exc, keep_partial=False)
+            if held is None:
+                raise
+            raise held from exc
+        if path is None:
+            log.info("no playlist file: none of its tracks is in the library", job_id=job.id)
+        else:
+            log.info("playlist file written", job_id=job.id, path=path, tracks=len(entries))
 
     async def run_track(self, run: TrackRun) -> TrackResult:
         temp = self.library / TMP_DIRNAME / temp_name(run.job_id, run.track.track_id)
@@ -383,6 +481,12 @@ class DownloadWork:
         except DlqdError as exc:
             log.warning("lyrics unavailable", track_id=track_id, error_code=str(exc.code))
             return None
+
+
+def _listing_artist(tracks: Sequence[TrackMeta]) -> str:
+    """The main artist all of a playlist's tracks share, else "Various artists"."""
+    main_artists = {meta.artists[0] if meta.artists else "" for meta in tracks}
+    return main_artists.pop() if len(main_artists) == 1 else VARIOUS_ARTISTS
 
 
 def _asked(tracks: tuple[TrackMeta, ...], quality: str) -> tuple[TrackMeta, ...]:

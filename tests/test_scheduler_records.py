@@ -7,6 +7,7 @@ the scheduler, the store and the next job go on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import trio
@@ -51,6 +52,9 @@ class PoisonedWork:
     async def run_track(self, run: TrackRun) -> TrackResult:
         path = "Artist/\ud800.flac" if run.track.track_id == SURROGATE_PATH_TRACK else "a.flac"
         return TrackResult(path=path, outcome="written", bytes=10)
+
+    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> None:
+        """Nothing to do once a track job's track is done."""
 
 
 async def run_jobs(tmp_path: Path, target_ids: list[int]) -> Store:
