@@ -20,6 +20,7 @@ from dlqd import __version__
 from dlqd.model import (
     DEFAULT_INCLUDE,
     FINISHED_STATUSES,
+    JOB_TYPES,
     MOVES,
     PRIORITIES,
     QUALITIES,
@@ -33,7 +34,7 @@ DEFAULT_TIMEOUT_S = 10.0
 EXIT_USAGE = 2
 JOB_STATUSES = tuple(str(status) for status in JobStatus)
 FINISHED = tuple(str(status) for status in JobStatus if status in FINISHED_STATUSES)
-ADD_TYPES = ("track", "album", "artist")
+ADD_TYPES = JOB_TYPES
 SHELLS = ("bash", "zsh")
 
 
@@ -129,11 +130,15 @@ def build_parser() -> Parser:
 
     add = command(
         "add",
-        "queue tracks, albums or artists (one album job per release) by id or TIDAL share link",
+        "queue tracks, albums, playlists, mixes or artists (one album job per release)"
+        " by id or TIDAL share link",
     )
     add.add_argument("type", **one_of(ADD_TYPES))
     add.add_argument(
-        "targets", nargs="+", metavar="ID|URL", help="ids or share links; - reads them from stdin"
+        "targets",
+        nargs="+",
+        metavar="ID|URL",
+        help="ids (a playlist's UUID, a mix's id) or share links; - reads them from stdin",
     )
     add.add_argument("--quality", **one_of(QUALITIES), default="LOSSLESS")
     add.add_argument("--priority", **one_of(PRIORITIES), default="normal")

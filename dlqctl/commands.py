@@ -72,12 +72,12 @@ def add(args: argparse.Namespace, client: Client, out: Output) -> int:
     if args.include is not None and args.type != "artist":
         usage(args, "--include goes only with add artist")
     try:
-        ids = [parse_target(word, args.type) for word in words]
+        targets = [parse_target(word, args.type) for word in words]
     except BadTarget as exc:
         usage(args, str(exc))
     items = [
         {"type": args.type, "target_id": target, "quality": args.quality, "priority": args.priority}
-        for target in ids
+        for target in targets
     ]
     if args.include is not None:
         for item in items:
@@ -85,7 +85,7 @@ def add(args: argparse.Namespace, client: Client, out: Output) -> int:
     if args.targets != ["-"] and len(items) == 1:  # one id: the one-job form and its answer
         result = client.call("submit", items[0])
         verb = "queued" if result["created"] else "already queued as"
-        out.emit(result, lambda r: f"{verb} job {r['id']}: {args.type} {ids[0]}")
+        out.emit(result, lambda r: f"{verb} job {r['id']}: {args.type} {targets[0]}")
         return EXIT_OK
     entries = _submit_many(client, items)
     for entry in entries:

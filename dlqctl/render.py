@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dlqctl import text
+from dlqd.model import LISTING_TYPES
 
 BAR_CELLS = 10
 MIN_TITLE_CELLS = 20  # below this the bar is dropped to leave the title room
@@ -201,13 +202,15 @@ def render_job(job: dict[str, Any], children: Sequence[dict[str, Any]] = ()) -> 
         lines.extend(text.columns(CHILD_HEADERS, rows, stretch=None, width=10**6))
     if job["tracks"]:
         rows = []
-        for t in job["tracks"]:
+        # A playlist's or mix's tracks come from many albums: their place is the listing's.
+        listed = job["type"] in LISTING_TYPES
+        for position, t in enumerate(job["tracks"], start=1):
             detail = t["path"] or (
                 f"{t['error']['code']}: {t['error']['message']}" if t["error"] else ""
             )
             rows.append(
                 [
-                    f"{t['disc']}-{t['number']:02d}",
+                    str(position) if listed else f"{t['disc']}-{t['number']:02d}",
                     t["status"],
                     t["outcome"] or "",
                     text.size(t["bytes_done"]),

@@ -1,8 +1,10 @@
-"""What `dlqctl add` accepts as a target: a numeric id or a TIDAL share link.
+"""What `dlqctl add` accepts as a target: an id or a TIDAL share link.
 
 Owns the link forms (`tidal.com/browse/album/ID`, `tidal.com/album/ID`,
-`listen.tidal.com/track/ID`, with or without scheme, `www.`, query string or
-fragment, and trailing parts such as `/u`) and the id range of DESIGN §3.
+`listen.tidal.com/track/ID`, `tidal.com/browse/artist/ID`,
+`tidal.com/browse/playlist/UUID`, `tidal.com/mix/ID`, with or without scheme,
+`www.`, query string or fragment, and trailing parts such as `/u`), the id range of DESIGN §3, and the forms of
+a playlist's UUID and a mix's id (the daemon's own patterns).
 Never: fetches a link, or guesses a type the user did not ask for.
 """
 
@@ -11,11 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from dlqd.protocol import MIX_ID, PLAYLIST_UUID
+
 MAX_TARGET_ID = 2**31 - 1
 _LINK = re.compile(
     r"(?:https?://)?(?:www\.|listen\.)?tidal\.com/(?P<path>[^?#]*)(?:[?#].*)?", re.IGNORECASE
 )
-_KIND_AND_ID = re.compile(r"(?:^|/)(?P<kind>[a-z]+)/(?P<id>[0-9]+)(?=/|$)", re.IGNORECASE)
+_KIND_AND_ID = re.compile(r"(?:^|/)(?P<kind>[a-z]+)/(?P<id>[^/]+)(?=/|$)", re.IGNORECASE)
+_LINK_KINDS = ("album", "track", "artist", "playlist", "mix")  # what a link may name
 
 
 class BadTarget(ValueError):
@@ -32,20 +37,42 @@ def target_id(text: str) -> int:
     return value
 
 
-def parse_target(text: str, kind: str) -> int:
-    """The id in `text` (an id or a share link) for a job of type `kind`."""
+def playlist_uuid(text: str) -> str:
+    """A playlist's UUID, lower-cased as the daemon stores it."""
+    if not PLAYLIST_UUID.fullmatch(text):
+        raise BadTarget(f"{text!r} is not a playlist UUID (such as 3f9c2b7e-5a1d-4e8b-…)")
+    return text.lower()
+
+
+def mix_id(text: str) -> str:
+    if not MIX_ID.fullmatch(text):
+        raise BadTarget(f"{text!r} is not a mix id (1 to 64 letters, digits, - or _)")
+    return text
+
+
+def _target_of(text: str, kind: str) -> int | str:
+    """The target an id of a job of type `kind` is: a UUID, a mix id, else a number."""
+    if kind == "playlist":
+        return playlist_uuid(text)
+    if kind == "mix":
+        return mix_id(text)
+    return target_id(text)
+
+
+def parse_target(text: str, kind: str) -> int | str:
+    """The target in `text` (an id or a share link) for a job of type `kind`."""
     text = text.strip()
     link = _LINK.fullmatch(text)
     if link is None:
         if "/" in text or "." in text:
             raise BadTarget(f"{text!r} is not a TIDAL {kind} link")
-        return target_id(text)
+        return _target_of(text, kind)
     found = {m["kind"].lower(): m["id"] for m in _KIND_AND_ID.finditer(link["path"])}
     if kind not in found:
-        other = next((k for k in ("album", "track") if k in found), None)
+        other = next((k for k in _LINK_KINDS if k in found), None)
         hint = f" (it is {'an' if other == 'album' else 'a'} {other} link)" if other else ""
         raise BadTarget(f"{text!r} is not a TIDAL {kind} link{hint}")
-    return target_id(found[kind])
+    return _target_of(found[kind], kind)
 
 
 def read_targets(lines: Iterable[str]) -> list[str]:

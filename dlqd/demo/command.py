@@ -3,7 +3,10 @@
 Starts the generated catalog (dlqd.demo.catalog) as a real HTTP upstream on
 127.0.0.1, a real dlqd process on a fresh state dir and library, queues an
 album over the control socket, shows live progress, then prints the resulting
-tree and the tags of one file. Nothing here is used by the daemon itself.
+tree and the tags of one file. With `--playlist` it then queues the catalog's
+playlist too (tracks of two albums, one of them the album just fetched) and
+shows its M3U8 file and where each entry points. Nothing here is used by the
+daemon itself.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any
 import mutagen
 
 from dlqctl.client import Client, Refused, Unreachable
-from dlqd.demo.catalog import TWO_DISC_ALBUM_ID, CatalogServer
+from dlqd import m3u8
+from dlqd.config import FilesConfig
+from dlqd.demo.catalog import PLAYLIST_UUID, TWO_DISC_ALBUM_ID, CatalogServer
 
 FINISHED = ("completed", "partial", "failed", "cancelled")
 DEMO_THROTTLE_BPS = 1_000_000  # slow enough on loopback that the progress bar is seen moving
@@ -95,12 +100,49 @@ def _print_tags(path: Path) -> None:
         print(f"  {'(embedded cover)':<24} {pictures[0].mime}, {len(pictures[0].data):,} bytes")
 
 
+def _queue_and_follow(client: Client, job_type: str, target: int | str) -> dict[str, Any]:
+    submitted = client.call(
+        "submit", {"type": job_type, "target_id": target, "quality": "LOSSLESS"}
+    )
+    print(f"Queued {job_type} {target} as job {submitted['id']}:")
+    return _follow(client, submitted["id"])
+
+
+def _print_playlist(library: Path, job: dict[str, Any]) -> bool:
+    """The playlist job's tracks, its M3U8 file and where each entry points; False if one is off."""
+    print(f"\nJob {job['id']} {job['status']}: playlist {job['title']!r}")
+    for track in job["tracks"]:
+        print(f"  {track['outcome'] or track['status']:<18} {track['path'] or '-'}")
+    folder = library / FilesConfig().playlist_dir
+    playlist = folder / m3u8.file_name(job["title"])
+    if not playlist.is_file():
+        print(f"\nNo playlist file at {playlist}")
+        return False
+    print(f"\nPlaylist file {playlist.relative_to(library)}:")
+    all_found = True
+    for line in playlist.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            print(f"  {line}")
+            continue
+        target = (folder / line).resolve()
+        found = target.is_file()
+        all_found = all_found and found
+        mark = "ok, the file is there" if found else "MISSING"
+        print(f"  {line}\n      -> {target.relative_to(library.resolve())} ({mark})")
+    return all_found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dlqd demo",
         description="Start a local catalog and a daemon, download an album, show the result.",
     )
     parser.add_argument("--dir", type=Path, help="where to put state and library (default: temp)")
+    parser.add_argument(
+        "--playlist",
+        action="store_true",
+        help="then download the catalog's playlist (two albums) and show its M3U8 file",
+    )
     args = parser.parse_args(argv)
     root = (args.dir or Path(tempfile.mkdtemp(prefix="dlqd-demo-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -120,11 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             client = _connect(root / "dlqd.sock", daemon)
             print(f"dlqd running (pid {daemon.pid}), state and library under {root}")
-            submitted = client.call(
-                "submit", {"type": "album", "target_id": TWO_DISC_ALBUM_ID, "quality": "LOSSLESS"}
-            )
-            print(f"Queued album {TWO_DISC_ALBUM_ID} as job {submitted['id']}:")
-            job = _follow(client, submitted["id"])
+            job = _queue_and_follow(client, "album", TWO_DISC_ALBUM_ID)
+            playlist_job = None
+            if args.playlist:
+                playlist_job = _queue_and_follow(client, "playlist", PLAYLIST_UUID)
             client.close()
         finally:
             daemon.send_signal(signal.SIGTERM)
@@ -136,5 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracks = [t for t in job["tracks"] if t["path"]]
     if tracks:
         _print_tags(library / tracks[0]["path"])
+    playlist_ok = True
+    if playlist_job is not None:
+        playlist_ok = _print_playlist(library, playlist_job)
+        playlist_ok = playlist_ok and playlist_job["status"] == "completed"
     print(f"\nDaemon log: {log_path}")
-    return 0 if job["status"] == "completed" and daemon.returncode == 0 else 1
+    ok = job["status"] == "completed" and playlist_ok and daemon.returncode == 0
+    return 0 if ok else 1
