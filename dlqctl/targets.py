@@ -3,8 +3,9 @@
 Owns the link forms (`tidal.com/browse/album/ID`, `tidal.com/album/ID`,
 `listen.tidal.com/track/ID`, `tidal.com/browse/artist/ID`,
 `tidal.com/browse/playlist/UUID`, `tidal.com/mix/ID`, with or without scheme,
-`www.`, query string or fragment, and trailing parts such as `/u`), the id range of DESIGN §3, and the forms of
-a playlist's UUID and a mix's id (the daemon's own patterns).
+`www.`, query string or fragment, and trailing parts such as `/u`), the id
+range of DESIGN §3, and the forms of a playlist's UUID and a mix's id (the
+daemon's own patterns).
 Never: fetches a link, or guesses a type the user did not ask for.
 """
 
@@ -19,8 +20,10 @@ MAX_TARGET_ID = 2**31 - 1
 _LINK = re.compile(
     r"(?:https?://)?(?:www\.|listen\.)?tidal\.com/(?P<path>[^?#]*)(?:[?#].*)?", re.IGNORECASE
 )
-_KIND_AND_ID = re.compile(r"(?:^|/)(?P<kind>[a-z]+)/(?P<id>[^/]+)(?=/|$)", re.IGNORECASE)
 _LINK_KINDS = ("album", "track", "artist", "playlist", "mix")  # what a link may name
+_KIND_AND_ID = re.compile(
+    rf"(?:^|/)(?P<kind>{'|'.join(_LINK_KINDS)})/(?P<id>[^/]+)(?=/|$)", re.IGNORECASE
+)
 
 
 class BadTarget(ValueError):

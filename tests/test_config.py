@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -349,6 +349,10 @@ def test_float_is_not_accepted_for_integer_keys(tmp_path: Path) -> None:
         ("DLQD_DAEMON_STATE_DIR", ""),
         ("DLQD_FILES_CONFLICT", "replace"),
         ("DLQD_FILES_COVER", "both"),
+        ("DLQD_FILES_PLAYLIST_DIR", ""),
+        ("DLQD_FILES_PLAYLIST_DIR", "/srv/playlists"),
+        ("DLQD_FILES_PLAYLIST_DIR", "../Playlists"),
+        ("DLQD_FILES_PLAYLIST_DIR", "Lists/../../x"),
         ("DLQD_UPSTREAM_BASE_URL", ""),
         ("DLQD_UPSTREAM_BASE_URL", "ftp://a"),
         ("DLQD_UPSTREAM_BASE_URL", "http://a,localhost:8000"),
@@ -364,6 +368,19 @@ def test_out_of_range_env_values_are_rejected_by_name(variable: str, text: str) 
 
     assert f"[{section}] {key}: expected " in str(caught.value)
     assert str(caught.value).endswith(f"(from {variable})")
+
+
+def test_playlist_dir_is_a_folder_inside_the_library(tmp_path: Path) -> None:
+    def loaded(text: str) -> PurePosixPath:
+        return load_config(env={"DLQD_FILES_PLAYLIST_DIR": text}).files.playlist_dir
+
+    assert Config().files.playlist_dir == PurePosixPath("Playlists")
+    assert loaded("Lists/Mixes/") == PurePosixPath("Lists/Mixes")
+    assert loaded("./M3U") == PurePosixPath("M3U")
+    assert loaded(".") == PurePosixPath(".")
+    path = write_toml(tmp_path, '[files]\nplaylist_dir = ".dlqd-tmp/lists"\n')
+    with pytest.raises(ConfigError, match=r"playlist_dir: must not be inside \.dlqd-tmp"):
+        load_config(path, env={})
 
 
 def test_socket_mode_must_be_an_octal_string(tmp_path: Path) -> None:

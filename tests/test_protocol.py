@@ -43,6 +43,7 @@ def refusal(message: Any) -> ProtocolError:
 
 
 SUBMIT = {"type": "album", "target_id": 123, "quality": "LOSSLESS"}
+PLAYLIST = "3f9c2b7e-5a1d-4e8b-9c06-7d2e41a8b5f3"
 
 
 # --- accepted requests -----------------------------------------------------------------
@@ -54,6 +55,9 @@ SUBMIT = {"type": "album", "target_id": 123, "quality": "LOSSLESS"}
         ("submit", SUBMIT, SUBMIT),
         ("submit", {**SUBMIT, "priority": "high"}, {**SUBMIT, "priority": "high"}),
         ("submit", {**SUBMIT, "type": "track", "target_id": MAX_TARGET_ID}, None),
+        ("submit", {**SUBMIT, "type": "playlist", "target_id": PLAYLIST}, None),
+        ("submit", {**SUBMIT, "type": "mix", "target_id": "0193c7a9e2f45b6d8e0a1c3b5d7f92"}, None),
+        ("submit", {**SUBMIT, "type": "mix", "target_id": "a_B-9"}, None),
         ("list", {}, {}),
         ("list", {"status": ["queued", "failed"]}, {"status": ["queued", "failed"]}),
         ("list", {"status": []}, {"status": []}),
@@ -127,6 +131,12 @@ def test_an_artist_submit_defaults_to_albums_and_eps_and_takes_include_in_any_ca
     assert chosen.args["include"] == ("album", "single")
 
 
+def test_a_playlist_uuid_is_kept_in_lower_case_so_one_playlist_is_one_job() -> None:
+    args = {**SUBMIT, "type": "Playlist", "target_id": PLAYLIST.upper()}
+    clean = parse_request(request("submit", args)).args
+    assert (clean["type"], clean["target_id"]) == ("playlist", PLAYLIST)
+
+
 @pytest.mark.parametrize("quality", ["LOW", "HIGH", "LOSSLESS", "HI_RES_LOSSLESS"])
 def test_every_quality_is_accepted(quality: str) -> None:
     assert parse_request(request("submit", {**SUBMIT, "quality": quality})).args["quality"]
@@ -148,7 +158,20 @@ def test_every_quality_is_accepted(quality: str) -> None:
         ({**SUBMIT, "quality": "MEDIUM"}, "quality"),
         ({**SUBMIT, "quality": "lossless "}, "quality"),  # any case, but nothing added
         ({**SUBMIT, "quality": None}, "quality"),
-        ({**SUBMIT, "type": "playlist"}, "type"),
+        ({**SUBMIT, "type": "playlist"}, "target_id"),  # a playlist's target is its UUID
+        ({**SUBMIT, "type": "playlist", "target_id": "3f9c2b7e-5a1d-4e8b-9c06"}, "UUID"),
+        ({**SUBMIT, "type": "playlist", "target_id": PLAYLIST + "0"}, "UUID"),
+        ({**SUBMIT, "type": "playlist", "target_id": f"{{{PLAYLIST}}}"}, "UUID"),
+        ({**SUBMIT, "type": "playlist", "target_id": PLAYLIST.replace("-", "")}, "UUID"),
+        ({**SUBMIT, "type": "playlist", "target_id": "g" + PLAYLIST[1:]}, "UUID"),
+        ({**SUBMIT, "type": "mix", "target_id": 123}, "mix"),
+        ({**SUBMIT, "type": "mix", "target_id": ""}, "mix"),
+        ({**SUBMIT, "type": "mix", "target_id": "a" * 65}, "mix"),
+        ({**SUBMIT, "type": "mix", "target_id": "a b"}, "mix"),
+        ({**SUBMIT, "type": "mix", "target_id": "../x"}, "mix"),
+        ({**SUBMIT, "type": "mix", "target_id": "abc\n"}, "mix"),
+        ({**SUBMIT, "type": "album", "target_id": PLAYLIST}, "target_id"),
+        ({**SUBMIT, "type": "video"}, "type"),
         ({**SUBMIT, "type": "artist", "include": ["album", "live"]}, "include"),
         ({**SUBMIT, "type": "artist", "include": []}, "include"),
         ({**SUBMIT, "type": "artist", "include": "album"}, "include"),
