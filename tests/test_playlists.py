@@ -236,6 +236,42 @@ def test_a_playlist_file_that_cannot_be_written_leaves_the_job_partial_until_a_r
     )
 
 
+def test_a_playlist_whose_library_is_gone_at_its_end_waits_for_it_and_then_writes_its_m3u8(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    last = PLAYLIST_TRACK_IDS[-1]
+    upstream.inject("track", "hang", times=None, track_id=last)  # ends in TIMEOUT, failed
+    daemon = start(
+        make_daemon,
+        upstream,
+        worker={"max_concurrent": 1, "track_timeout_s": 2},
+        files={"recheck_s": 0.2},
+    )
+    job_id = daemon.submit("playlist", PLAYLIST_UUID)
+    assert upstream.wait_for_request("track", track_id=last, timeout=30)
+    away = daemon.library.with_name("library.away")
+    daemon.library.rename(away)  # unmounted while the last track is still trying
+
+    def held_with_every_track_done() -> dict[str, Any] | None:
+        job = daemon.job(job_id)
+        holds = [hold["reason"] for hold in daemon.call("stats")["holds"]]
+        done = all(track["status"] in ("completed", "failed") for track in job["tracks"])
+        return job if done and "library_unavailable" in holds else None
+
+    job = wait_until(held_with_every_track_done, timeout=30, what="the library hold")
+    assert job["status"] == "processing"  # not finished without its playlist file
+    assert job["tracks"][-1]["error"]["code"] == "TIMEOUT"
+
+    away.rename(daemon.library)
+    job = daemon.wait_job(job_id)
+
+    assert job["status"] == "partial", job
+    kept = PLAYLIST_TRACK_IDS[:-1]
+    assert resolved_entries(playlist_path(daemon, PLAYLIST_TITLE), daemon.library) == [
+        expected_relpath(catalog, t, "flac") for t in kept
+    ]
+
+
 def test_a_playlist_the_upstream_does_not_have_fails_upstream_not_found(
     daemon: DaemonProcess,
 ) -> None:
