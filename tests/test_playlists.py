@@ -9,6 +9,7 @@ itself. The catalog's request log says what was asked upstream.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from dlqd.demo.catalog import (
     VIDEO_ID,
     Catalog,
     CatalogServer,
+    RequestRecord,
+    Scripted,
 )
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.finalize import write_playlist
@@ -152,6 +155,36 @@ def test_a_mix_lands_in_its_albums_folders_with_an_m3u8_in_order(
     assert entries_of(path)[0].startswith("../../")  # two folders up from Lists/Mixes
     for album_id in album_ids(catalog, MIX_TRACK_IDS):
         assert len(upstream.requests_for("album", album_id=album_id)) == 1, album_id
+
+
+def test_a_track_its_album_does_not_list_falls_back_to_its_own_metadata(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    unlisted = PLAYLIST_TRACK_IDS[-1]
+    album_id = catalog.track(unlisted).album_id
+
+    def without_the_track(_request: RequestRecord, data: dict[str, Any] | None) -> Scripted:
+        assert data is not None
+        items = [item for item in data["items"] if item["item"]["id"] != unlisted]
+        body = {"version": "2.0", "data": {**data, "items": items, "numberOfTracks": len(items)}}
+        return Scripted(200, {"Content-Type": "application/json"}, json.dumps(body).encode())
+
+    upstream.script("album", without_the_track, album_id=album_id)
+    daemon = start(make_daemon, upstream)
+
+    job = daemon.wait_job(daemon.submit("playlist", PLAYLIST_UUID))
+
+    assert job["status"] == "completed", job
+    assert len(upstream.requests_for("info", track_id=unlisted)) == 1
+    assert [r.track_id for r in upstream.requests_for("info")] == [unlisted]
+    fallback = job["tracks"][-1]
+    assert fallback["track_id"] == unlisted
+    tags = vorbis_tags(daemon.library / fallback["path"])
+    assert (tags["album"], tags["albumartist"]) == (
+        [catalog.album(album_id).title],
+        [catalog.album(album_id).artists[0].name],
+    )
+    assert tags["title"] == [catalog.track(unlisted).title]
 
 
 def test_a_track_an_album_job_fetched_is_skipped_by_a_playlist_job_without_media_requests(
