@@ -2,14 +2,15 @@
 
 Owns the retry policy (jittered backoff from `backoff_s`, `Retry-After` when
 longer but never past `max_retry_after_s`, `max_retries` per track), the
-deadline on resolving a job's metadata, the disk-space preflight, the integrity check
-of each finished download, the temp-file lifecycle in `library/.dlqd-tmp/`, the
+deadline on resolving a job's metadata (a playlist's or mix's: its listing and
+each of its albums once), the disk-space preflight, the integrity check of
+each finished download, the temp-file lifecycle in `library/.dlqd-tmp/`, the
 per-album cover cache, a playlist's or mix's M3U8 once its tracks are done
-(`before_finish`, written by finalize), and turning a full disk or a library that is gone into a
+(`before_finish`), and turning a full disk or a library that is gone into a
 hold of the whole queue (`QueueHeld`, via `LibraryWatch`) instead of a failed
-track. It never writes into the library itself —
-`finalize_track` does — and never journals: it reports to the scheduler
-through `TrackRun` and its return values.
+track. It never writes into the library itself — finalize does
+(`finalize_track`, `write_playlist`) — and never journals: it reports to the
+scheduler through `TrackRun` and its return values.
 """
 
 from __future__ import annotations
