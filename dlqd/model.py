@@ -172,7 +172,8 @@ class Job:
         sizes: list[int | None] = []
         estimated = False
         for track in self.tracks:
-            if track.bytes_total:
+            # A completed track of 0 bytes was skipped without a download: nothing to fetch.
+            if track.bytes_total or track.status == TrackStatus.COMPLETED:
                 sizes.append(track.bytes_total)
                 continue
             guess = estimated_bytes(track.duration, rate)

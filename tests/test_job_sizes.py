@@ -152,6 +152,21 @@ def test_a_downloading_track_counts_its_fraction_and_a_completed_job_is_one() ->
     assert album([], status=JobStatus.FAILED).progress() == 0.0
 
 
+def test_tracks_skipped_without_a_download_add_no_bytes_and_a_job_of_them_is_one() -> None:
+    job = album([TrackStatus.COMPLETED, TrackStatus.COMPLETED, TrackStatus.PENDING])
+    complete(job.tracks[0], 0)  # skipped_identical before any request: no bytes
+    complete(job.tracks[1], 1000)
+    job.tracks[2].bytes_done, job.tracks[2].bytes_total = 0, 1000
+    assert job.sizes().per_track == (0, 1000, 1000)
+    assert job.progress() == 0.5
+    complete(job.tracks[2], 1000)
+    assert job.progress() == 1.0
+    skipped = album([TrackStatus.COMPLETED] * 2, status=JobStatus.COMPLETED)
+    for track in skipped.tracks:
+        complete(track, 0)
+    assert skipped.progress() == 1.0
+
+
 # --- speed and ETA ---------------------------------------------------------------------------
 
 
