@@ -20,7 +20,9 @@ manifest's `urls` rewritten to the nginx URL of the same bytes
     aria2c does not do: /album/ + 20 /track/ manifests + the cover, tagging each
     file (mutagen rewrites the FLAC header into a new file when the padding is
     short), an fsync per file, the atomic rename and a directory fsync.
-    CPU: utime + stime of the daemon process (all threads) from /proc/<pid>/stat.
+    CPU: utime + stime of the daemon process (all threads) from /proc/<pid>/stat;
+    the report also gives its main thread's share (the trio event loop), from
+    /proc/<pid>/task/<pid>/stat.
   - aria2c -j4 -x1 (4 files at once, like dlqd's max_concurrent) on the same
     media URLs, known before the clock starts; `--file-allocation=none`, no
     fsync. CPU: getrusage(RUSAGE_CHILDREN) delta around the run.
@@ -129,7 +131,16 @@ def load_average() -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def loop_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the main thread of `pid` (dlqd's event loop) so far."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -302,8 +313,8 @@ def run_dlqd(
     ca_cert: Path,
     health_ms: list[float] | None = None,
     health_interval_s: float = 0.01,
-) -> tuple[float, float]:
-    """(wall seconds, daemon CPU seconds) from submit to `completed`.
+) -> tuple[float, float, float]:
+    """(wall s, daemon CPU s, of which its event-loop thread) from submit to `completed`.
 
     `media_base`: where /track/ manifests send dlqd for media (None: the catalog).
     With `health_ms`, `health` latencies sampled during the download are added to it.
@@ -329,6 +340,7 @@ def run_dlqd(
         assert daemon.proc is not None
         os.sync()
         cpu_before = cpu_seconds(daemon.proc.pid)
+        loop_before = loop_cpu_seconds(daemon.proc.pid)
         started = time.perf_counter()
         # One connection polled every 20 ms: cheap for the daemon, fine-grained enough.
         sampler = HealthSampler(str(daemon.socket), health_interval_s)
@@ -344,13 +356,14 @@ def run_dlqd(
                 time.sleep(0.02)
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(daemon.proc.pid) - cpu_before
+        loop_cpu = loop_cpu_seconds(daemon.proc.pid) - loop_before
         if health_ms is not None:
             health_ms.extend(sampler.stop())
         if job["status"] != "completed":
             raise SystemExit(f"dlqd job ended {job['status']}: {job['error']}\n{daemon.logs()}")
         if media_base is not None and server.requests_for("media"):
             raise SystemExit(f"dlqd fetched media from the catalog, not from {media_base}")
-        return elapsed, cpu
+        return elapsed, cpu, loop_cpu
     finally:
         daemon.stop()
         daemon.cleanup()
@@ -406,6 +419,7 @@ def report(
     cpus: dict[tuple[str, str], list[float]],
     total_bytes: int,
     health: dict[str, list[float]],
+    loop_cpus: dict[str, list[float]],
 ) -> None:
     gib = total_bytes / GIB
     print(
@@ -427,6 +441,13 @@ def report(
     for protocol in protocols:
         pairs = zip(times[protocol, "dlqd"], times[protocol, "aria2c"], strict=True)
         rounds = ", ".join(f"{d:.2f}/{a:.2f} ({d / a:.2f}x)" for d, a in pairs)
+        print(f"  {protocol}: {rounds}")
+    print()
+    print("dlqd CPU s/GiB per round, and of it dlqd's event-loop thread (the rest: worker threads,")
+    print("i.e. the transfers, the integrity check, tagging, fsync and the moves):")
+    for protocol in protocols:
+        pairs = zip(cpus[protocol, "dlqd"], loop_cpus[protocol], strict=True)
+        rounds = ", ".join(f"{cpu / gib:.2f} (loop {loop / gib:.2f})" for cpu, loop in pairs)
         print(f"  {protocol}: {rounds}")
     if any(health.values()):
         print()
@@ -490,6 +511,7 @@ def main() -> None:
     times: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in TOOLS}
     cpus: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in TOOLS}
     health: dict[str, list[float]] = {p: [] for p in protocols}
+    loop_cpus: dict[str, list[float]] = {p: [] for p in protocols}
     nginx = Nginx(nginx_binary, scratch / "nginx", www, cert, key)
     load_before = load_average()
     try:
@@ -509,7 +531,7 @@ def main() -> None:
                         root = scratch / f"{protocol}-{tool}-{round_number}"
                         if tool == "dlqd":
                             media_base = None if protocol == "catalog" else nginx.base_url(protocol)
-                            elapsed, cpu = run_dlqd(
+                            elapsed, cpu, loop_cpu = run_dlqd(
                                 root,
                                 server,
                                 album_id,
@@ -519,6 +541,7 @@ def main() -> None:
                                 health[protocol] if args.health_interval > 0 else None,
                                 args.health_interval / 1000,
                             )
+                            loop_cpus[protocol].append(loop_cpu)
                         else:
                             elapsed, cpu = run_aria2c(
                                 aria2c, root, urls[protocol], args.concurrency, ca_cert
@@ -545,7 +568,7 @@ def main() -> None:
         "medians"
     )
     print()
-    report(protocols, times, cpus, total_bytes, health)
+    report(protocols, times, cpus, total_bytes, health, loop_cpus)
 
 
 if __name__ == "__main__":

@@ -60,12 +60,14 @@ import trio
 from dlqd.errors import DlqdError, ErrorCode, from_oserror, map_httpx_errors, redact_url
 
 BUFFER_BYTES = 1 << 20  # one reused buffer per transfer; also the largest single read
-# The buffer goes to the file in writes of this size. A 1 MiB write makes the
-# kernel (ext4, Linux 6.x) cache it in one large folio, allocated from memory
-# outside the per-CPU free lists; on the benchmark VM that made the daemon's
-# CPU per GiB swing from 1.8 to 3.8 s between identical runs, while 32 KiB
-# writes (order-3 folios, recycled from those lists) kept it at 1.8 s.
-WRITE_BYTES = 32 * 1024
+# The buffer goes to the file in writes of this size, which is also the size of
+# the page-cache folios the kernel (ext4, Linux 6.x) allocates for new bytes.
+# 1 MiB writes made the daemon's CPU per GiB swing from 1.8 to 3.8 s between
+# identical benchmark runs (1 MiB folios come from outside the per-CPU free
+# lists); 32 KiB writes were steady but pay the per-folio work 4 times as often:
+# 128 KiB measured 0.15-0.2 CPU-s/GiB below 32 KiB in paired runs, as steady
+# (docs/benchmarks.md, issue 11).
+WRITE_BYTES = 128 * 1024
 HEAD_READ_BYTES = 64 * 1024
 MAX_HEAD_BYTES = 100 * 1024  # httpcore's limit on a response head
 PROGRESS_EVERY_BYTES = 64 * 1024
