@@ -24,7 +24,7 @@ import ssl
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpcore
 import httpx
@@ -251,8 +251,7 @@ class Source:
         `max_job_tracks`, claimed or read.
         """
         title: str | None = None  # the first page's
-        tracks: list[ListedTrack] = []
-        seen: set[int] = set()
+        read = _TrackPages[ListedTrack](f"/playlist/ {quote(uuid)}", self._max_job_tracks)
         offset = 0
         while True:
             params: dict[str, int | str] = {
@@ -267,21 +266,9 @@ class Source:
                 )
             )
             title = page.playlist.title if title is None else title
-            new_tracks = 0
-            for track in page.tracks:
-                if track.id not in seen:
-                    seen.add(track.id)
-                    tracks.append(track)
-                    new_tracks += 1
-            if len(tracks) > self._max_job_tracks:
-                raise _bad(
-                    f"/playlist/ {quote(uuid)}: lists more than "
-                    f"limits.max_job_tracks ({self._max_job_tracks}) tracks"
-                )
             offset += len(page.items)
-            # An empty or repeated page would otherwise loop forever.
-            if len(tracks) >= page.playlist.number_of_tracks or new_tracks == 0:
-                return build_listing(title, tracks)
+            if read.take(page.tracks, claimed=page.playlist.number_of_tracks):
+                return build_listing(title, read.tracks)
 
     async def mix(self, mix_id: str) -> Listing:
         """The mix's title and tracks (one answer), videos skipped; refused past max_job_tracks."""
@@ -419,8 +406,7 @@ class Source:
         first page, and paging stops with the same error once more are read.
         """
         first: AlbumPage | None = None
-        tracks: list[UpstreamTrack] = []
-        seen: set[int] = set()
+        read = _TrackPages[UpstreamTrack](f"/album/ {album_id}", self._max_job_tracks)
         offset = 0
         while True:
             data, _ = await self._get_data(
@@ -433,21 +419,49 @@ class Source:
                 )
             )
             first = first or page
-            new_tracks = 0
-            for track in page.tracks:
-                if track.id not in seen:
-                    seen.add(track.id)
-                    tracks.append(track)
-                    new_tracks += 1
-            if len(tracks) > self._max_job_tracks:
-                raise _bad(
-                    f"/album/ {album_id}: lists more than "
-                    f"limits.max_job_tracks ({self._max_job_tracks}) tracks"
-                )
             offset += len(page.items)
-            # An empty or repeated page would otherwise loop forever.
-            if len(tracks) >= page.number_of_tracks or new_tracks == 0:
-                return first, tracks
+            if read.take(page.tracks, claimed=page.number_of_tracks):
+                return first, read.tracks
+
+
+class _Identified(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+_T = TypeVar("_T", bound=_Identified)
+
+
+class _TrackPages(Generic[_T]):
+    """Tracks of a paged listing (album, playlist) as read so far, each kept once.
+
+    Bounded: more than `max_tracks` read is refused like a listing that
+    claims more (UPSTREAM_BAD_RESPONSE).
+    """
+
+    def __init__(self, where: str, max_tracks: int) -> None:
+        self.where = where
+        self.max_tracks = max_tracks
+        self.tracks: list[_T] = []
+        self._seen: set[int] = set()
+
+    def take(self, page: Iterable[_T], *, claimed: int) -> bool:
+        """Keep the page's new tracks; True when paging is over.
+
+        Over once the listing's claimed count is read, or when a page brings
+        no new track: an empty or repeated page would otherwise loop forever.
+        """
+        new = 0
+        for track in page:
+            if track.id not in self._seen:
+                self._seen.add(track.id)
+                self.tracks.append(track)
+                new += 1
+        if len(self.tracks) > self.max_tracks:
+            raise _bad(
+                f"{self.where}: lists more than limits.max_job_tracks ({self.max_tracks}) tracks"
+            )
+        return len(self.tracks) >= claimed or new == 0
 
 
 def _probe_form(path: str, params: Mapping[str, int | str]) -> tuple[str, dict[str, int | str]]:
