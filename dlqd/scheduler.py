@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -73,12 +73,37 @@ IDLE_WAKE_S = 5.0  # the loop's heartbeat when nothing happens (health reads it)
 
 
 @dataclass(frozen=True)
+class UnavailableTrack:
+    """A listed track the upstream says does not exist (`error`): it fails as it is resolved.
+
+    `title` and `duration` are what the listing said of it ("" and None when nothing).
+    """
+
+    track_id: int
+    title: str
+    duration: int | None
+    error: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ResolvedJob:
-    """A job's upstream metadata: display fields and one TrackMeta per track, in order."""
+    """A job's upstream metadata: display fields and each of its tracks, in order.
+
+    A track is its TrackMeta, or for a playlist or mix an `UnavailableTrack`.
+    """
 
     title: str
     artist: str
-    tracks: tuple[TrackMeta, ...]
+    listed: tuple[TrackMeta | UnavailableTrack, ...]
+
+    @property
+    def tracks(self) -> tuple[TrackMeta, ...]:
+        """The tracks that can be fetched."""
+        return tuple(meta for meta in self.listed if isinstance(meta, TrackMeta))
+
+    @property
+    def unavailable(self) -> tuple[UnavailableTrack, ...]:
+        return tuple(gone for gone in self.listed if isinstance(gone, UnavailableTrack))
 
 
 @dataclass(frozen=True)
@@ -308,11 +333,13 @@ class Scheduler:
             return
         self._resolve_passes.forget(job_id)
         job = self.store.state.jobs[job_id]
-        if not job.title or [(t.track_id, t.duration) for t in job.tracks] != [
-            (m.track_id, m.duration) for m in resolved.tracks
-        ]:
+        event = _resolve_event(job_id, resolved)
+        events = [] if job.title and _rows_match(job.tracks, event["tracks"]) else [event]
+        # Tracks the upstream does not have fail with the resolve, in the same commit.
+        events += _unavailable_failed(job, resolved.unavailable)
+        if events:
             try:
-                await self.store.commit(_resolve_event(job_id, resolved))
+                await self.store.commit(*events)
             except RecordRefused as exc:
                 log_.error("upstream metadata cannot be journaled", error=exc.message)
                 await self._fail_unresolved(job_id, _unrecordable(exc), log_)
@@ -322,8 +349,17 @@ class Scheduler:
         done = (t.path for t in job.tracks if t.status == TrackStatus.COMPLETED and t.path)
         self._names[job_id] = JobNames(resolved.tracks, held=done)
         self._metas[job_id] = {meta.track_id: meta for meta in resolved.tracks}
-        line = f"job {job_id} resolved: {job_name(job)} ({len(resolved.tracks)} tracks)"
-        log_.info("job resolved", title=resolved.title, tracks=len(resolved.tracks), summary=line)
+        gone = len(resolved.unavailable)
+        line = f"job {job_id} resolved: {job_name(job)} ({len(resolved.tracks)} tracks" + (
+            f", {gone} not available upstream)" if gone else ")"
+        )
+        log_.info(
+            "job resolved",
+            title=resolved.title,
+            tracks=len(resolved.tracks),
+            unavailable=gone,
+            summary=line,
+        )
 
     async def _expand(
         self, job_id: str, discography: Discography, log_: structlog.BoundLogger
@@ -671,6 +707,9 @@ class Scheduler:
         if self.hook_on_finish:
             event["hook"] = True
         await self.store.commit(*with_events, {**event, "at": self.clock()})
+        # A retry resolves the job afresh: what the upstream has may have changed.
+        self._metas.pop(job_id, None)
+        self._names.pop(job_id, None)
         state = self.store.state
         job = state.jobs[job_id]
         log_.info(
@@ -817,14 +856,38 @@ def _kind_counts(releases: Sequence[Release]) -> str:
     return ", ".join(f"{count} {kind}{'s' if count > 1 else ''}" for kind, count in counts.items())
 
 
-def _resolve_event(job_id: str, resolved: ResolvedJob) -> dict[str, object]:
+def _resolve_event(job_id: str, resolved: ResolvedJob) -> dict[str, Any]:
+    """The `resolve` record; an unavailable track's row has disc 1 and its listing position."""
+    rows = [
+        [m.track_id, m.display_title, m.disc_number, m.track_number, m.duration]
+        if isinstance(m, TrackMeta)
+        else [m.track_id, m.title, 1, position, m.duration]
+        for position, m in enumerate(resolved.listed, start=1)
+    ]
     return {
         "e": "resolve",
         "id": job_id,
         "title": resolved.title,
         "artist": resolved.artist,
-        "tracks": [
-            [m.track_id, m.display_title, m.disc_number, m.track_number, m.duration]
-            for m in resolved.tracks
-        ],
+        "tracks": rows,
     }
+
+
+def _rows_match(tracks: Sequence[Track], rows: Sequence[Sequence[Any]]) -> bool:
+    """The job already lists these tracks, in this order, with these durations."""
+    return [(t.track_id, t.duration) for t in tracks] == [(row[0], row[4]) for row in rows]
+
+
+def _unavailable_failed(
+    job: Job, unavailable: Sequence[UnavailableTrack]
+) -> list[dict[str, object]]:
+    """`track_failed` for each unavailable track not failed or completed already.
+
+    A track completed by an earlier run keeps its file and its outcome.
+    """
+    events: list[dict[str, object]] = []
+    for gone in unavailable:
+        track = job.track(gone.track_id) or Track(track_id=gone.track_id)
+        if track.status == TrackStatus.PENDING:
+            events.append(_track_failed(job.id, track, gone.error))
+    return events

@@ -88,10 +88,16 @@ def _bad(message: str) -> DlqdError:
 
 @dataclass(frozen=True)
 class TrackRef:
-    """One track entry of a playlist or mix, in listing order."""
+    """One track entry of a playlist or mix, in listing order, with what the listing calls it.
+
+    `title` is the listed title with its version ("Third Rail (Live)"), "" when
+    the listing gave none; `duration` in seconds, None when not given.
+    """
 
     track_id: int
     album_id: int
+    title: str = ""
+    duration: int | None = None
 
 
 @dataclass(frozen=True)
@@ -185,11 +191,26 @@ class Source:
 
     # -- API calls -----------------------------------------------------------
 
-    async def track_meta(self, track_id: int) -> TrackMeta:
-        """A track named and tagged exactly as it would be inside its album's job."""
+    async def track_meta(self, track_id: int, *, alone_if_album_gone: bool = False) -> TrackMeta:
+        """A track named and tagged exactly as it would be inside its album's job.
+
+        A 404 on its album is UPSTREAM_NOT_FOUND (DESIGN §6), unless
+        `alone_if_album_gone` (a playlist's track: its album withdrawn or
+        locked to another region while the track is there): then the track
+        stands alone, its album's title and cover from `/info/`, its own
+        artist as album artist, totals unknown.
+        """
         data, _ = await self._get_data("/info/", {"id": track_id})
         info = parse(TrackInfo, data, f"/info/ of track {track_id}")
-        page, tracks = await self._album_pages(info.album.id)
+        if info.id != track_id:
+            raise _bad(f"/info/ answered for track {track_id} with another track")
+        try:
+            page, tracks = await self._album_pages(info.album.id)
+        except DlqdError as exc:
+            gone = exc.code == ErrorCode.UPSTREAM_NOT_FOUND and alone_if_album_gone
+            if not gone or not info.album.title:
+                raise
+            return build_lone_track(info, cover_url=self.cover_url)
         album = build_album(page, tracks, cover_url=self.cover_url)
         for track in album.tracks:
             if track.track_id == track_id:
@@ -197,10 +218,7 @@ class Source:
         # The album does not list it (region or edition mismatch): use /info/ itself.
         tracks.append(info)
         built = build_album(page, tracks, cover_url=self.cover_url).tracks
-        found = next((track for track in built if track.track_id == track_id), None)
-        if found is None:
-            raise _bad(f"/info/ answered for track {track_id} with another track")
-        return found
+        return next(track for track in built if track.track_id == track_id)
 
     async def album(self, album_id: int) -> AlbumMeta:
         """The album with every page of its tracks read, in disc/track order."""
@@ -542,8 +560,29 @@ def build_listing(title: str, tracks: Iterable[ListedTrack]) -> Listing:
     """A playlist or mix of `tracks` in order, a track listed twice kept at its first place."""
     refs: dict[int, TrackRef] = {}
     for track in tracks:
-        refs.setdefault(track.id, TrackRef(track_id=track.id, album_id=track.album.id))
+        named = f"{track.title} ({track.version})" if track.version else track.title
+        refs.setdefault(track.id, TrackRef(track.id, track.album.id, named, track.duration))
     return Listing(title=title, refs=tuple(refs.values()))
+
+
+def build_lone_track(info: TrackInfo, *, cover_url: Callable[[str], str]) -> TrackMeta:
+    """A track whose album cannot be read, from its `/info/` alone: totals unknown."""
+    artists = _main_first(info.artists) or tuple(
+        name for name in (_artist_name(info.artist),) if name
+    )
+    if not artists:
+        raise _bad(f"/info/ of track {info.id}: no artist")
+    return _build_track(
+        info,
+        album_id=info.album.id,
+        album=info.album.title,
+        album_artist=artists[0],
+        track_total=0,
+        disc_total=0,
+        release_date="",
+        album_copyright="",
+        cover_url=cover_url(info.album.cover) if info.album.cover else None,
+    )
 
 
 def build_discography(name: str, releases: Iterable[UpstreamRelease]) -> Discography:

@@ -280,7 +280,11 @@ class UpstreamTrack:
 
 @dataclass(frozen=True, kw_only=True)
 class AlbumRef:
+    """The album a track belongs to, as `/info/` and listings name it."""
+
     id: Annotated[int, From("id", ID)]
+    title: Annotated[str, From("title", TEXT)] = ""
+    cover: Annotated[str, From("cover", COVER)] = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,10 +380,17 @@ class UpstreamLyrics:
 
 @dataclass(frozen=True, kw_only=True)
 class ListedTrack:
-    """A track as a playlist or a mix lists it: which track, on which album."""
+    """A track as a playlist or a mix lists it: which track, on which album, as it is called.
+
+    The title, version and duration are kept so that a track whose metadata
+    cannot be had (its album and `/info/` answer 404) is still named in the job.
+    """
 
     id: Annotated[int, From("id", ID)]
     album: Annotated[AlbumRef, From("album", Obj(AlbumRef))]
+    title: Annotated[str, From("title", TEXT)] = ""
+    version: Annotated[str, From("version", STRIPPED)] = ""
+    duration: Annotated[int | None, From("duration", DURATION_S)] = None
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,8 @@ from dlqd.m3u8 import PlaylistEntry, source_line_value
 from dlqd.meta import AlbumMeta, Lyrics, MediaPlan, TrackMeta
 from dlqd.model import LISTING_TYPES, Job, TrackStatus
 from dlqd.safefs import UnsafePathError, unlink_beneath
-from dlqd.scheduler import ResolvedJob, TrackResult, TrackRun
-from dlqd.source import Discography, Listing, Source, with_playback_gains
+from dlqd.scheduler import ResolvedJob, TrackResult, TrackRun, UnavailableTrack
+from dlqd.source import Discography, Listing, Source, TrackRef, with_playback_gains
 
 log = structlog.get_logger("dlqd.worker")
 T = TypeVar("T")
@@ -205,7 +205,10 @@ class DownloadWork:
         Every album the listing touches is read once (a few at a time), and
         each track takes its TrackMeta from its album's listing: same folder,
         disc prefix, totals, album artist and cover as an album job gives it.
-        A track its album does not list falls back to the track's own metadata.
+        A track its album does not list, or whose album the upstream does not
+        have (404), falls back to the track's own metadata; a track the
+        upstream does not have either is an `UnavailableTrack`, which fails
+        alone. Any other failure (a 5xx, a timeout) fails the resolve as a whole.
         """
         target = str(job.target_id)
         read: Callable[[str], Awaitable[Listing]] = (
@@ -216,21 +219,38 @@ class DownloadWork:
             raise DlqdError(ErrorCode.UPSTREAM_BAD_RESPONSE, f"{job.type} {target} lists no tracks")
         albums = await self._albums({ref.album_id: None for ref in listing.refs})
         by_track = {meta.track_id: meta for album in albums.values() for meta in album.tracks}
-        tracks = []
+        listed: list[TrackMeta | UnavailableTrack] = []
         for ref in listing.refs:
-            meta = by_track.get(ref.track_id)
-            tracks.append(meta if meta is not None else await self._track_meta(ref.track_id))
-        artist = _listing_artist(tracks)
-        return ResolvedJob(listing.title, artist, _asked(tuple(tracks), job.quality))
+            found = by_track.get(ref.track_id) or await self._listed_track_meta(ref)
+            if isinstance(found, TrackMeta):  # as asked: the job's quality until fetched
+                found = dataclasses.replace(found, quality=job.quality)
+            listed.append(found)
+        metas = [meta for meta in listed if isinstance(meta, TrackMeta)]
+        return ResolvedJob(listing.title, _listing_artist(metas), tuple(listed))
 
-    async def _track_meta(self, track_id: int) -> TrackMeta:
-        """One track's metadata on its own (it reads the track's album again)."""
-        return await self.retry.run(
-            lambda: self.source.track_meta(track_id), what=f"track {track_id}"
-        )
+    async def _listed_track_meta(self, ref: TrackRef) -> TrackMeta | UnavailableTrack:
+        """A listed track's own metadata; what the listing says of it when the upstream has none."""
+        try:
+            return await self.retry.run(
+                lambda: self.source.track_meta(ref.track_id, alone_if_album_gone=True),
+                what=f"track {ref.track_id}",
+            )
+        except DlqdError as exc:
+            if exc.code != ErrorCode.UPSTREAM_NOT_FOUND:
+                raise
+            log.warning("listed track not available upstream", track_id=ref.track_id)
+            error = {
+                "code": str(exc.code),
+                "message": f"track {ref.track_id} is not available upstream: {exc.message}",
+            }
+            return UnavailableTrack(ref.track_id, ref.title, ref.duration, error)
 
     async def _albums(self, album_ids: Iterable[int]) -> dict[int, AlbumMeta]:
-        """Each album read once, `LISTING_ALBUM_READS` at a time; the first failure is raised."""
+        """Each album read once, `LISTING_ALBUM_READS` at a time; the first failure is raised.
+
+        An album the upstream does not have (404) is left out: its tracks are
+        looked up one by one.
+        """
         albums: dict[int, AlbumMeta] = {}
         failures: list[DlqdError] = []
         limiter = trio.CapacityLimiter(LISTING_ALBUM_READS)
@@ -242,6 +262,9 @@ class DownloadWork:
                         lambda: self.source.album(album_id), what=f"album {album_id}"
                     )
                 except DlqdError as exc:
+                    if exc.code == ErrorCode.UPSTREAM_NOT_FOUND:
+                        log.warning("listed album not available upstream", album_id=album_id)
+                        return
                     failures.append(exc)
                     cancel_scope.cancel()  # the job cannot resolve: stop reading the others
 

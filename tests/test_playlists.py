@@ -40,6 +40,8 @@ from dlqd.m3u8 import PlaylistEntry
 from tests.conftest import DaemonFactory
 from tests.support import REPO, DaemonProcess, dlqctl, held_daemon, wait_until
 from tests.test_downloads import expected_relpath, expected_vorbis, vorbis_tags
+from tests.test_hooks_notify import Receiver, log_lines_with
+from tests.test_hooks_notify import receiver as receiver  # the fixture
 
 PLAYLISTS = "Playlists"  # files.playlist_dir's default
 MISSING_PLAYLIST_UUID = "00000000-0000-4000-8000-000000000000"
@@ -185,6 +187,152 @@ def test_a_track_its_album_does_not_list_falls_back_to_its_own_metadata(
         [catalog.album(album_id).artists[0].name],
     )
     assert tags["title"] == [catalog.track(unlisted).title]
+
+
+# --- tracks the upstream does not have --------------------------------------------------
+
+
+def listed_title(catalog: Catalog, track_id: int) -> str:
+    """A track's title as a listing shows it: with its version ("Third Rail (Live)")."""
+    spec = catalog.track(track_id)
+    return f"{spec.title} ({spec.version})" if spec.version else spec.title
+
+
+GONE_TRACK_ID = SINGLE_TRACK_ID  # the playlist's only track of its album (a single)
+GONE_ALBUM_ID = SINGLE_ALBUM_ID
+
+
+def test_a_track_whose_album_and_info_404_fails_alone_and_the_others_download(
+    make_daemon: DaemonFactory,
+    upstream: CatalogServer,
+    catalog: Catalog,
+    receiver: Receiver,
+) -> None:
+    upstream.inject("album", "status", times=None, album_id=GONE_ALBUM_ID, status=404)
+    upstream.inject("info", "status", times=None, track_id=GONE_TRACK_ID, status=404)
+    daemon = start(make_daemon, upstream, notify={"urls": [receiver.url()]})
+
+    job_id = daemon.submit("playlist", PLAYLIST_UUID)
+    job = daemon.wait_job(job_id)
+
+    assert job["status"] == "partial", job
+    assert job["error"]["code"] == "UPSTREAM_NOT_FOUND"
+    assert [track["track_id"] for track in job["tracks"]] == list(PLAYLIST_TRACK_IDS)
+    place = PLAYLIST_TRACK_IDS.index(GONE_TRACK_ID)
+    gone = job["tracks"][place]
+    assert (gone["status"], gone["error"]["code"], gone["path"]) == (
+        "failed",
+        "UPSTREAM_NOT_FOUND",
+        None,
+    )
+    assert gone["title"] == listed_title(catalog, GONE_TRACK_ID)  # as the playlist lists it
+    assert gone["duration_s"] == catalog.track(GONE_TRACK_ID).duration
+    assert upstream.requests_for("track", track_id=GONE_TRACK_ID) == []  # never tried
+    kept = tuple(t for t in PLAYLIST_TRACK_IDS if t != GONE_TRACK_ID)
+    assert_tagged_as_by_album_jobs(
+        daemon, catalog, {**job, "tracks": [t for t in job["tracks"] if t is not gone]}, kept
+    )
+    assert_m3u8_lists(daemon, catalog, playlist_path(daemon, PLAYLIST_TITLE), PLAYLIST_TITLE, kept)
+
+    code, shown, _ = dlqctl(daemon.socket, "show", job_id)
+    assert code == 0
+    (row,) = [line for line in shown.splitlines() if gone["title"] in line]
+    assert "failed" in row and "UPSTREAM_NOT_FOUND" in shown
+    summary = log_lines_with(daemon, f"job {job_id} partial:")
+    assert summary and f"3/{len(PLAYLIST_TRACK_IDS)} tracks" in summary[-1], summary
+    wait_until(lambda: receiver.posts, what="the notification")
+    ((_, message),) = receiver.posts
+    assert f"{place + 1:02d} {gone['title']} (UPSTREAM_NOT_FOUND)" in message["message"]
+
+    upstream.clear_faults()  # back in the catalog: a retry fetches it and only it
+    upstream.clear_requests()
+    daemon.call("retry", id=job_id)
+    job = daemon.wait_job(job_id)
+
+    assert job["status"] == "completed", job
+    assert {r.track_id for r in upstream.requests_for("media")} == {GONE_TRACK_ID}
+    assert_m3u8_lists(
+        daemon, catalog, playlist_path(daemon, PLAYLIST_TITLE), PLAYLIST_TITLE, PLAYLIST_TRACK_IDS
+    )
+
+
+def test_a_track_whose_album_404s_falls_back_to_its_own_info_and_downloads(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    upstream.inject("album", "status", times=None, album_id=GONE_ALBUM_ID, status=404)
+    daemon = start(make_daemon, upstream)
+
+    job = daemon.wait_job(daemon.submit("playlist", PLAYLIST_UUID))
+
+    assert job["status"] == "completed", job
+    assert [r.track_id for r in upstream.requests_for("info")] == [GONE_TRACK_ID]
+    alone = job["tracks"][PLAYLIST_TRACK_IDS.index(GONE_TRACK_ID)]
+    tags = vorbis_tags(daemon.library / alone["path"])
+    spec = catalog.track(GONE_TRACK_ID)
+    assert tags["title"] == [spec.title]
+    assert tags["album"] == [catalog.album(GONE_ALBUM_ID).title]  # from /info/'s album
+    assert tags["albumartist"] == [spec.artists[0].name]
+    assert "tracktotal" not in tags  # its album's listing was never read
+    assert len(entries_of(playlist_path(daemon, PLAYLIST_TITLE))) == len(PLAYLIST_TRACK_IDS)
+
+
+def test_a_playlist_none_of_whose_tracks_the_upstream_has_fails_upstream_not_found(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    upstream.inject("album", "status", times=None, status=404)
+    upstream.inject("info", "status", times=None, status=404)
+    daemon = start(make_daemon, upstream)
+
+    job = daemon.wait_job(daemon.submit("playlist", PLAYLIST_UUID))
+
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "UPSTREAM_NOT_FOUND"
+    assert [(t["track_id"], t["title"], t["status"]) for t in job["tracks"]] == [
+        (t, listed_title(catalog, t), "failed") for t in PLAYLIST_TRACK_IDS
+    ]
+    assert upstream.requests_for("track") == []
+    assert not (daemon.library / PLAYLISTS).exists()
+
+
+def test_an_album_of_a_playlist_that_answers_503_is_retried_not_taken_for_gone(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    upstream.inject("album", "status", times=2, album_id=GONE_ALBUM_ID, status=503)
+    daemon = start(make_daemon, upstream, worker={"backoff_s": [0.05]})
+
+    job = daemon.wait_job(daemon.submit("playlist", PLAYLIST_UUID))
+
+    assert job["status"] == "completed", job
+    assert len(upstream.requests_for("album", album_id=GONE_ALBUM_ID)) == 3
+    assert upstream.requests_for("info") == []  # no fallback: the album did answer
+
+
+def test_kill_after_a_playlist_resolved_with_an_unavailable_track_keeps_it_failed(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    upstream.inject("album", "status", times=None, album_id=GONE_ALBUM_ID, status=404)
+    upstream.inject("info", "status", times=None, track_id=GONE_TRACK_ID, status=404)
+    last = PLAYLIST_TRACK_IDS[-1]
+    upstream.inject("media", "hang", times=None, track_id=last)  # the job cannot finish
+    daemon = start(make_daemon, upstream)
+    job_id = daemon.submit("playlist", PLAYLIST_UUID)
+    assert upstream.wait_for_request("media", track_id=last, timeout=30)
+    gone = daemon.job(job_id)["tracks"][PLAYLIST_TRACK_IDS.index(GONE_TRACK_ID)]
+    assert (gone["status"], gone["error"]["code"]) == ("failed", "UPSTREAM_NOT_FOUND")
+
+    daemon.kill()
+    upstream.clear_faults()
+    upstream.inject("album", "status", times=None, album_id=GONE_ALBUM_ID, status=404)
+    upstream.inject("info", "status", times=None, track_id=GONE_TRACK_ID, status=404)
+    daemon.start()
+    job = daemon.wait_job(job_id)
+
+    assert job["status"] == "partial", job
+    assert [t["status"] for t in job["tracks"]] == [
+        "failed" if t == GONE_TRACK_ID else "completed" for t in PLAYLIST_TRACK_IDS
+    ]
+    kept = tuple(t for t in PLAYLIST_TRACK_IDS if t != GONE_TRACK_ID)
+    assert_m3u8_lists(daemon, catalog, playlist_path(daemon, PLAYLIST_TITLE), PLAYLIST_TITLE, kept)
 
 
 def test_a_track_an_album_job_fetched_is_skipped_by_a_playlist_job_without_media_requests(

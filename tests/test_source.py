@@ -196,6 +196,29 @@ async def test_unknown_ids_are_not_found(source: Source) -> None:
     await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, source.media_plan(UNKNOWN_ID, "LOSSLESS"))
 
 
+async def test_a_track_whose_album_404s_stands_alone_only_when_asked(
+    source: Source, server: CatalogServer, catalog: Catalog
+) -> None:
+    server.inject("album", "status", times=None, album_id=SINGLE_ALBUM_ID, status=404)
+    await expect_code(ErrorCode.UPSTREAM_NOT_FOUND, source.track_meta(SINGLE_TRACK_ID))
+
+    alone = await source.track_meta(SINGLE_TRACK_ID, alone_if_album_gone=True)
+
+    spec = catalog.track(SINGLE_TRACK_ID)
+    assert (alone.track_id, alone.title, alone.album, alone.album_id) == (
+        SINGLE_TRACK_ID,
+        spec.title,
+        catalog.album(SINGLE_ALBUM_ID).title,
+        SINGLE_ALBUM_ID,
+    )
+    assert (alone.album_artist, alone.track_total, alone.disc_total) == (
+        spec.artists[0].name,
+        0,
+        0,
+    )
+    assert alone.cover_url == source.cover_url(catalog.album(SINGLE_ALBUM_ID).cover)
+
+
 async def test_429_holds_the_whole_upstream_for_retry_after_and_sends_nothing_meanwhile(
     server: CatalogServer,
 ) -> None:
@@ -432,7 +455,13 @@ def answer_with(alter: Alter) -> Any:
 
 
 def refs_of(catalog: Catalog, track_ids: tuple[int, ...]) -> tuple[TrackRef, ...]:
-    return tuple(TrackRef(t, catalog.track(t).album_id) for t in track_ids)
+    """The refs a listing of `track_ids` gives: album, title with its version, duration."""
+    refs = []
+    for track_id in track_ids:
+        spec = catalog.track(track_id)
+        title = f"{spec.title} ({spec.version})" if spec.version else spec.title
+        refs.append(TrackRef(track_id, spec.album_id, title, spec.duration))
+    return tuple(refs)
 
 
 async def test_playlist_lists_tracks_of_two_albums_in_its_order_without_the_video(
