@@ -181,6 +181,8 @@ def render_job(job: dict[str, Any], children: Sequence[dict[str, Any]] = ()) -> 
     ]
     if job.get("parent"):
         lines.append(f"  parent:   artist job {job['parent']}")
+    if job.get("playlist_path"):
+        lines.append(f"  playlist: {job['playlist_path']}")
     if job.get("type") == "artist":
         kinds = ", ".join(job.get("include") or [])
         lines.append(f"  albums:   {children_cell(job)}  (include {kinds})")

@@ -70,8 +70,8 @@ class FailingTrackWork:
     async def discography(self, job: Job) -> Discography:
         return await self.work.discography(job)
 
-    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> None:
-        await self.work.before_finish(job, metas)
+    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> str | None:
+        return await self.work.before_finish(job, metas)
 
     async def run_track(self, run: TrackRun) -> TrackResult:
         if run.track.track_id in self.track_ids:

@@ -68,12 +68,14 @@ def hook_environment(job: Job, library: Path, files_list: Path) -> dict[str, str
 
 
 def job_paths(job: Job, children: Sequence[Job] = ()) -> list[str]:
-    """The library-relative paths of the job's completed tracks, in track order.
+    """The library-relative paths of the job's files: completed tracks in order, then its M3U8.
 
-    An artist job's are its album jobs' (`children`), album after album.
+    An artist job's are its album jobs' (`children`), album after album. A
+    playlist's or mix's M3U8 file (`playlist_path`) comes last.
     """
     tracks = [t for owner in (job, *children) for t in owner.tracks]
-    return [t.path for t in tracks if t.status == TrackStatus.COMPLETED and t.path]
+    paths = [t.path for t in tracks if t.status == TrackStatus.COMPLETED and t.path]
+    return [*paths, job.playlist_path] if job.playlist_path else paths
 
 
 async def run_program(program: Path, env: Mapping[str, str], timeout_s: float) -> HookRun:

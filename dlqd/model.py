@@ -116,6 +116,7 @@ class Job:
     `include` the release kinds an artist job queues (None for other types);
     `children` the album jobs an artist job waits on once expanded (those it
     queued, and albums already active that it took by reference).
+    `playlist_path` the M3U8 file a playlist or mix job's last finish wrote.
     """
 
     id: str
@@ -136,6 +137,7 @@ class Job:
     parent: str | None = None
     include: tuple[str, ...] | None = None
     children: list[str] = field(default_factory=list)
+    playlist_path: str | None = None  # a playlist's or mix's M3U8, library-relative, once written
 
     @property
     def dedupe_key(self) -> tuple[str, int | str, str]:
@@ -287,6 +289,7 @@ class Job:
             "parent": self.parent,
             "include": list(self.include) if self.include is not None else None,
             "children": list(self.children),
+            "playlist_path": self.playlist_path,
             "tracks": [t.to_wire() for t in self.tracks],
         }
         if self.type == "artist":

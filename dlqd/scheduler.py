@@ -156,10 +156,11 @@ class JobWork(Protocol):
 
     async def run_track(self, run: TrackRun) -> TrackResult: ...
 
-    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> None:
+    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> str | None:
         """A job's last step once its tracks are done (a playlist's M3U8), before its finish.
 
-        Raises QueueHeld to wait for a hold, DlqdError when the step failed.
+        Returns the library-relative path of the file it wrote, if any. Raises
+        QueueHeld to wait for a hold, DlqdError when the step failed.
         """
 
 
@@ -622,9 +623,10 @@ class Scheduler:
             outcome = await self._last_step(job, log_)
             if outcome is None:
                 continue
-            status, error = outcome
             try:
-                await self._finish(job.id, status, error, log_)
+                await self._finish(
+                    job.id, outcome.status, outcome.error, log_, playlist_path=outcome.written
+                )
             except DlqdError as exc:
                 log.error("job finish lost: journal unavailable", error_code=str(exc.code))
         await self._finish_done_artists()
@@ -649,10 +651,8 @@ class Scheduler:
             except DlqdError as exc:
                 log.error("job finish lost: journal unavailable", error_code=str(exc.code))
 
-    async def _last_step(
-        self, job: Job, log_: structlog.BoundLogger
-    ) -> tuple[JobStatus, dict[str, str] | None] | None:
-        """The job's status and error after `JobWork.before_finish`; None: wait for a hold.
+    async def _last_step(self, job: Job, log_: structlog.BoundLogger) -> _LastStep | None:
+        """The job's status, error and file after `JobWork.before_finish`; None: wait for a hold.
 
         A failed last step (the playlist file not written) keeps the tracks'
         outcome, but a job it leaves incomplete is not `completed`: it is
@@ -660,7 +660,7 @@ class Scheduler:
         """
         status, error = job_outcome(job)
         try:
-            await self.work.before_finish(job, self._metas[job.id])
+            written = await self.work.before_finish(job, self._metas[job.id])
         except QueueHeld as held:
             log_.info("job finish waits for a hold", reason=str(held.reason))
             return None
@@ -673,8 +673,8 @@ class Scheduler:
                 "job's last step failed", error_code=str(failure.code), error=failure.message
             )
             status = JobStatus.PARTIAL if status == JobStatus.COMPLETED else status
-            return status, failure.to_dict()
-        return status, error
+            return _LastStep(status, failure.to_dict(), None)
+        return _LastStep(status, error, written)
 
     async def _fail_unresolved(
         self, job_id: str, error: dict[str, str], log_: structlog.BoundLogger
@@ -697,6 +697,7 @@ class Scheduler:
         log_: structlog.BoundLogger,
         *,
         with_events: Sequence[dict[str, object]] = (),
+        playlist_path: str | None = None,
     ) -> None:
         event: dict[str, object] = {
             "e": "finish",
@@ -704,6 +705,8 @@ class Scheduler:
             "status": str(status),
             "error": error,
         }
+        if playlist_path is not None:
+            event["playlist_path"] = playlist_path
         if self.hook_on_finish:
             event["hook"] = True
         await self.store.commit(*with_events, {**event, "at": self.clock()})
@@ -774,6 +777,15 @@ class Scheduler:
             task.scope.cancel()
         self._metas.clear()
         self._names.clear()
+
+
+@dataclass(frozen=True)
+class _LastStep:
+    """How a job's last step ended: its finish's status and error, and the file it wrote."""
+
+    status: JobStatus
+    error: dict[str, str] | None
+    written: str | None
 
 
 class _LaterPasses:

@@ -256,6 +256,8 @@ def _on_finish(state: QueueState, event: Event) -> None:
     job.status = JobStatus(event["status"])
     job.error = event["error"]
     job.finished_at = event["at"]
+    # The M3U8 this finish wrote; absent when none was (and in records before it existed).
+    job.playlist_path = event.get("playlist_path")
     _leave_active(state, job)
     if event.get("hook"):  # absent before completion hooks existed: those jobs run none
         state.hooks_pending[job.id] = event["at"]
@@ -451,6 +453,7 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
         row.append(job.parent)
         row.append(list(job.include) if job.include is not None else None)
         row.append(job.children)
+        row.append(job.playlist_path)
         jobs.append(row)
     return {
         "next_seq": state.next_seq,
@@ -497,6 +500,8 @@ def from_snapshot(data: dict[str, Any]) -> QueueState:
             job.include = tuple(include) if include is not None else None
         if len(row) > job_width + 4:  # an artist job's children: since issue 12's artists
             job.children = list(row[job_width + 4])
+        if len(row) > job_width + 5:  # a playlist's or mix's M3U8 path
+            job.playlist_path = row[job_width + 5]
         job.status = status = job_statuses[job.status]
         tracks = job.tracks
         for track_row in track_rows:

@@ -275,8 +275,10 @@ class DownloadWork:
             raise failures[0]
         return albums
 
-    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> None:
+    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> str | None:
         """A playlist's or mix's M3U8, written once every track has an outcome; else nothing.
+
+        Returns the file's library-relative path (None: no file, no track to list).
 
         Lists the tracks whose file is in the library, in the listing's order
         (`metas` gives their artists). A library or disk that cannot take the
@@ -284,7 +286,7 @@ class DownloadWork:
         finishing without its playlist. Other failures raise DlqdError.
         """
         if job.type not in LISTING_TYPES:
-            return
+            return None
         entries = []
         for track in job.tracks:
             if track.status == TrackStatus.COMPLETED and track.path:
@@ -306,6 +308,7 @@ class DownloadWork:
             log.info("no playlist file: none of its tracks is in the library", job_id=job.id)
         else:
             log.info("playlist file written", job_id=job.id, path=path, tracks=len(entries))
+        return path
 
     async def run_track(self, run: TrackRun) -> TrackResult:
         temp = self.library / TMP_DIRNAME / temp_name(run.job_id, run.track.track_id)

@@ -40,7 +40,7 @@ from dlqd.m3u8 import PlaylistEntry
 from tests.conftest import DaemonFactory
 from tests.support import REPO, DaemonProcess, dlqctl, held_daemon, wait_until
 from tests.test_downloads import expected_relpath, expected_vorbis, vorbis_tags
-from tests.test_hooks_notify import Receiver, log_lines_with
+from tests.test_hooks_notify import Receiver, log_lines_with, write_hook
 from tests.test_hooks_notify import receiver as receiver  # the fixture
 
 PLAYLISTS = "Playlists"  # files.playlist_dir's default
@@ -139,6 +139,31 @@ def test_a_playlist_spanning_two_albums_lands_in_both_album_folders_with_an_m3u8
     for album_id in album_ids(catalog, PLAYLIST_TRACK_IDS):  # each album's metadata read once
         assert len(upstream.requests_for("album", album_id=album_id)) == 1, album_id
     assert upstream.requests_for("info") == []  # every track was in its album's listing
+
+
+def test_the_m3u8_is_part_of_the_jobs_result_in_show_and_the_hooks_files_and_survives_restart(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "hook-out"
+    hook = write_hook(tmp_path / "hook.sh", f'cp "$DLQD_FILES" {out}\n')
+    daemon = start(make_daemon, upstream, hooks={"on_job_finished": str(hook)})
+
+    job_id = daemon.submit("playlist", PLAYLIST_UUID)
+    job = daemon.wait_job(job_id)
+
+    written = f"{PLAYLISTS}/{m3u8.file_name(PLAYLIST_TITLE)}"
+    assert (job["status"], job["playlist_path"]) == ("completed", written)
+    assert (daemon.library / written).is_file()
+    wait_until(out.exists, what="the completion hook")
+    assert out.read_text().splitlines() == [*(t["path"] for t in job["tracks"]), written]
+    code, shown, _ = dlqctl(daemon.socket, "show", job_id)
+    assert code == 0 and f"  playlist: {written}" in shown.splitlines()
+
+    daemon.kill()  # the finish record holds it: replayed, not recomputed
+    daemon.start()
+    assert daemon.job(job_id)["playlist_path"] == written
+    album = daemon.wait_job(daemon.submit("album", SINGLE_ALBUM_ID))
+    assert album["playlist_path"] is None  # only playlists and mixes write one
 
 
 def test_a_mix_lands_in_its_albums_folders_with_an_m3u8_in_order(

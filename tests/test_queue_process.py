@@ -61,6 +61,7 @@ JOB_KEYS = {
     "parent",
     "include",
     "children",
+    "playlist_path",
     "tracks",
 }
 TRACK_KEYS = {

@@ -53,7 +53,7 @@ class PoisonedWork:
         path = "Artist/\ud800.flac" if run.track.track_id == SURROGATE_PATH_TRACK else "a.flac"
         return TrackResult(path=path, outcome="written", bytes=10)
 
-    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> None:
+    async def before_finish(self, job: Job, metas: Mapping[int, TrackMeta]) -> str | None:
         """Nothing to do once a track job's track is done."""
 
 

@@ -365,6 +365,26 @@ def test_snapshot_round_trip_keeps_a_string_target_an_artist_include_and_a_paren
     assert restored.active_job_for(("playlist", playlist_uuid, "LOSSLESS")) is jobs["4"]
 
 
+def test_finish_records_a_playlists_m3u8_path_through_replay_and_snapshot() -> None:
+    state = album_with_tracks()
+    apply(state, done("1", 11))
+    finish = {"e": "finish", "id": "1", "status": "partial", "error": None, "at": AT + 5}
+    apply(state, {**finish, "playlist_path": "Playlists/Road.m3u8"})
+    assert state.jobs["1"].playlist_path == "Playlists/Road.m3u8"
+    assert state.jobs["1"].to_wire()["playlist_path"] == "Playlists/Road.m3u8"
+    assert through_msgpack(state).jobs["1"].playlist_path == "Playlists/Road.m3u8"
+
+    apply(state, {"e": "retry", "id": "1", "at": AT + 6})
+    assert state.jobs["1"].playlist_path == "Playlists/Road.m3u8"  # until its next finish
+    apply(state, {**finish, "at": AT + 7})  # a finish that wrote no file (or an older record)
+    assert state.jobs["1"].playlist_path is None
+
+    old = to_snapshot(state)  # a snapshot from before the field: job rows one shorter
+    for row in old["jobs"]:
+        row.pop()
+    assert from_snapshot(old).jobs["1"].playlist_path is None
+
+
 def expanded_artist() -> QueueState:
     """Artist job 2 expanded into album 3 (queued by it) and album 1 (active, by reference)."""
     return replay(
