@@ -211,6 +211,7 @@ class Scheduler:
         self._names: dict[str, JobNames] = {}  # resolved jobs' file names, kept distinct
         self._resolving: dict[str, _Task] = {}
         self._tracks: dict[TrackKey, _Task] = {}
+        self._finishing: dict[str, _Task] = {}  # jobs whose last step runs (a playlist's M3U8)
         self._meters: dict[str, RateMeter] = {}  # per job: its download rate
         # A job whose metadata read ends on a transient error gets later passes too.
         self._resolve_passes = _LaterPasses(requeue_after_s, max_passes)
@@ -228,7 +229,7 @@ class Scheduler:
                 if self._fault_held():
                     self._stop_tracks_for_hold()
                 if not self.draining:
-                    await self._finish_done_jobs()
+                    await self._finish_done_jobs(nursery)
                 if self.running:  # a held queue does not talk to the upstream at all
                     self._start_resolves(nursery)
                     self._start_tracks(nursery)
@@ -607,8 +608,12 @@ class Scheduler:
 
     # --- finishing ----------------------------------------------------------------
 
-    async def _finish_done_jobs(self) -> None:
-        """Finish resolved jobs whose every track has an outcome and nothing runs for them."""
+    async def _finish_done_jobs(self, nursery: trio.Nursery) -> None:
+        """Start the last step of resolved jobs whose every track has an outcome; finish artists.
+
+        Each job's last step (its M3U8 on a slow share, say) runs as a task of
+        its own, one per job at a time, so it never holds up starting tracks.
+        """
         running_jobs = {job_id for job_id, _ in self._tracks}
         done = [
             job
@@ -616,20 +621,46 @@ class Scheduler:
             if job.status in RUNNABLE_STATUSES
             and job.id in self._metas
             and job.id not in running_jobs
+            and job.id not in self._finishing
+            and job.id not in self._stopped_jobs
             and is_finished(job)
         ]
         for job in done:
-            log_ = log.bind(job_id=job.id)
-            outcome = await self._last_step(job, log_)
-            if outcome is None:
-                continue
-            try:
-                await self._finish(
-                    job.id, outcome.status, outcome.error, log_, playlist_path=outcome.written
-                )
-            except DlqdError as exc:
-                log.error("job finish lost: journal unavailable", error_code=str(exc.code))
+            task = _Task()
+            self._finishing[job.id] = task
+            nursery.start_soon(self._finish_job, job, self._metas[job.id], task)
         await self._finish_done_artists()
+
+    async def _finish_job(self, job: Job, metas: Mapping[int, TrackMeta], task: _Task) -> None:
+        """Run a job's last step, then journal its finish; stopped, it leaves the job as it is.
+
+        A step that meets a hold waits for the hold to end (or for a drain),
+        then runs again.
+        """
+        job_id = job.id
+        log_ = log.bind(job_id=job_id)
+        try:
+            with task.scope:
+                while True:
+                    try:
+                        outcome = await self._last_step(job, metas, log_)
+                    except QueueHeld as held:
+                        log_.info("job finish waits for a hold", reason=str(held.reason))
+                        while self.holds.is_held(held.reason) and not self.draining:
+                            await self.store.wait_changed()
+                        if self.draining:  # re-queued: the restart runs the step
+                            return
+                        continue
+                    break
+                await self._finish(
+                    job_id, outcome.status, outcome.error, log_, playlist_path=outcome.written
+                )
+        except DlqdError as exc:
+            log_.error("job finish lost: journal unavailable", error_code=str(exc.code))
+        finally:
+            self._finishing.pop(job_id, None)
+            task.finished.set()
+            self.store.notify_changed()
 
     async def _finish_done_artists(self) -> None:
         """Finish expanded artist jobs whose every child has finished (or was removed)."""
@@ -651,8 +682,12 @@ class Scheduler:
             except DlqdError as exc:
                 log.error("job finish lost: journal unavailable", error_code=str(exc.code))
 
-    async def _last_step(self, job: Job, log_: structlog.BoundLogger) -> _LastStep | None:
-        """The job's status, error and file after `JobWork.before_finish`; None: wait for a hold.
+    async def _last_step(
+        self, job: Job, metas: Mapping[int, TrackMeta], log_: structlog.BoundLogger
+    ) -> _LastStep:
+        """The job's status, error and file after `JobWork.before_finish`.
+
+        Raises QueueHeld when the step must wait for a hold.
 
         A failed last step (the playlist file not written) keeps the tracks'
         outcome, but a job it leaves incomplete is not `completed`: it is
@@ -660,10 +695,9 @@ class Scheduler:
         """
         status, error = job_outcome(job)
         try:
-            written = await self.work.before_finish(job, self._metas[job.id])
-        except QueueHeld as held:
-            log_.info("job finish waits for a hold", reason=str(held.reason))
-            return None
+            written = await self.work.before_finish(job, metas)
+        except QueueHeld:
+            raise
         except Exception as exc:  # a bug in the step must fail the step, not the daemon
             failure = exc if isinstance(exc, DlqdError) else None
             if failure is None:
@@ -742,18 +776,18 @@ class Scheduler:
             self.store.notify_changed()
 
     async def _stop_job(self, job_id: str) -> None:
-        """Stop a job's resolve and running tracks in flight; return once they cleaned up."""
+        """Stop a job's resolve, running tracks and last step; return once they cleaned up."""
         tasks = [task for (owner, _), task in self._tracks.items() if owner == job_id]
-        resolving = self._resolving.get(job_id)
-        if resolving is not None:
-            tasks.append(resolving)
+        for other in (self._resolving.get(job_id), self._finishing.get(job_id)):
+            if other is not None:
+                tasks.append(other)
         for task in tasks:
             task.scope.cancel()
         for task in tasks:
             await task.finished.wait()
 
     async def drain(self, grace_s: float) -> list[str]:
-        """Start nothing new; let running tracks finish within `grace_s`; stop the rest.
+        """Start nothing new; let running tracks and last steps end within `grace_s`; stop the rest.
 
         Returns the ids of jobs left `processing`, which the caller re-queues.
         """
@@ -762,9 +796,10 @@ class Scheduler:
         for task in self._resolving.values():  # metadata is read again after the restart
             task.scope.cancel()
         with trio.move_on_after(grace_s):
-            while self._tracks:
+            while self._tracks or self._finishing:
                 await self.store.wait_changed()
-        for job_id in {owner for owner, _ in self._tracks}:
+        # A last step cut short leaves its job processing: re-queued, it runs after the restart.
+        for job_id in {owner for owner, _ in self._tracks} | set(self._finishing):
             await self._stop_job(job_id)
         jobs = self.store.state.active_jobs()
         return [
@@ -773,7 +808,7 @@ class Scheduler:
 
     def _stop_everything(self) -> None:
         """After a journal rollback: running work may belong to undone events."""
-        for task in [*self._tracks.values(), *self._resolving.values()]:
+        for task in [*self._tracks.values(), *self._resolving.values(), *self._finishing.values()]:
             task.scope.cancel()
         self._metas.clear()
         self._names.clear()

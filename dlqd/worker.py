@@ -296,8 +296,16 @@ class DownloadWork:
         source = source_line_value(job.type, job.target_id)
         try:
             await self._preflight()
+            # Abandoned when the job is stopped: a write stuck on a dead share must not
+            # hold up a cancel or a shutdown (a restart writes the file again).
             path = await trio.to_thread.run_sync(
-                write_playlist, self.library, self.files.playlist_dir, job.title, source, entries
+                write_playlist,
+                self.library,
+                self.files.playlist_dir,
+                job.title,
+                source,
+                entries,
+                abandon_on_cancel=True,
             )
         except DlqdError as exc:
             held = await self._library_hold(exc, keep_partial=False)

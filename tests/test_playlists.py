@@ -26,6 +26,7 @@ from dlqd.demo.catalog import (
     PLAYLIST_TITLE,
     PLAYLIST_TRACK_IDS,
     PLAYLIST_UUID,
+    SECOND_ALBUM_ID,
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,
     VIDEO_ID,
@@ -476,6 +477,100 @@ def test_a_playlist_whose_library_is_gone_at_its_end_waits_for_it_and_then_write
     assert resolved_entries(playlist_path(daemon, PLAYLIST_TITLE), daemon.library) == [
         expected_relpath(catalog, t, "flac") for t in kept
     ]
+
+
+# --- a playlist write stuck on the filesystem ------------------------------------------
+
+
+def stalled_daemon(
+    make_daemon: DaemonFactory, upstream: CatalogServer, stall: Path, **sections: Any
+) -> DaemonProcess:
+    """A daemon whose jobs' last steps wait, in a thread, while `stall` exists (debug hook)."""
+    stall.touch()
+    env = {"DLQD_DEBUG_HOOKS": "1", "DLQD_DEBUG_STALL_LAST_STEP": str(stall)}
+    daemon = make_daemon(upstream=upstream, settings=sections or None, env=env)
+    daemon.start()
+    return daemon
+
+
+def stuck_in_its_last_step(daemon: DaemonProcess, job_id: str) -> dict[str, Any]:
+    """Wait until the job's tracks are all done and its playlist write is stuck; the job."""
+
+    def stuck() -> dict[str, Any] | None:
+        job = daemon.job(job_id)
+        done = bool(job["tracks"]) and all(t["status"] == "completed" for t in job["tracks"])
+        stalled = f'"job_id": "{job_id}", "file"' in daemon.logs()
+        return job if done and stalled else None
+
+    return wait_until(stuck, timeout=30, what=f"job {job_id}'s last step to stall")
+
+
+def test_a_stuck_playlist_write_holds_up_only_its_own_job(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    stall = tmp_path / "stall"
+    daemon = stalled_daemon(make_daemon, upstream, stall, worker={"max_concurrent": 1})
+    job_id = daemon.submit("playlist", PLAYLIST_UUID)
+    assert stuck_in_its_last_step(daemon, job_id)["status"] == "processing"
+
+    other = daemon.wait_job(daemon.submit("album", SECOND_ALBUM_ID))
+
+    assert other["status"] == "completed"  # its tracks started and ran meanwhile
+    assert daemon.job(job_id)["status"] == "processing"
+    assert not playlist_path(daemon, PLAYLIST_TITLE).exists()
+
+    stall.unlink()
+    job = daemon.wait_job(job_id)
+
+    assert (job["status"], job["playlist_path"]) == (
+        "completed",
+        f"{PLAYLISTS}/{m3u8.file_name(PLAYLIST_TITLE)}",
+    )
+    assert playlist_path(daemon, PLAYLIST_TITLE).is_file()
+
+
+def test_cancel_and_pause_of_a_playlist_stuck_in_its_write_answer_and_resume_writes_it(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    stall = tmp_path / "stall"
+    daemon = stalled_daemon(make_daemon, upstream, stall)
+    playlist = daemon.submit("playlist", PLAYLIST_UUID)
+    mix = daemon.submit("mix", MIX_ID)
+    stuck_in_its_last_step(daemon, playlist)
+    stuck_in_its_last_step(daemon, mix)
+
+    cancelled = daemon.call("cancel", id=mix)["job"]
+    daemon.call("pause", id=playlist)
+
+    assert (cancelled["status"], cancelled["playlist_path"]) == ("cancelled", None)
+    assert daemon.job(playlist)["status"] == "paused"
+    stall.unlink()
+    daemon.call("resume", id=playlist)
+    job = daemon.wait_job(playlist)
+
+    assert job["status"] == "completed", job
+    assert playlist_path(daemon, PLAYLIST_TITLE).is_file()
+    assert daemon.job(mix)["status"] == "cancelled"  # its abandoned step finished nothing
+    assert not playlist_path(daemon, MIX_TITLE).exists()
+
+
+def test_shutdown_during_a_stuck_playlist_write_requeues_it_and_the_restart_writes_it(
+    make_daemon: DaemonFactory, upstream: CatalogServer, tmp_path: Path
+) -> None:
+    stall = tmp_path / "stall"
+    daemon = stalled_daemon(make_daemon, upstream, stall, worker={"drain_grace_s": 0.5})
+    job_id = daemon.submit("playlist", PLAYLIST_UUID)
+    stuck_in_its_last_step(daemon, job_id)
+
+    assert daemon.stop() == 0  # the drain abandons the stuck write
+    stall.unlink()
+    upstream.clear_requests()
+    daemon.start()
+    job = daemon.wait_job(job_id)
+
+    assert job["status"] == "completed", job
+    assert upstream.requests_for("media") == []  # only the file was left to do
+    assert playlist_path(daemon, PLAYLIST_TITLE).is_file()
 
 
 def test_a_playlist_the_upstream_does_not_have_fails_upstream_not_found(
