@@ -32,13 +32,13 @@ from typing import Any, Protocol
 import structlog
 import trio
 
+from dlqd import expansion
 from dlqd.codes import DEFERRABLE_CODES
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.holds import FAULT_REASONS, Holds, QueueHeld
 from dlqd.meta import TrackMeta
 from dlqd.model import (
     ACTIVE_STATUSES,
-    DEFAULT_INCLUDE,
     FINISHED_STATUSES,
     Job,
     JobStatus,
@@ -55,7 +55,7 @@ from dlqd.picking import (
     resolve_order,
 )
 from dlqd.rates import RateMeter
-from dlqd.source import Discography, Release
+from dlqd.source import Discography
 from dlqd.state import artist_outcome, is_expanded, job_outcome
 from dlqd.store import RecordRefused, Store
 from dlqd.summary import (
@@ -63,7 +63,6 @@ from dlqd.summary import (
     human_bytes,
     job_name,
     job_summary,
-    printable,
     track_summary,
 )
 
@@ -366,83 +365,35 @@ class Scheduler:
     async def _expand(
         self, job_id: str, discography: Discography, log_: structlog.BoundLogger
     ) -> None:
-        """Queue one album job per release of the included kinds, in one commit with `expand`.
-
-        An album already active (same album and quality) is not queued again:
-        the artist job waits on it by reference. All or nothing: when the new
-        album jobs do not all fit under `limits.max_queue`, none is queued and
-        the artist job fails QUEUE_FULL.
-        """
+        """Queue the artist job's album jobs (dlqd.expansion), in one commit with `expand`."""
         self._resolve_passes.forget(job_id)
         state = self.store.state
         job = state.jobs[job_id]
         if job.status not in RUNNABLE_STATUSES:  # paused or cancelled while reading
             return
-        error = self._expansion_refused(job, discography)
-        if error is not None:
-            await self._fail_unresolved(job_id, error, log_)
+        planned = expansion.plan(
+            state,
+            job,
+            discography,
+            at=self.clock(),
+            max_queue=self.max_queue,
+            max_releases=self.max_job_releases,
+        )
+        if not isinstance(planned, expansion.Expansion):
+            await self._fail_unresolved(job_id, planned, log_)
             return
-        include = job.include or DEFAULT_INCLUDE
-        releases = [release for release in discography.releases if release.kind in include]
-        children: list[str] = []
-        events: list[dict[str, object]] = []
-        now = self.clock()
-        next_seq = state.next_seq
-        for release in releases:
-            twin = state.active_job_for(("album", release.album_id, job.quality))
-            if twin is not None:
-                children.append(twin.id)
-                continue
-            child_id = str(next_seq)
-            next_seq += 1
-            children.append(child_id)
-            events.append(_child_submit(job, child_id, release, now))
-        expand = {"e": "expand", "id": job_id, "name": discography.name, "children": children}
         try:
-            await self.store.commit(*events, {**expand, "at": now})
+            await self.store.commit(*planned.events)
         except RecordRefused as exc:
             log_.error("the discography cannot be journaled", error=exc.message)
             await self._fail_unresolved(job_id, _unrecordable(exc), log_)
             return
         job = self.store.state.jobs[job_id]
         line = (
-            f"job {job_id} expanded: {job_name(job)} ({len(releases)} releases, "
-            f"{len(events)} album jobs queued)"
+            f"job {job_id} expanded: {job_name(job)} ({planned.releases} releases, "
+            f"{planned.queued} album jobs queued)"
         )
-        log_.info("artist expanded", releases=len(releases), queued=len(events), summary=line)
-
-    def _expansion_refused(self, job: Job, discography: Discography) -> dict[str, str] | None:
-        """Why the artist job cannot expand (no release it wants, too many, no room), or None."""
-        include = job.include or DEFAULT_INCLUDE
-        releases = [release for release in discography.releases if release.kind in include]
-        who = f"artist {job.target_id} ({printable(discography.name)})"
-        if not releases:
-            listed = _kind_counts(discography.releases)
-            return {
-                "code": str(ErrorCode.UPSTREAM_NOT_FOUND),
-                "message": f"{who} has no release of the kinds {', '.join(include)}"
-                + (f"; it lists {listed}" if listed else ""),
-            }
-        if len(releases) > self.max_job_releases:
-            return {
-                "code": str(ErrorCode.UPSTREAM_BAD_RESPONSE),
-                "message": f"{who} lists {len(releases)} releases of the kinds "
-                f"{', '.join(include)}, more than limits.max_job_tracks = {self.max_job_releases}",
-            }
-        state = self.store.state
-        new = sum(
-            1
-            for release in releases
-            if state.active_job_for(("album", release.album_id, job.quality)) is None
-        )
-        room = self.max_queue - state.active_count
-        if new > room:
-            return {
-                "code": str(ErrorCode.QUEUE_FULL),
-                "message": f"{who} has {new} albums to queue but the queue has room for "
-                f"{max(room, 0)} (limits.max_queue = {self.max_queue}); none was queued",
-            }
-        return None
+        log_.info("artist expanded", releases=planned.releases, queued=planned.queued, summary=line)
 
     # --- tracks -------------------------------------------------------------------
 
@@ -881,26 +832,6 @@ def _unrecordable(exc: RecordRefused) -> dict[str, str]:
         "code": str(ErrorCode.UPSTREAM_BAD_RESPONSE),
         "message": f"the upstream sent data dlqd cannot record: {exc.message}",
     }
-
-
-def _child_submit(artist: Job, child_id: str, release: Release, at: float) -> dict[str, object]:
-    """The `submit` of an album job an artist job queues: its quality and priority, its parent."""
-    return {
-        "e": "submit",
-        "id": child_id,
-        "type": "album",
-        "target_id": release.album_id,
-        "quality": artist.quality,
-        "priority": artist.priority,
-        "at": at,
-        "parent": artist.id,
-    }
-
-
-def _kind_counts(releases: Sequence[Release]) -> str:
-    """`2 singles, 1 ep`: what a discography holds, by kind."""
-    counts = Counter(release.kind for release in releases)
-    return ", ".join(f"{count} {kind}{'s' if count > 1 else ''}" for kind, count in counts.items())
 
 
 def _resolve_event(job_id: str, resolved: ResolvedJob) -> dict[str, Any]:
