@@ -240,12 +240,12 @@ def queue_in_run_order(client: Client, statuses: Sequence[str]) -> list[dict[str
 
 def show(args: argparse.Namespace, client: Client, out: Output) -> int:
     job = client.call("get", {"id": args.job})["job"]
-    children = [] if out.as_json else _children(client, job)
+    children = [] if out.as_json else artist_children(client, job)
     out.emit(job, lambda shown: render.render_job(shown, children))
     return EXIT_OK
 
 
-def _children(client: Client, job: dict[str, Any]) -> list[dict[str, Any]]:
+def artist_children(client: Client, job: dict[str, Any]) -> list[dict[str, Any]]:
     """An artist job's album jobs, as they are now (one removed since is left out)."""
     children = []
     for child_id in job.get("children") or []:

@@ -116,9 +116,14 @@ def job_row(job: dict[str, Any], bar_cells: int = BAR_CELLS, child: bool = False
 
 def job_table(jobs: Sequence[dict[str, Any]], width: int) -> list[str]:
     """The `ls` table fitted to `width` cells; the bar goes first when room is short."""
-    if not jobs:
+    return placed_job_table(with_children_under_parents(jobs), width)
+
+
+def placed_job_table(placed: Sequence[tuple[dict[str, Any], bool]], width: int) -> list[str]:
+    """`job_table` of jobs already in their rows' order, each with whether it sits under its
+    parent (`with_children_under_parents`): one row per entry, under one header."""
+    if not placed:
         return []
-    placed = with_children_under_parents(jobs)
     rows = [job_row(job, child=child) for job, child in placed]
     if width - _fixed_cells(rows) < MIN_TITLE_CELLS:
         rows = [job_row(job, bar_cells=0, child=child) for job, child in placed]

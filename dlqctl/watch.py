@@ -6,6 +6,8 @@ ways to show them: on a terminal a live table redrawn in place (`Screen`),
 otherwise one plain line per event (`EventLines`), or with `--json` the
 events themselves (`JsonEvents`). When dlqd goes away the loop says so and
 reconnects with backoff (`--no-reconnect`: exit 3).
+An artist job has no tracks of its own: following one follows its album
+jobs (`children`) too, and their progress moves the artist job's line.
 Exit: 0 when the queue is idle (nothing queued or processing) or the
 followed job completed; 1 when the followed job ended otherwise or is gone.
 Never: parses the command line or handles Ctrl-C (`__main__` does).
@@ -25,13 +27,14 @@ from typing import Any, Protocol, TextIO
 
 from dlqctl import render, text
 from dlqctl.client import Client, NotPermitted, Refused, Unreachable
-from dlqctl.commands import queue_in_run_order
+from dlqctl.commands import artist_children, queue_in_run_order
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 3
 FINISHED = ("completed", "partial", "failed", "cancelled")
 TICK_S = 1.0  # the live table is refreshed at least this often, events or not
 REDRAW_MIN_S = 0.25  # ...and at most this often
 PROGRESS_LINE_S = 5.0  # plain lines: at most one progress line per job this often
+LAST_EVENTS_S = 1.0  # a followed job ended: how long its last events may still take to come
 RECENT_FINISHED = 5  # finished jobs shown under the live table
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # waits between reconnection attempts; the last repeats
 QUEUE_EVENTS = ("finish", "cancel", "pause", "remove", "hold", "release")  # may end the watch
@@ -40,6 +43,7 @@ EVENT_VERBS = {
     "submit": "submitted",
     "resolve": "resolved",
     "start": "started",
+    "expand": "expanded",
     "finish": "finished",
     "cancel": "cancelled",
     "pause": "paused",
@@ -60,6 +64,7 @@ class Snapshot:
     queue: list[dict[str, Any]] = field(default_factory=list)  # active jobs, run order
     recent: list[dict[str, Any]] = field(default_factory=list)  # finished, newest last
     job: dict[str, Any] | None = None  # the followed job
+    children: list[dict[str, Any]] = field(default_factory=list)  # its album jobs (artist job)
 
     @property
     def idle(self) -> bool:
@@ -91,6 +96,7 @@ class Watch:
         self.connected_once = False
         self.failures = 0  # reconnection attempts since the daemon went away
         self.unfinished: set[str] = set()  # active jobs whose end the view has not shown
+        self.children: frozenset[str] = frozenset()  # the followed artist job's album jobs
 
     def run(self) -> int:
         while True:
@@ -117,22 +123,49 @@ class Watch:
             snapshot = self._snapshot(requests)
             self.view.show(snapshot)
             refreshed = time.monotonic()
-            stale = False
+            stale = followed_ended_here = False
             while (done := self._outcome(snapshot)) is None:
+                followed_ended_here = self.job_id is not None
                 event = stream.next_event(TICK_S)
                 now = time.monotonic()
                 if event is not None and self._concerns_us(event):
                     stale = True
-                    self._note(event)
-                    self.view.event(event, self._event_job(requests, event, now))
+                    self._show_event(requests, event, now)
                     if event.get("event") in QUEUE_EVENTS:
                         refreshed = 0.0  # ask now whether the watch is over
                 if now - refreshed >= (REDRAW_MIN_S if stale else TICK_S):
                     snapshot = self._snapshot(requests)
                     refreshed, stale = now, False
                     self.view.show(snapshot)
+            if followed_ended_here:
+                self._take_last_events(stream, requests)
             self.view.finished(snapshot)
             return done
+
+    def _show_event(self, client: Client, event: dict[str, Any], now: float) -> None:
+        self._note(event)
+        job = self._event_job(client, event, now)
+        self.view.event(event, job)
+        self._tell_artist_standing(client, event, job)
+
+    def _take_last_events(self, stream: Client, client: Client) -> None:
+        """The followed job ended while watched: show the events still coming up to its `finish`.
+
+        A snapshot can tell the end before the stream does; an artist job's last
+        album finishes just before it, and that line belongs before the summary.
+        """
+        deadline = time.monotonic() + LAST_EVENTS_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = stream.next_event(left)
+            except Unreachable:
+                return  # the outcome is known: the summary says it
+            if event is None:
+                return
+            if self._concerns_us(event):
+                self._show_event(client, event, time.monotonic())
+                if event.get("event") == "finish" and event.get("job_id") == self.job_id:
+                    return
 
     def _note(self, event: dict[str, Any]) -> None:
         """Keep `unfinished` current: the jobs whose end the view has not shown yet."""
@@ -158,19 +191,52 @@ class Watch:
                 self.unfinished.discard(job_id)
 
     def _concerns_us(self, event: dict[str, Any]) -> bool:
-        return self.job_id is None or event.get("job_id") in (None, self.job_id)
+        """Every event when following the queue; else the followed job's, its album jobs'
+        (an artist job) and the queue's own (no job id)."""
+        job_id = event.get("job_id")
+        if self.job_id is None or job_id in (None, self.job_id):
+            return True
+        return isinstance(job_id, str) and job_id in self.children
 
     def _event_job(
         self, client: Client, event: dict[str, Any], now: float
     ) -> dict[str, Any] | None:
-        """The job an event is about, when the view prints a line for it (progress: rarely)."""
+        """The job whose line an event moves, when the view prints one (progress: rarely).
+
+        Usually the event's job; for an album job's progress while its artist job
+        is followed, the artist job: its bytes, speed and ETA are its albums' summed.
+        """
         job_id = event.get("job_id")
         if not self.view.wants_jobs or not isinstance(job_id, str):
             return None
         if event.get("event") == "progress":
+            if job_id in self.children and self.job_id is not None:
+                job_id = self.job_id
             if now - self.last_progress_line.get(job_id, 0.0) < PROGRESS_LINE_S:
                 return None
             self.last_progress_line[job_id] = now
+        return self._get(client, job_id)
+
+    def _tell_artist_standing(
+        self, client: Client, event: dict[str, Any], job: dict[str, Any] | None
+    ) -> None:
+        """After an album job (`job`) of an artist job finished: where the artist job stands.
+
+        Its `n/m albums` moved on. Only while the artist job is still active: its
+        own `finish` line follows otherwise.
+        """
+        if event.get("event") != "finish" or job is None:
+            return
+        if self.job_id is None:
+            parent = job.get("parent")
+        else:
+            parent = self.job_id if job["id"] in self.children else None
+        artist = self._get(client, parent) if isinstance(parent, str) else None
+        if artist is not None and artist["status"] not in FINISHED:
+            self.view.event({"event": "progress", "job_id": artist["id"]}, artist)
+
+    @staticmethod
+    def _get(client: Client, job_id: str) -> dict[str, Any] | None:
         try:
             return dict(client.call("get", {"id": job_id})["job"])
         except Refused:
@@ -184,6 +250,10 @@ class Watch:
             except Refused as refusal:
                 if refusal.code != "NOT_FOUND":
                     raise
+            if snapshot.job is not None:
+                self.children = frozenset(snapshot.job.get("children") or [])
+                if self.view.wants_table:
+                    snapshot.children = artist_children(client, snapshot.job)
         elif self.view.wants_table:
             snapshot.queue = queue_in_run_order(client, ACTIVE)
             finished = client.call("list", {"status": list(FINISHED), "limit": 50})["jobs"]
@@ -207,11 +277,15 @@ class Watch:
 
 
 def job_facts(job: dict[str, Any]) -> str:
-    """`processing 45%, 5/12 tracks, 1.2 MiB/s, ETA 0:42 — Artist – Album` (escaped)."""
+    """`processing 45%, 5/12 tracks, 1.2 MiB/s, ETA 0:42 — Artist – Album` (escaped).
+
+    An artist job counts albums: `processing 30%, 1/3 albums, …`.
+    """
     job = text.printable_doc(job)  # idempotent: escapes leave no control character behind
     parts = [f"{job['status']} {render.progress_cell(job, 0).strip()}"]
-    if render.tracks_done(job) != "-":
-        parts.append(f"{render.tracks_done(job)} tracks")
+    done = render.tracks_done(job)
+    if done != "-":
+        parts.append(done if done.endswith(" albums") else f"{done} tracks")
     if job["status"] == "processing":
         parts.append(text.rate(job.get("speed_bps")))
         parts.append(f"ETA {render.eta_cell(job)}")
@@ -238,8 +312,8 @@ def event_line(event: dict[str, Any], job: dict[str, Any] | None) -> str | None:
         title = _track_title(job, event.get("track_id"))
         code = text.printable(str(error.get("code")))
         return f"job {job_id}: track {title} failed {code}; {facts}"
-    if kind == "progress":
-        return f"job {job_id}: {facts}"
+    if kind == "progress":  # the line of the job given: an artist job's for its albums' bytes
+        return f"job {job['id']}: {facts}"
     return f"job {job_id} {EVENT_VERBS.get(kind, text.printable(kind))}: {facts}"
 
 
@@ -264,7 +338,8 @@ class EventLines:
     wants_jobs = True
     wants_table = False
 
-    def __init__(self, out: TextIO, err: TextIO):
+    def __init__(self, job_id: str | None, out: TextIO, err: TextIO):
+        self.job_id = job_id  # the followed job: lines about its album jobs sit under it
         self.out, self.err = out, err
         self.shown_holds: tuple[str, ...] = ()
         self.reconnecting = False
@@ -288,9 +363,12 @@ class EventLines:
 
     def event(self, event: dict[str, Any], job: dict[str, Any] | None) -> None:
         line = event_line(event, job)
+        about = job["id"] if job is not None else event.get("job_id")
         if line is not None:
+            if self.job_id is not None and isinstance(about, str) and about != self.job_id:
+                line = f"  └ {line}"  # one of the followed artist job's albums, as `ls` shows it
             self._print(line)
-        self.finish_shown |= event.get("event") == "finish"
+        self.finish_shown |= event.get("event") == "finish" and about == self.job_id
 
     def finished(self, snapshot: Snapshot) -> None:
         if snapshot.job is None:
@@ -323,7 +401,7 @@ class JsonEvents:
     def __init__(self, out: TextIO):
         self.out = out
         self.reconnecting = False
-        self.finish_shown = False
+        self.finish_shown: set[str] = set()  # jobs whose `finish` event is out
 
     def _print(self, document: dict[str, Any]) -> None:
         print(json.dumps(document, ensure_ascii=False), file=self.out, flush=True)
@@ -333,13 +411,14 @@ class JsonEvents:
 
     def event(self, event: dict[str, Any], job: dict[str, Any] | None) -> None:
         self._print(event)
-        self.finish_shown |= event.get("event") == "finish"
+        if event.get("event") == "finish":
+            self.finish_shown.add(str(event.get("job_id")))
 
     def finished(self, snapshot: Snapshot) -> None:
         job = snapshot.job
         if job is None:
             self._print({"event": "idle"})
-        elif not self.finish_shown:
+        elif job["id"] not in self.finish_shown:  # it ended unseen
             self._print(
                 {
                     "event": "finish",
@@ -422,10 +501,14 @@ class Screen:
             lines.append(self.notice)
         lines.extend(render.hold_lines(stats.get("holds") or [], time.time()))
         if self.job_id is not None:
-            return lines + _job_lines(self.job_id, snapshot.job, width)
-        queue = [text.printable_doc(job) for job in snapshot.queue]
-        recent = [text.printable_doc(job) for job in snapshot.recent]
-        table = render.job_table(queue + recent, width)
+            room = height - len(lines)
+            return lines + _job_lines(self.job_id, snapshot.job, snapshot.children, width, room)
+        # Each section keeps an artist job's album jobs under it, as `ls` does.
+        queue = render.with_children_under_parents([text.printable_doc(j) for j in snapshot.queue])
+        recent = render.with_children_under_parents(
+            [text.printable_doc(job) for job in snapshot.recent]
+        )
+        table = render.placed_job_table(queue + recent, width)
         if not table:
             return [*lines, "(nothing queued)"]
         header, rows = table[0], table[1:]
@@ -449,22 +532,43 @@ def _headline(stats: dict[str, Any]) -> str:
     return f"dlqd {_clock()} · {summary} · {text.rate(stats.get('speed_bps'))} · {slots}"
 
 
-def _job_lines(job_id: str, job: dict[str, Any] | None, width: int) -> list[str]:
-    """The followed job's row, then one line per track downloading now."""
+def _job_lines(
+    job_id: str,
+    job: dict[str, Any] | None,
+    children: list[dict[str, Any]],
+    width: int,
+    room: int,
+) -> list[str]:
+    """The followed job's row — an artist job's with its album jobs under it, as in `ls` —
+    then one line per track downloading now. When `room` lines are too few, the
+    finished albums give way to one line counting them."""
     if job is None:
         return [f"job {text.printable(job_id)} is gone"]
     job = text.printable_doc(job)
-    lines = render.job_table([job], width)
-    for track in job.get("tracks") or []:
-        if track.get("status") != "downloading":
-            continue
-        done, total = track.get("bytes_done") or 0, track.get("bytes_total") or 0
-        fraction = done / total if total else 0.0
-        lines.append(
-            f"  ↓ {track.get('number', '?'):>3} {text.bar(fraction, 10)} {text.percent(fraction)}"
-            f"  {text.size(done)} of {text.size(total)}  {track.get('title') or track['track_id']}"
-        )
-    return lines
+    children = [text.printable_doc(child) for child in children]
+    downloading = [
+        _track_line(track)
+        for member in (job, *children)
+        for track in member.get("tracks") or []
+        if track.get("status") == "downloading"
+    ]
+    shown = children
+    if 2 + len(children) + len(downloading) > room:  # the header, the job, its albums
+        shown = [child for child in children if child.get("status") not in FINISHED]
+    lines = render.job_table([job, *shown], width)
+    if hidden := len(children) - len(shown):
+        lines.append(f"  … and {hidden} finished album{'s' if hidden != 1 else ''}")
+    return lines + downloading
+
+
+def _track_line(track: dict[str, Any]) -> str:
+    """`  ↓   3 ████······  40%  1.2 MiB of 3.0 MiB  Title`: a track downloading now."""
+    done, total = track.get("bytes_done") or 0, track.get("bytes_total") or 0
+    fraction = done / total if total else 0.0
+    return (
+        f"  ↓ {track.get('number', '?'):>3} {text.bar(fraction, 10)} {text.percent(fraction)}"
+        f"  {text.size(done)} of {text.size(total)}  {track.get('title') or track['track_id']}"
+    )
 
 
 def watch(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
@@ -474,7 +578,7 @@ def watch(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
     elif sys.stdout.isatty():
         view = Screen(args.job, sys.stdout)
     else:
-        view = EventLines(sys.stdout, sys.stderr)
+        view = EventLines(args.job, sys.stdout, sys.stderr)
     try:
         return Watch(args, connect, view).run()
     finally:

@@ -43,6 +43,7 @@ class RecordRefused(DlqdError):
 @dataclass
 class _Batch:
     frames: list[bytes] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # the frames' events, for the watchers
     done: trio.Event = field(default_factory=trio.Event)
     error: OSError | None = None
 
@@ -84,6 +85,7 @@ class Store:
         for event in events:
             apply(self.state, event)
         batch.frames.extend(frames)
+        batch.events.extend(events)
         self._wakeup.set()
         self._notify_changed()
         await batch.done.wait()
@@ -96,7 +98,6 @@ class Store:
         for event in events:
             for listener in self._commit_listeners:
                 listener(event)
-            self.publish({"event": event["e"], **_public_fields(event)})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The single writer: one write + fsync per batch, compaction between batches."""
@@ -125,6 +126,8 @@ class Store:
             self._fail(batch, exc)
             return False
         self.writable = True
+        for event in batch.events:  # in journal order: the commands' tasks wake in any order
+            self.publish({"event": event["e"], **_public_fields(event)})
         batch.done.set()
         return True
 

@@ -31,6 +31,7 @@ import pytest
 
 from dlqctl.render import worker_state
 from dlqd.demo.catalog import (
+    ARTIST_ID,
     BIG_ALBUM_ID,
     SINGLE_ALBUM_ID,
     SINGLE_TRACK_ID,
@@ -44,6 +45,8 @@ from tests.support import REPO, DaemonProcess, as_nobody, held_daemon, wait_unti
 
 DLQCTL = str(Path(sys.executable).with_name("dlqctl"))  # the console script pip installed
 SLOW_BPS = 200_000
+CRAWL_BPS = 30_000  # an artist's short tracks still take seconds each: its watch lines move
+DISCOGRAPHY = "The Examples – discography (album, ep)"  # the artist job's label
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -665,6 +668,56 @@ def test_watch_reconnects_after_a_daemon_restart_and_goes_on(
     kinds = [json.loads(line)["event"] for line in events.out]
     assert kinds.index("disconnected") < kinds.index("reconnected") < kinds.index("finish")
     assert kinds[-1] == "idle"
+
+
+def test_watch_artist_job_moves_its_line_with_its_albums_and_exits_with_its_summary(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
+    upstream.throttle_bps = CRAWL_BPS
+    job_id = daemon.submit("artist", ARTIST_ID)
+    lines = Running(daemon, "watch", job_id)
+    events = Running(daemon, "watch", job_id, "--json")
+    standing = re.compile(
+        rf"job {job_id}: processing +(\d+)%, (\d)/3 albums, .* — {re.escape(DISCOGRAPHY)}$"
+    )
+
+    def percents() -> list[int]:
+        """The artist job's percentages since its first line (where it stood when watch began)."""
+        return [int(m.group(1)) for line in lines.out if (m := standing.search(line))][1:]
+
+    try:
+        wait_until(
+            lambda: len(percents()) >= 2 and max(percents()) > percents()[0],
+            timeout=60,
+            what="the artist job's line to rise while its albums download",
+        )
+        upstream.throttle_bps = None
+        assert lines.exit_code() == 0
+        assert events.exit_code() == 0
+    finally:
+        lines.stop()
+        events.stop()
+    children = daemon.job(job_id)["children"]
+    assert len(children) == 3
+    for child in children:  # each album's end, under the artist job's lines
+        assert any(re.search(rf"^\S+   └ job {child} finished: completed 100%, \d/\d tracks", line)
+                   for line in lines.out), lines.out  # fmt: skip
+    assert re.search(r" KiB/s, ETA \S+ — ", "\n".join(lines.out))  # its albums' speed and ETA
+    assert lines.out[-1].endswith(
+        f"job {job_id} finished: completed 100%, 3/3 albums — {DISCOGRAPHY}"
+    )
+
+    documents = [json.loads(line) for line in events.out]
+    progress_from = {doc["job_id"] for doc in documents if doc["event"] == "progress"}
+    assert progress_from and progress_from <= set(children)  # the daemon's events, as they came
+    assert documents[-1] == {
+        "event": "finish",
+        "job_id": job_id,
+        "status": "completed",
+        "error": None,
+    }
 
 
 class Terminal:
