@@ -118,14 +118,13 @@ class Watch:
             self.view.back()
             if self.job_id is None:
                 if reconnected:
-                    self._tell_unseen_ends(requests)
+                    self._tell_unseen_ends(requests, set(self.unfinished))
                 self.unfinished.update(job["id"] for job in requests.list_all(list(ACTIVE)))
             snapshot = self._snapshot(requests)
             self.view.show(snapshot)
             refreshed = time.monotonic()
-            stale = followed_ended_here = False
+            stale = False
             while (done := self._outcome(snapshot)) is None:
-                followed_ended_here = self.job_id is not None
                 event = stream.next_event(TICK_S)
                 now = time.monotonic()
                 if event is not None and self._concerns_us(event):
@@ -137,8 +136,7 @@ class Watch:
                     snapshot = self._snapshot(requests)
                     refreshed, stale = now, False
                     self.view.show(snapshot)
-            if followed_ended_here:
-                self._take_last_events(stream, requests)
+            self._take_last_events(stream, requests)
             self.view.finished(snapshot)
             return done
 
@@ -149,36 +147,45 @@ class Watch:
         self._tell_artist_standing(client, event, job)
 
     def _take_last_events(self, stream: Client, client: Client) -> None:
-        """The followed job ended while watched: show the events still coming up to its `finish`.
+        """The watch is over: show the ends the stream has not told yet, before the summary.
 
-        A snapshot can tell the end before the stream does; an artist job's last
-        album finishes just before it, and that line belongs before the summary.
+        A snapshot can tell the end before the stream does. Events come in journal
+        order, so the followed job's own `finish` comes after its albums'
+        (an artist job); following the queue, each job that was active and is
+        not paused now has ended. An end whose event does not come within
+        LAST_EVENTS_S still gets its line (the queue), or the summary tells it.
         """
+        if self.job_id is not None:
+            awaited = self.unfinished & {self.job_id}
+        else:
+            held = client.call("list", {"order": "run", "status": ["paused"]})["jobs"]
+            awaited = self.unfinished - {job["id"] for job in held}
         deadline = time.monotonic() + LAST_EVENTS_S
-        while (left := deadline - time.monotonic()) > 0:
+        while awaited and (left := deadline - time.monotonic()) > 0:
             try:
                 event = stream.next_event(left)
             except Unreachable:
                 return  # the outcome is known: the summary says it
             if event is None:
-                return
+                break
             if self._concerns_us(event):
                 self._show_event(client, event, time.monotonic())
-                if event.get("event") == "finish" and event.get("job_id") == self.job_id:
-                    return
+                awaited &= self.unfinished
+        if self.job_id is None:
+            self._tell_unseen_ends(client, awaited)
 
     def _note(self, event: dict[str, Any]) -> None:
         """Keep `unfinished` current: the jobs whose end the view has not shown yet."""
-        job_id = event.get("job_id")
+        job_id, kind = event.get("job_id"), event.get("event")
         if isinstance(job_id, str):
-            if event.get("event") in ("finish", "remove"):
+            if kind in ("finish", "cancel", "remove"):  # a cancelled job has no `finish`
                 self.unfinished.discard(job_id)
-            else:
+            elif kind != "hook_done":  # the hook of a job that finished
                 self.unfinished.add(job_id)
 
-    def _tell_unseen_ends(self, client: Client) -> None:
-        """After a reconnection: a `finish` for each job that ended while dlqd was away."""
-        for job_id in sorted(self.unfinished, key=lambda text: (len(text), text)):
+    def _tell_unseen_ends(self, client: Client, job_ids: set[str]) -> None:
+        """A `finish` for each of `job_ids` that ended unseen (while dlqd was away, say)."""
+        for job_id in sorted(job_ids, key=lambda text: (len(text), text)):
             try:
                 job = client.call("get", {"id": job_id})["job"]
             except Refused:
@@ -251,6 +258,8 @@ class Watch:
                 if refusal.code != "NOT_FOUND":
                     raise
             if snapshot.job is not None:
+                if snapshot.job["status"] not in FINISHED:
+                    self.unfinished.add(self.job_id)  # its end is news to wait for
                 self.children = frozenset(snapshot.job.get("children") or [])
                 if self.view.wants_table:
                     snapshot.children = artist_children(client, snapshot.job)

@@ -679,6 +679,7 @@ def test_watch_artist_job_moves_its_line_with_its_albums_and_exits_with_its_summ
     job_id = daemon.submit("artist", ARTIST_ID)
     lines = Running(daemon, "watch", job_id)
     events = Running(daemon, "watch", job_id, "--json")
+    everything = Running(daemon, "watch")  # the whole queue: the artist job among its albums
     standing = re.compile(
         rf"job {job_id}: processing +(\d+)%, (\d)/3 albums, .* — {re.escape(DISCOGRAPHY)}$"
     )
@@ -696,9 +697,10 @@ def test_watch_artist_job_moves_its_line_with_its_albums_and_exits_with_its_summ
         upstream.throttle_bps = None
         assert lines.exit_code() == 0
         assert events.exit_code() == 0
+        assert everything.exit_code() == 0
     finally:
-        lines.stop()
-        events.stop()
+        for watcher in (lines, events, everything):
+            watcher.stop()
     children = daemon.job(job_id)["children"]
     assert len(children) == 3
     for child in children:  # each album's end, under the artist job's lines
@@ -708,6 +710,15 @@ def test_watch_artist_job_moves_its_line_with_its_albums_and_exits_with_its_summ
     assert lines.out[-1].endswith(
         f"job {job_id} finished: completed 100%, 3/3 albums — {DISCOGRAPHY}"
     )
+
+    # Following the queue: each album's lines as its own, and where the artist job stands
+    # after each album but the last, then its end.
+    queue_lines = "\n".join(everything.out)
+    for done in (1, 2):
+        assert re.search(rf"job {job_id}: processing +\d+%, {done}/3 albums, ", queue_lines)
+    assert f"job {job_id} finished: completed 100%, 3/3 albums — {DISCOGRAPHY}" in queue_lines
+    assert all(f"job {child} finished: completed" in queue_lines for child in children)
+    assert "└" not in queue_lines
 
     documents = [json.loads(line) for line in events.out]
     progress_from = {doc["job_id"] for doc in documents if doc["event"] == "progress"}
@@ -797,6 +808,63 @@ def test_watch_on_a_terminal_redraws_speed_eta_and_tracks_in_place(
     finished = final[final.index("recently finished:") + 1]
     assert re.match(rf"^{job_id} +completed +█+ 100% +4/4 ", finished), final
     assert not terminal.screen.cursor.hidden  # the cursor is given back
+
+
+def test_watch_on_a_terminal_shows_an_artist_job_with_its_albums_under_it(
+    make_daemon: DaemonFactory, upstream: CatalogServer
+) -> None:
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
+    upstream.throttle_bps = CRAWL_BPS
+    job_id = daemon.submit("artist", ARTIST_ID)
+    children = wait_until(lambda: daemon.job(job_id)["children"], what="the artist to expand")
+    followed = Terminal(daemon, "watch", job_id)
+    queue = Terminal(daemon, "watch")
+    artist_row = re.compile(
+        rf"^{job_id} +(?P<status>processing|completed) +\S+ +(?P<percent>\d+)% +\d/3 albums +.*"
+        rf" {re.escape(DISCOGRAPHY)}$"
+    )
+    percents: set[str] = set()  # the artist row's percentages on the followed screen
+    seen_in_queue = False  # the queue's screen had the albums under their artist job
+
+    def with_albums_under_it(screen: list[str]) -> re.Match[str] | None:
+        """The artist job's row when its album rows follow it, indented as in `ls`."""
+        rows = [(i, match) for i, line in enumerate(screen) if (match := artist_row.match(line))]
+        assert len(rows) <= 1, screen  # redrawn in place: never a second, scrolled copy
+        if not rows:
+            return None
+        below = screen[rows[0][0] + 1 : rows[0][0] + 1 + len(children)]
+        ids = [line.split()[0] if line else "" for line in below]
+        under = all("└ The Examples – " in line for line in below)
+        return rows[0][1] if ids == children and under else None
+
+    def both_moved_on() -> bool:
+        nonlocal seen_in_queue
+        screen = followed.pump()
+        match = with_albums_under_it(screen)
+        if match is not None and match.group("status") == "processing":
+            percents.add(match.group("percent"))
+        seen_in_queue |= with_albums_under_it(queue.pump()) is not None
+        downloading = any(line.startswith("  ↓ ") for line in screen)  # the albums' tracks
+        return len(percents) >= 2 and downloading and seen_in_queue
+
+    try:
+        wait_until(both_moved_on, timeout=60, what="the artist job's live row to advance")
+        upstream.throttle_bps = None
+        for terminal in (followed, queue):
+            assert wait_until(lambda t=terminal: t.pump() and t.proc.poll() is not None) is True
+            assert terminal.proc.returncode == 0
+        followed_final, queue_final = followed.pump(), queue.pump()
+    finally:
+        followed.close()
+        queue.close()
+    done = with_albums_under_it(followed_final)
+    assert done is not None and done.group("status", "percent") == ("completed", "100"), (
+        followed_final
+    )
+    recent = queue_final[queue_final.index("recently finished:") + 1 :]
+    done = with_albums_under_it(recent)
+    assert done is not None and done.group("status") == "completed", queue_final
 
 
 # --- cancel, retry, rm: several jobs, or every job that ... --------------------------------
