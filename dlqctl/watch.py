@@ -34,7 +34,7 @@ FINISHED = ("completed", "partial", "failed", "cancelled")
 TICK_S = 1.0  # the live table is refreshed at least this often, events or not
 REDRAW_MIN_S = 0.25  # ...and at most this often
 PROGRESS_LINE_S = 5.0  # plain lines: at most one progress line per job this often
-LAST_EVENTS_S = 1.0  # a followed job ended: how long its last events may still take to come
+LAST_EVENTS_S = 1.0  # the watch is over: how long the ends on their way may still take
 RECENT_FINISHED = 5  # finished jobs shown under the live table
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # waits between reconnection attempts; the last repeats
 QUEUE_EVENTS = ("finish", "cancel", "pause", "remove", "hold", "release")  # may end the watch
@@ -123,8 +123,9 @@ class Watch:
             snapshot = self._snapshot(requests)
             self.view.show(snapshot)
             refreshed = time.monotonic()
-            stale = False
+            stale = ended_here = False  # did the end come while this session watched?
             while (done := self._outcome(snapshot)) is None:
+                ended_here = True
                 event = stream.next_event(TICK_S)
                 now = time.monotonic()
                 if event is not None and self._concerns_us(event):
@@ -136,7 +137,8 @@ class Watch:
                     snapshot = self._snapshot(requests)
                     refreshed, stale = now, False
                     self.view.show(snapshot)
-            self._take_last_events(stream, requests)
+            if ended_here:  # else its events came before the subscription, or were lost
+                self._take_last_events(stream, requests)
             self.view.finished(snapshot)
             return done
 
@@ -511,7 +513,7 @@ class Screen:
         lines.extend(render.hold_lines(stats.get("holds") or [], time.time()))
         if self.job_id is not None:
             room = height - len(lines)
-            return lines + _job_lines(self.job_id, snapshot.job, snapshot.children, width, room)
+            return lines + job_lines(self.job_id, snapshot.job, snapshot.children, width, room)
         # Each section keeps an artist job's album jobs under it, as `ls` does.
         queue = render.with_children_under_parents([text.printable_doc(j) for j in snapshot.queue])
         recent = render.with_children_under_parents(
@@ -541,7 +543,7 @@ def _headline(stats: dict[str, Any]) -> str:
     return f"dlqd {_clock()} · {summary} · {text.rate(stats.get('speed_bps'))} · {slots}"
 
 
-def _job_lines(
+def job_lines(
     job_id: str,
     job: dict[str, Any] | None,
     children: list[dict[str, Any]],

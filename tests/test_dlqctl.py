@@ -3,8 +3,9 @@
 Every test runs the installed `dlqctl` console script as a subprocess —
 global options anywhere, JSON documents and errors, exit codes 0/1/2/3/130
 and a quiet closed pipe, share links, batch commands, the run order, the
-`ls` filters, and `watch` following the queue or one job, across a daemon
-restart and on a pseudo-terminal read back through a terminal emulator.
+`ls` filters, and `watch` following the queue, one job or an artist job with
+its albums, across a daemon restart and on a pseudo-terminal read back
+through a terminal emulator.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pyte
 import pytest
 
 from dlqctl.render import worker_state
+from dlqctl.watch import job_lines
 from dlqd.demo.catalog import (
     ARTIST_ID,
     BIG_ALBUM_ID,
@@ -865,6 +867,42 @@ def test_watch_on_a_terminal_shows_an_artist_job_with_its_albums_under_it(
     recent = queue_final[queue_final.index("recently finished:") + 1 :]
     done = with_albums_under_it(recent)
     assert done is not None and done.group("status") == "completed", queue_final
+
+
+def test_a_long_discography_on_a_short_terminal_counts_its_finished_albums_in_one_line() -> None:
+    def album(job_id: int, status: str) -> dict[str, Any]:
+        track = {"track_id": job_id, "number": 1, "title": f"Song {job_id}", "status": "pending"}
+        if status == "processing":
+            track.update(status="downloading", bytes_done=50, bytes_total=100)
+        return {
+            "id": str(job_id),
+            "type": "album",
+            "status": status,
+            "quality": "LOSSLESS",
+            "title": f"Album {job_id}",
+            "artist": "The Examples",
+            "parent": "1",
+            "tracks": [track],
+        }
+
+    albums = [album(2 + n, "completed") for n in range(30)] + [album(32, "processing")]
+    artist = {
+        "id": "1",
+        "type": "artist",
+        "status": "processing",
+        "quality": "LOSSLESS",
+        "artist": "The Examples",
+        "include": ["album", "ep"],
+        "tracks": [],
+        "children": [a["id"] for a in albums],
+        "children_status": {"completed": 30},
+    }
+    tall = job_lines("1", artist, albums, width=120, room=40)
+    assert [line.split()[0] for line in tall[1:33]] == ["1", *(a["id"] for a in albums)]
+    short = job_lines("1", artist, albums, width=120, room=10)
+    assert [line.split()[0] for line in short[1:3]] == ["1", "32"]  # the album still running
+    assert short[3:] == ["  … and 30 finished albums", short[4]]
+    assert short[4].startswith("  ↓   1 ") and short[4].endswith("Song 32")
 
 
 # --- cancel, retry, rm: several jobs, or every job that ... --------------------------------
