@@ -39,6 +39,11 @@ the latency percentiles per protocol over every round (target, issue 11: p99
 < 5 ms while 4 HTTPS transfers run). The probes run in this process, beside
 the catalog's threads (idle then: the media comes from nginx).
 
+With `--baseline DIR`, each round also runs the daemon from the checkout at DIR
+(`python -m dlqd` with DIR as its working directory, e.g. main's worktree) right
+after this checkout's, and the report adds this checkout against that one,
+paired per round: an A/B of two versions of dlqd under the same load.
+
 nginx and aria2c are installed from Debian packages (apt-get) when missing.
 """
 
@@ -81,6 +86,7 @@ LABELS = {
     "catalog": "server-bound (Python catalog)",
 }
 TOOLS = ("dlqd", "aria2c")
+BASELINE = "dlqd@baseline"  # the daemon of `--baseline DIR`
 QUALITY = "LOSSLESS"
 MIB = 1 << 20
 GIB = 1 << 30
@@ -313,11 +319,13 @@ def run_dlqd(
     ca_cert: Path,
     health_ms: list[float] | None = None,
     health_interval_s: float = 0.01,
+    checkout: Path | None = None,
 ) -> tuple[float, float, float]:
     """(wall s, daemon CPU s, of which its event-loop thread) from submit to `completed`.
 
     `media_base`: where /track/ manifests send dlqd for media (None: the catalog).
     With `health_ms`, `health` latencies sampled during the download are added to it.
+    `checkout`: run the dlqd of that checkout instead of this one.
     """
     server.clear_faults()
     server.clear_requests()
@@ -335,7 +343,9 @@ def run_dlqd(
         },
         env={"SSL_CERT_FILE": None, "SSL_CERT_DIR": None},
     )
-    daemon.start()
+    # `python -m dlqd` imports dlqd from its working directory: the checkout's code runs.
+    in_checkout = ["env", "-C", str(checkout), sys.executable, "-m", "dlqd"] if checkout else None
+    daemon.start(launcher=in_checkout)
     try:
         assert daemon.proc is not None
         os.sync()
@@ -420,6 +430,7 @@ def report(
     total_bytes: int,
     health: dict[str, list[float]],
     loop_cpus: dict[str, list[float]],
+    baseline: Path | None = None,
 ) -> None:
     gib = total_bytes / GIB
     print(
@@ -449,6 +460,30 @@ def report(
         pairs = zip(cpus[protocol, "dlqd"], loop_cpus[protocol], strict=True)
         rounds = ", ".join(f"{cpu / gib:.2f} (loop {loop / gib:.2f})" for cpu, loop in pairs)
         print(f"  {protocol}: {rounds}")
+    if baseline is not None:
+        print()
+        print(f"this checkout's dlqd against the baseline's ({baseline}), same rounds:")
+        print()
+        print(
+            "| protocol | this dlqd wall (s) | baseline dlqd wall (s) | ratio this/baseline | "
+            "this CPU s/GiB | baseline CPU s/GiB |"
+        )
+        print("|---|---|---|---|---|---|")
+        for protocol in protocols:
+            this, base = times[protocol, "dlqd"], times[protocol, BASELINE]
+            ratios = [a / b for a, b in zip(this, base, strict=True)]
+            print(
+                f"| {LABELS[protocol]} | {statistics.median(this):.2f} | "
+                f"{statistics.median(base):.2f} | **{statistics.median(ratios):.2f}x** | "
+                f"{statistics.median(cpus[protocol, 'dlqd']) / gib:.2f} | "
+                f"{statistics.median(cpus[protocol, BASELINE]) / gib:.2f} |"
+            )
+        print()
+        print("Walls per round (this / baseline, s) and the paired ratio of each round:")
+        for protocol in protocols:
+            pairs = zip(times[protocol, "dlqd"], times[protocol, BASELINE], strict=True)
+            rounds = ", ".join(f"{a:.2f}/{b:.2f} ({a / b:.2f}x)" for a, b in pairs)
+            print(f"  {protocol}: {rounds}")
     if any(health.values()):
         print()
         print("`health` latency while dlqd downloads (connect + request + answer, ms):")
@@ -484,7 +519,15 @@ def main() -> None:
         metavar="MS",
         help="probe `health` every MS ms during dlqd runs and report its latency (0: off)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run the dlqd of the checkout at DIR each round, paired (an A/B)",
+    )
     args = parser.parse_args()
+    tools: tuple[str, ...] = TOOLS if args.baseline is None else (*TOOLS, BASELINE)
     protocols: list[str] = args.protocol or list(PROTOCOLS)
     command = shlex.join(["python", *sys.argv])
 
@@ -508,8 +551,8 @@ def main() -> None:
         f"{first_line([nginx_binary, '-v'])}; {first_line([aria2c, '--version'])}"
     )
 
-    times: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in TOOLS}
-    cpus: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in TOOLS}
+    times: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in tools}
+    cpus: dict[tuple[str, str], list[float]] = {(p, t): [] for p in protocols for t in tools}
     health: dict[str, list[float]] = {p: [] for p in protocols}
     loop_cpus: dict[str, list[float]] = {p: [] for p in protocols}
     nginx = Nginx(nginx_binary, scratch / "nginx", www, cert, key)
@@ -525,11 +568,11 @@ def main() -> None:
                 for p in protocols
             }
             for round_number in range(args.rounds):
-                order = TOOLS if round_number % 2 == 0 else TOOLS[::-1]
+                order = tools if round_number % 2 == 0 else tools[::-1]
                 for protocol in protocols:
                     for tool in order:
                         root = scratch / f"{protocol}-{tool}-{round_number}"
-                        if tool == "dlqd":
+                        if tool in ("dlqd", BASELINE):
                             media_base = None if protocol == "catalog" else nginx.base_url(protocol)
                             elapsed, cpu, loop_cpu = run_dlqd(
                                 root,
@@ -538,10 +581,14 @@ def main() -> None:
                                 media_base,
                                 args.concurrency,
                                 ca_cert,
-                                health[protocol] if args.health_interval > 0 else None,
+                                health[protocol]
+                                if args.health_interval > 0 and tool == "dlqd"
+                                else None,
                                 args.health_interval / 1000,
+                                checkout=args.baseline if tool == BASELINE else None,
                             )
-                            loop_cpus[protocol].append(loop_cpu)
+                            if tool == "dlqd":
+                                loop_cpus[protocol].append(loop_cpu)
                         else:
                             elapsed, cpu = run_aria2c(
                                 aria2c, root, urls[protocol], args.concurrency, ca_cert
@@ -549,7 +596,7 @@ def main() -> None:
                         times[protocol, tool].append(elapsed)
                         cpus[protocol, tool].append(cpu)
                         print(
-                            f"round {round_number + 1} {protocol:7s} {tool:6s} {elapsed:7.3f} s"
+                            f"round {round_number + 1} {protocol:7s} {tool:13s} {elapsed:7.3f} s"
                             f"  {total_bytes / MIB / elapsed:6.0f} MiB/s  cpu {cpu:6.2f} s",
                             flush=True,
                         )
@@ -568,7 +615,7 @@ def main() -> None:
         "medians"
     )
     print()
-    report(protocols, times, cpus, total_bytes, health, loop_cpus)
+    report(protocols, times, cpus, total_bytes, health, loop_cpus, args.baseline)
 
 
 if __name__ == "__main__":
