@@ -26,9 +26,11 @@ manifest's `urls` rewritten to the nginx URL of the same bytes
   - aria2c -j4 -x1 (4 files at once, like dlqd's max_concurrent) on the same
     media URLs, known before the clock starts; `--file-allocation=none`, no
     fsync. CPU: getrusage(RUSAGE_CHILDREN) delta around the run.
-Rounds are paired and alternate which tool goes first; `sync` runs (unclocked)
-before each run so neither pays for the other's dirty pages. The media bytes are
-generated and written to nginx's directory before the first round.
+Rounds are paired and cycle through the tools' orders (two tools: alternate which
+goes first; with --baseline, the six orders of three, so use a multiple of 6 rounds
+there); `sync` runs (unclocked) before each run so none pays for another's dirty
+pages. The media bytes are generated and written to nginx's directory before the
+first round.
 Target (issue 11): dlqd <= 1.0 x aria2c wall time over https and over http,
 dlqd <= 1.5 CPU-s per GiB over https.
 
@@ -52,6 +54,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import itertools
 import json
 import math
 import os
@@ -528,6 +531,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     tools: tuple[str, ...] = TOOLS if args.baseline is None else (*TOOLS, BASELINE)
+    # Round r runs the tools in the r-th of their orders: over len(orders) rounds each
+    # tool runs in each place equally often (a run's place in a round changes its wall).
+    orders = list(itertools.permutations(tools))
     protocols: list[str] = args.protocol or list(PROTOCOLS)
     command = shlex.join(["python", *sys.argv])
 
@@ -568,7 +574,7 @@ def main() -> None:
                 for p in protocols
             }
             for round_number in range(args.rounds):
-                order = tools if round_number % 2 == 0 else tools[::-1]
+                order = orders[round_number % len(orders)]
                 for protocol in protocols:
                     for tool in order:
                         root = scratch / f"{protocol}-{tool}-{round_number}"
@@ -611,7 +617,7 @@ def main() -> None:
     print(f"load average (1/5/15 min): before {load_before}; after {load_after}")
     print(
         f"album: {args.tracks} tracks, {total_bytes} bytes ({total_bytes / MIB:.0f} MiB); "
-        f"concurrency {args.concurrency}; {args.rounds} paired rounds, alternating order; "
+        f"concurrency {args.concurrency}; {args.rounds} paired rounds, cycling the order; "
         "medians"
     )
     print()
