@@ -59,7 +59,7 @@ def plan(
             f"more than limits.max_job_tracks = {max_releases}",
         )
     children: list[str] = []
-    submits: list[Event] = []
+    new: list[tuple[str, Release]] = []
     next_seq = state.next_seq
     for release in releases:
         twin = state.active_job_for(("album", release.album_id, artist.quality))
@@ -69,7 +69,18 @@ def plan(
         child_id = str(next_seq)
         next_seq += 1
         children.append(child_id)
-        submits.append(_child_submit(artist, child_id, release, at))
+        new.append((child_id, release))
+    # The albums run where the artist job stands, not behind what was queued since:
+    # ranks between its own and the next one any job holds, so no two jobs share one.
+    after = min(
+        (job.rank for job in state.jobs.values() if job.rank > artist.rank),
+        default=artist.rank + 1,
+    )
+    step = (after - artist.rank) / (len(new) + 1)
+    submits = [
+        _child_submit(artist, child_id, release, at, rank=artist.rank + place * step)
+        for place, (child_id, release) in enumerate(new, start=1)
+    ]
     room = max_queue - state.active_count
     if len(submits) > room:
         return _error(
@@ -87,8 +98,8 @@ def plan(
     return Expansion(events=(*submits, expand), releases=len(releases), queued=len(submits))
 
 
-def _child_submit(artist: Job, child_id: str, release: Release, at: float) -> Event:
-    """The `submit` of an album job an artist job queues: its quality and priority, its parent."""
+def _child_submit(artist: Job, child_id: str, release: Release, at: float, rank: float) -> Event:
+    """The `submit` of an album job an artist job queues: its quality, priority, place, parent."""
     return {
         "e": "submit",
         "id": child_id,
@@ -98,6 +109,7 @@ def _child_submit(artist: Job, child_id: str, release: Release, at: float) -> Ev
         "priority": artist.priority,
         "at": at,
         "parent": artist.id,
+        "rank": rank,
     }
 
 

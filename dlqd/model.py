@@ -133,7 +133,7 @@ class Job:
     title: str = ""
     artist: str = ""
     tracks: list[Track] = field(default_factory=list)
-    rank: int = 0
+    rank: float = 0  # an int, except for an artist's album jobs: between its rank and the next
     parent: str | None = None
     include: tuple[str, ...] | None = None
     children: list[str] = field(default_factory=list)
@@ -151,7 +151,7 @@ class Job:
         return self.target_id
 
     @property
-    def run_key(self) -> tuple[int, int, int]:
+    def run_key(self) -> tuple[int, float, int]:
         """Where the job stands in the run order: priority, then rank, then age."""
         return (PRIORITIES.index(self.priority), self.rank, self.seq)
 

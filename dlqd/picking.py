@@ -40,7 +40,7 @@ def next_track(
     a deferred track (`next_pass_at` after `now`) waits for its later pass.
     """
     best: tuple[Job, Track] | None = None
-    best_key: tuple[int, int, int] | None = None
+    best_key: tuple[int, float, int] | None = None
     waiting_rank = len(PRIORITIES)  # the best priority of a job still being resolved
     for job in jobs:
         if job.status not in RUNNABLE_STATUSES or is_expanded(job):
@@ -97,7 +97,7 @@ def is_finished(job: Job) -> bool:
 
 def moved_ranks(
     run_order: Sequence[Job], job: Job, to: str, *, rank_low: int, rank_high: int
-) -> dict[str, int]:
+) -> dict[str, float]:
     """The ranks `move` gives, by job id; empty when the job already stands there.
 
     `run_order` is the active jobs in run order; a job moves among those of its

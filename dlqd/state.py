@@ -165,8 +165,11 @@ def _on_submit(state: QueueState, event: Event) -> None:
         parent=event.get("parent"),
         include=tuple(event["include"]) if "include" in event else None,
     )
-    state.rank_high += 1
-    job.rank = state.rank_high
+    if "rank" in event:  # an artist job's album job: at the artist's place (dlqd.expansion)
+        job.rank = event["rank"]
+    else:
+        state.rank_high += 1
+        job.rank = state.rank_high
     if job.type == "track":
         job.tracks.append(Track(track_id=job.target_number))
     state.next_seq += 1

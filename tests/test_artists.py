@@ -20,6 +20,7 @@ from dlqd.demo.catalog import (
     SECOND_ALBUM_ID,
     TWO_DISC_ALBUM_ID,
     UNKNOWN_ID,
+    Catalog,
     CatalogServer,
     RequestRecord,
     Scripted,
@@ -345,3 +346,36 @@ def test_dlqctl_ls_and_show_list_an_artist_jobs_children(
     assert "3 albums: 3 completed" in out
     for child in children_of(daemon, artist):
         assert any(line.split()[:2] == [child["id"], "completed"] for line in out.splitlines()), out
+
+
+def test_an_artists_albums_run_at_its_place_not_behind_jobs_queued_after_it(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    blocker = catalog.add_album(1, 1_000_000)
+    queued_after = catalog.add_album(1, 100_000)
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
+    upstream.throttle_bps = SLOW_BPS  # the one slot stays taken while the artist expands
+    first = daemon.submit("album", blocker)
+    wait_until(lambda: daemon.job(first)["status"] == "processing", what="the blocker to start")
+    # One request: the album is queued after the artist, before the artist can expand.
+    results = daemon.call(
+        "submit",
+        items=[
+            {"type": "artist", "target_id": ARTIST_ID, "quality": "LOSSLESS"},
+            {"type": "album", "target_id": queued_after, "quality": "LOSSLESS"},
+        ],
+    )["results"]
+    artist_id, later_id = (entry["id"] for entry in results)
+    children = expanded(daemon, artist_id)["children"]
+
+    run_order = [job["id"] for job in daemon.call("list", order="run")["jobs"]]
+    places = [run_order.index(child) for child in children]
+    assert places == sorted(places)  # in the discography's order
+    assert max(places) < run_order.index(later_id), run_order
+    upstream.throttle_bps = None
+    assert daemon.wait_job(artist_id)["status"] == "completed"
+    later = daemon.wait_job(later_id)
+    assert later["status"] == "completed"
+    # One slot, per-track picking in run order: the later album starts after every child.
+    assert all(daemon.job(child)["started_at"] <= later["started_at"] for child in children)

@@ -348,6 +348,15 @@ def test_snapshot_round_trip_keeps_every_job_field() -> None:
     assert restored.jobs["1"].tracks[0].bytes_done == 100  # finished bytes come back
 
 
+def test_an_artists_album_job_takes_the_rank_its_submit_gives_and_no_new_one() -> None:
+    state = replay(submit("1", "artist", 5), submit("2", "album", 7))
+    assert (state.jobs["1"].rank, state.jobs["2"].rank, state.rank_high) == (1, 2, 2)
+    apply(state, {**submit("3", "album", 8), "parent": "1", "rank": 1.5})
+    assert state.jobs["3"].rank == 1.5 and state.rank_high == 2
+    assert [job.id for job in state.run_order()] == ["1", "3", "2"]
+    assert [job.id for job in through_msgpack(state).run_order()] == ["1", "3", "2"]
+
+
 def test_snapshot_round_trip_keeps_a_string_target_an_artist_include_and_a_parent() -> None:
     playlist_uuid = "0d6d6c02-5b2e-4b8c-9f2e-6d8f4b1a2c3e"
     state = replay(
