@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import apprise
 import structlog
 import trio
 
@@ -33,10 +32,12 @@ RETRY_DELAYS_S = (1.0, 4.0, 15.0)  # before the second, third and fourth try of 
 MAX_QUEUED = 256  # messages waiting to be sent; past this a message is dropped (and counted)
 MAX_FAILED_LISTED = 10  # failed tracks named in a body; the rest are counted
 MAX_REASON_CHARS = 300  # of apprise's own account of a failure, in the log
+# apprise's NotifyType values, by job status; apprise itself is imported only when
+# URLs are configured (it costs ~70 ms of start-up that a daemon without them never pays).
 _NOTIFY_TYPES = {
-    JobStatus.COMPLETED: apprise.NotifyType.SUCCESS,
-    JobStatus.PARTIAL: apprise.NotifyType.WARNING,
-    JobStatus.FAILED: apprise.NotifyType.FAILURE,
+    JobStatus.COMPLETED: "success",
+    JobStatus.PARTIAL: "warning",
+    JobStatus.FAILED: "failure",
 }
 
 
@@ -62,6 +63,10 @@ class Message:
 
 def notify_targets(urls: Sequence[str]) -> list[Target]:
     """Each URL as an apprise plugin; `UnusableUrl` names the first that is not one."""
+    if not urls:
+        return []
+    import apprise
+
     targets = []
     for place, url in enumerate(urls, start=1):
         scheme = url.split("://", 1)[0]
@@ -160,6 +165,8 @@ class Notifications:
 
 def _send_now(target: Target, message: Message) -> tuple[bool, str]:
     """One try, in a worker thread: (delivered, apprise's warnings when not)."""
+    import apprise  # loaded already: `notify_targets` made the plugin
+
     capture = apprise.LogCapture(level=logging.WARNING, fmt="%(message)s")  # type: ignore[no-untyped-call]
     with capture as captured:
         try:
@@ -167,7 +174,7 @@ def _send_now(target: Target, message: Message) -> tuple[bool, str]:
                 target.plugin.notify(
                     body=message.body,
                     title=message.title,
-                    notify_type=_NOTIFY_TYPES.get(message.status, apprise.NotifyType.INFO),
+                    notify_type=apprise.NotifyType(_NOTIFY_TYPES.get(message.status, "info")),
                 )
             )
         except Exception as exc:  # a plugin's bug must not end the sender

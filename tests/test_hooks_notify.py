@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -381,3 +383,15 @@ def test_a_url_apprise_cannot_use_is_refused_without_showing_it() -> None:
     with pytest.raises(UnusableUrl) as refused:
         notify_targets(["json://127.0.0.1/x", "nosuchscheme://secret-token@host"])
     assert "#2 nosuchscheme" in str(refused.value) and "secret" not in str(refused.value)
+
+
+def test_apprise_is_loaded_only_when_notification_urls_are_configured() -> None:
+    # ~70 ms of start-up that a daemon without [notify] urls must not pay.
+    probe = (
+        "import sys, dlqd.daemon, dlqd.notify as n; n.notify_targets([]);"
+        "print('apprise' in sys.modules);"
+        "n.notify_targets(['json://127.0.0.1:9/']); print('apprise' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
