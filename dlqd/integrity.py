@@ -1,13 +1,16 @@
 """Is a downloaded track whole? The check run on a finished temp file before finalize.
 
 Owns: FLAC's frame checksums (CRC-8 of a frame header, CRC-16 of a frame, also
-used by the catalog's encoder) and `check_media_integrity`. A server that lies
-in `Content-Length` (announces N bytes and sends N, but the real file is longer)
-passes every length check of the transfer; this module asks the file itself.
-Pure and blocking (the worker runs it in a thread). It only reads: the metadata
-block headers at the head and one bounded window at the end, so a 1 GB file
-costs what a 1 MB file does. It never writes, and raises nothing but
-`DlqdError` (INTEGRITY_ERROR, or FILESYSTEM_ERROR when the file cannot be read).
+used by the catalog's encoder), the one MP4 box walker (`boxes_in`) and
+`check_media_integrity`. A server that lies in `Content-Length` (announces N
+bytes and sends N, but the real file is longer), ends a chunked body early, or
+lists a DASH stream without its last segment passes every length check of the
+transfer; this module asks the file itself. Pure and blocking (the worker runs
+it in a thread). It only reads headers, tables and one bounded window, never
+the audio, so a 1 GB file costs what a 1 MB file does. It never writes, and
+raises nothing but `DlqdError` (INTEGRITY_ERROR, or FILESYSTEM_ERROR when the
+file cannot be read). INTEGRITY_ERROR is transient: the track is downloaded
+again, up to `worker.max_retries`, then it fails.
 
 The FLAC check: STREAMINFO gives the total sample count and the stream's shape
 (block sizes, largest frame, rate, channels, bits). The last frame is found by
@@ -17,17 +20,44 @@ exactly to the end of the file (the CRC-16 over the header-to-end bytes checks
 out). Its first sample (frame number x block size, or the sample number of a
 variable-block-size stream) plus its block size is where the audio ends: short
 of the announced total means the file was cut at a frame boundary; no whole
-frame at the end means it was cut inside a frame. Both are INTEGRITY_ERROR,
-which is transient: the track is downloaded again. The scan covers at most the
+frame at the end means it was cut inside a frame. The scan covers at most the
 largest frame STREAMINFO announces (else the largest frame the stream's shape
 allows, and never more than `MAX_TAIL_BYTES`) and examines a bounded number of
 candidate headers, so a hostile file cannot make it slow.
 
-Out of scope, and passed as they are: FLAC inside MP4 (the DASH streams) and
-AAC, whose lengths live in MP4 boxes this module does not read; a FLAC whose
-STREAMINFO says 0 total samples (unknown); anything that does not start with
-`fLaC` and a STREAMINFO block (e.g. an ID3v2-prefixed file); a metadata chain
-of more than `MAX_METADATA_BLOCKS` blocks.
+The MP4 check (a file with `ftyp` at byte 4, as finalize recognises one; AAC
+`.m4a` and DASH FLAC-in-MP4 alike), one header read per top-level box:
+- the top-level boxes lie end to end and end exactly at the end of the file
+  (a box running past it is a cut: "MP4 truncated: box 'mdat' at byte B claims
+  N bytes, M present"); `ftyp` and `moov` are there;
+- each track's sample tables (`stsz`, `stsc`, `stco`/`co64`): the bytes they
+  claim fit in the `mdat` boxes, and the chunk furthest into the file lies
+  whole inside an `mdat` (this catches a cut in an `mdat` of size 0, "to the
+  end of the file");
+- fragmented (`mvex` in the `moov`; DASH is `moov`, then `styp`/`sidx`/`moof`/
+  `mdat` per segment): every `sidx` indexes bytes that are present; every
+  `trun`'s samples (sizes from the run, `tfhd` or `trex`) lie whole in an
+  `mdat`; decode times (`tfdt`) never jump by more than one sample (a segment
+  missing between two others); the fragments exist at all; and the longest
+  track lasts what `mehd` and the caller's `expected_seconds` (the MPD's
+  `mediaPresentationDuration`) announce, within one sample. `mvhd`/`mdhd`
+  durations are not used: a fragmented file gives 0 or only the `moov`'s part.
+Every fault is INTEGRITY_ERROR, malformed boxes included ("MP4 malformed: …"):
+in a file assembled from segments a cut segment makes the next one's bytes
+read as nonsense, so damage cannot be told from a cut, and a retry may cure
+both. Bounded work for hostile files: `moov` is read whole only up to
+`MAX_MOOV_BYTES`, a `moof` or `sidx` up to `MAX_FRAGMENT_BOX_BYTES`; a table
+may not claim more rows than its box holds; at most `MAX_TRACKS` tracks per
+`moov` or `moof`; at most `MAX_STEPS` boxes, runs and `stsc` rows per file.
+Larger is refused as malformed. Sample sizes are summed in C (`array`), so
+memory and time follow the size of the tables, never of the audio.
+
+Out of scope, and passed as they are: a FLAC whose STREAMINFO says 0 total
+samples (unknown); a FLAC not starting with `fLaC` and a STREAMINFO block
+(e.g. an ID3v2-prefixed file); a metadata chain of more than
+`MAX_METADATA_BLOCKS` blocks; an MP4 track whose sizes are in `stz2`; a
+fragmented MP4 cut at a fragment boundary when neither `mehd` nor the manifest
+says how long it is (a BTS `.m4a` that is fragmented); anything else.
 """
 
 from __future__ import annotations

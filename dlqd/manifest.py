@@ -209,7 +209,7 @@ def _parse_dash(raw: bytes, manifest_url: str) -> MediaPlan:
         _absolute(base, _expand(media, variables, number)) for number in range(start, start + count)
     )
     mime = representation.get("mimeType") or adaptation.get("mimeType") or ""
-    plan = MediaPlan(mime_type=mime, segments=tuple(segments))
+    plan = MediaPlan(mime_type=mime, segments=tuple(segments), presentation_s=_presentation_s(mpd))
     codecs = representation.get("codecs") or adaptation.get("codecs")
     if codecs:
         plan.extra["codecs"] = codecs
@@ -242,6 +242,20 @@ def _segment_count(mpd: Element, template: Element) -> int:
     if count <= 0:
         raise _bad("zero-length presentation")
     return count
+
+
+def _presentation_s(mpd: Element) -> Decimal | None:
+    """The MPD's `mediaPresentationDuration` in seconds; None when absent or unreadable.
+
+    A segment list missing its end is still a well-formed list: only this
+    total tells. A timeline MPD does not need it, so one that cannot be read
+    is not a reason to refuse the manifest; the file is then checked without it.
+    """
+    try:
+        seconds = _iso_duration(mpd.get("mediaPresentationDuration"))
+    except DlqdError:
+        return None
+    return seconds if seconds > 0 else None
 
 
 def _iso_duration(value: str | None) -> Decimal:

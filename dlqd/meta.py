@@ -8,6 +8,7 @@ strings, so every layer can be tested with hand-made instances.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,13 @@ class MediaPlan:
 
     `urls` are alternatives for a single-file stream (BTS); `segments` is the
     ordered init + media segment list of a DASH stream (concatenated in order).
-    Exactly one of the two is non-empty.
+    Exactly one of the two is non-empty. `presentation_s` is how long the
+    stream lasts when the manifest says (a DASH MPD's
+    `mediaPresentationDuration`): the integrity check holds the file to it.
     """
 
     mime_type: str
     urls: tuple[str, ...] = ()
     segments: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    presentation_s: Decimal | None = None

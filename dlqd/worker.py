@@ -370,8 +370,9 @@ class DownloadWork:
                 plan = await self.source.media_plan(run.track.track_id, run.quality)
                 resumable = not plan.segments
                 fetched = await self._fetch(plan, temp, run)
-            # A lying Content-Length passes every check of the transfer: ask the file.
-            await trio.to_thread.run_sync(check_media_integrity, temp)
+            # A lying Content-Length (or segment list) passes every check of the
+            # transfer: ask the file, and hold it to the duration the manifest announced.
+            await trio.to_thread.run_sync(check_media_integrity, temp, plan.presentation_s)
             # Tagging rewrites the temp file in place: from here on its size says nothing
             # about the upstream file, so a crash must not leave validators to resume from.
             await trio.to_thread.run_sync(_remove, sidecar_path(temp))

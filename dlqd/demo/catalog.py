@@ -65,7 +65,18 @@ ROUTES = ("info", "album", "track", "lyrics", "playlist", "mix", "artist", "medi
 JSON_ROUTES = ("info", "album", "track", "lyrics", "playlist", "mix", "artist")
 # The object a JSON route's answer carries its content in; the others have none.
 ENVELOPES = {"info": "data", "album": "data", "track": "data", "lyrics": "lyrics"}
-FAULTS = ("hang", "stall", "status", "reset", "short", "bad_json", "bad_shape", "bad_manifest")
+FAULTS = (
+    "hang",
+    "stall",
+    "status",
+    "reset",
+    "short",
+    "truncate",
+    "truncate_chunked",
+    "bad_json",
+    "bad_shape",
+    "bad_manifest",
+)
 HANG_SECONDS = 300.0  # hang/stall last this long unless the server stops first
 
 TWO_DISC_ALBUM_ID = 100
@@ -906,7 +917,10 @@ class CatalogServer:
         fault: hang (never answer), stall (headers and `after_bytes` of the body,
         default half, then nothing), status (`status`, optional Retry-After),
         reset (partial body then TCP RST), short (full Content-Length, partial
-        body, then close), bad_json (truncated JSON), bad_shape (valid JSON
+        body, then close), truncate (a well-formed answer whose Content-Length
+        and body are only the first `after_bytes`, default half: a server
+        lying about the file), truncate_chunked (the same cut body sent
+        chunked, properly terminated), bad_json (truncated JSON), bad_shape (valid JSON
         with `version` and any envelope, fields missing), bad_manifest (track
         only: manifest not base64).
         """
@@ -1188,6 +1202,8 @@ class _Handler(BaseHTTPRequestHandler):
             response = _json(400, {"detail": str(exc)})
         if fault is not None and fault.kind in ("stall", "reset", "short"):
             self._send_partial(response, fault)
+        elif fault is not None and fault.kind in ("truncate", "truncate_chunked"):
+            self._send_truncated(response, fault)
         else:
             self._send(response, media=route == "media")
 
@@ -1373,6 +1389,26 @@ class _Handler(BaseHTTPRequestHandler):
             if bps is not None and app._stopping.wait(len(piece) / bps):
                 self.close_connection = True
                 return
+
+    def _send_truncated(self, response: _Response, fault: _Fault) -> None:
+        """A well-formed answer carrying only the head of the body: nothing says it is cut."""
+        body = response.body
+        cut = fault.after_bytes if fault.after_bytes is not None else len(body) // 2
+        body = body[: max(0, min(cut, len(body) - 1))]
+        if fault.kind == "truncate":
+            self._send_head(response, len(body))
+            self.wfile.write(body)
+            return
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        for start in range(0, len(body), 16384):
+            piece = body[start : start + 16384]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
 
     def _send_partial(self, response: _Response, fault: _Fault) -> None:
         body = response.body
