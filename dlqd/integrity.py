@@ -634,8 +634,8 @@ def _check_sample_tables(
     if not sample_count or not chunk_count:
         return claimed
     (rows,) = moov.fields(stsc, "I", 4)
-    steps.spend(rows)
     runs = moov.table(stsc, 8, rows, 12, _SAMPLE_SIZE_WORD)
+    steps.spend(rows)
     last_offset = max(offsets)
     last_chunk = offsets.index(last_offset) + 1
     first_sample, samples = _chunk_samples(runs, last_chunk, chunk_count, stsc)

@@ -19,8 +19,9 @@ import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,7 +39,7 @@ from dlqd.demo.catalog import (
 )
 from dlqd.errors import DlqdError, ErrorCode
 from dlqd.fetch import MIB, FreeSpaceFloor, sidecar_path
-from dlqd.integrity import MAX_CRC16_CHECKS, check_media_integrity, crc8, crc16
+from dlqd.integrity import MAX_CRC16_CHECKS, Box, boxes_in, check_media_integrity, crc8, crc16
 from dlqd.source import Source
 from tests.support import DaemonProcess, assert_unharmed, outside_snapshot, wait_until
 from tests.test_fetch import fetch
@@ -188,13 +189,20 @@ def test_a_trailing_id3v1_tag_is_not_a_cut(tmp_path: Path, single_flac: Flac) ->
 @pytest.mark.parametrize(
     "data",
     [
-        audio.aac_m4a(),
-        audio.dash_init() + b"".join(audio.dash_segments()),
+        # Fragmented, no `mehd`, no duration from a manifest: nothing says a segment is missing.
+        audio.dash_init() + b"".join(audio.dash_segments()[:-1]),
         b"",
         b"fLaC",
+        b"\0\0\0\x18fty",  # cut before `ftyp` says it is an MP4
         bytes(range(256)) * 64,
     ],
-    ids=["aac", "flac in mp4 (dash)", "empty", "bare marker", "not audio"],
+    ids=[
+        "dash without its last segment, no duration",
+        "empty",
+        "bare marker",
+        "7 bytes of mp4",
+        "not audio",
+    ],
 )
 def test_what_the_check_does_not_cover_passes(tmp_path: Path, data: bytes) -> None:
     check_bytes(tmp_path, data)
@@ -228,6 +236,228 @@ def test_a_tail_full_of_valid_looking_headers_costs_a_bounded_number_of_crc16_ch
     monkeypatch.setattr(dlqd.integrity, "crc16", counted_crc16)
     integrity_error(tmp_path, single_flac.data[:HEAD_BYTES] + header * 100_000)
     assert len(calls) == MAX_CRC16_CHECKS
+
+
+# --- the integrity check on MP4: AAC and DASH-assembled FLAC in MP4 ---------------------
+
+AAC = audio.aac_m4a()
+DASH_PARTS = (audio.dash_init(), *audio.dash_segments())
+DASH = b"".join(DASH_PARTS)
+DASH_SECONDS = Decimal(str(audio.DASH_PRESENTATION_SECONDS))
+MP4_FILES = {"aac": (AAC, None), "dash": (DASH, DASH_SECONDS)}
+CONTAINERS = {"moov", "trak", "mdia", "minf", "stbl", "mvex", "moof", "traf"}
+
+
+def every_box(data: bytes, start: int = 0, end: int | None = None) -> list[Box]:
+    """Every box of `data`, the children of the containers the check reads included."""
+    found = []
+    for box in boxes_in(data, start, end):
+        found.append(box)
+        if box.kind in CONTAINERS:
+            found.extend(every_box(data, box.payload_start, box.end))
+    return found
+
+
+def the_box(data: bytes, kind: str) -> Box:
+    return next(box for box in every_box(data) if box.kind == kind)
+
+
+def with_word(data: bytes, at: int, value: int, width: int = 4) -> bytes:
+    return data[:at] + value.to_bytes(width, "big") + data[at + width :]
+
+
+def check_mp4(tmp_path: Path, data: bytes, seconds: Decimal | None = None) -> None:
+    path = tmp_path / "track.part"
+    path.write_bytes(data)
+    check_media_integrity(path, seconds)
+
+
+def mp4_integrity_error(tmp_path: Path, data: bytes, seconds: Decimal | None = None) -> DlqdError:
+    with pytest.raises(DlqdError) as caught:
+        check_mp4(tmp_path, data, seconds)
+    assert caught.value.code == ErrorCode.INTEGRITY_ERROR, caught.value
+    assert caught.value.transient
+    return caught.value
+
+
+def cuts_at_and_inside_every_box(data: bytes) -> list[int]:
+    """Each box's start, payload start, middle and last byte; from the first 8 bytes on."""
+    cuts = set()
+    for box in every_box(data):
+        cuts.update((box.start, box.payload_start, (box.start + box.end) // 2, box.end - 1))
+    return sorted(cut for cut in cuts if 8 <= cut < len(data))
+
+
+@pytest.mark.parametrize(
+    ("data", "seconds"),
+    [(AAC, None), (DASH, None), (DASH, DASH_SECONDS)],
+    ids=["aac", "dash", "dash held to the manifest's duration"],
+)
+def test_a_whole_aac_and_a_whole_dash_assembled_mp4_pass(
+    tmp_path: Path, data: bytes, seconds: Decimal | None
+) -> None:
+    check_mp4(tmp_path, data, seconds)
+
+
+@pytest.mark.parametrize("name", MP4_FILES)
+def test_an_mp4_cut_at_or_inside_any_box_fails_integrity_error(tmp_path: Path, name: str) -> None:
+    data, seconds = MP4_FILES[name]
+    cuts = cuts_at_and_inside_every_box(data)
+    assert len(cuts) > 40
+    for cut in cuts:
+        error = mp4_integrity_error(tmp_path, data[:cut], seconds)
+        assert error.message.startswith("MP4 truncated: "), (cut, error.message)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=st.sampled_from(sorted(MP4_FILES)), share=st.integers(min_value=0, max_value=1 << 20))
+def test_every_cut_of_an_mp4_fails_integrity_error(tmp_path: Path, name: str, share: int) -> None:
+    data, seconds = MP4_FILES[name]
+    cut = 8 + share * (len(data) - 1 - 8) // (1 << 20)
+    mp4_integrity_error(tmp_path, data[:cut], seconds)
+
+
+def test_a_truncated_mdat_names_the_box_and_the_bytes_present(tmp_path: Path) -> None:
+    mdat = the_box(AAC, "mdat")
+    error = mp4_integrity_error(tmp_path, AAC[: mdat.end - 1000])
+    claimed, present = mdat.end - mdat.start, mdat.end - mdat.start - 1000
+    expected = f"MP4 truncated: box 'mdat' at byte {mdat.start} claims {claimed} bytes, "
+    assert error.message == expected + f"{present} present"
+
+
+def test_a_box_size_lying_past_the_end_fails_integrity_error(tmp_path: Path) -> None:
+    for data in (AAC, DASH):
+        last = boxes_in(data)[-1]
+        lying = with_word(data, last.start, last.end - last.start + 1)
+        error = mp4_integrity_error(tmp_path, lying)
+        assert f"claims {last.end - last.start + 1} bytes, {last.end - last.start} present" in (
+            error.message
+        )
+
+
+def test_an_mdat_running_to_the_end_of_the_file_is_held_to_the_sample_tables(
+    tmp_path: Path,
+) -> None:
+    mdat = the_box(AAC, "mdat")
+    to_the_end = with_word(AAC, mdat.start, 0)  # size 0: "the rest of the file"
+    check_mp4(tmp_path, to_the_end)
+    error = mp4_integrity_error(tmp_path, to_the_end[:-1])
+    assert f"track 1: samples run to byte {len(AAC)}, {len(AAC) - 1} present" in error.message
+
+
+def test_a_dash_stream_missing_its_last_segment_fails_against_the_manifests_duration(
+    tmp_path: Path,
+) -> None:
+    error = mp4_integrity_error(tmp_path, b"".join(DASH_PARTS[:-1]), DASH_SECONDS)
+    assert "the fragments hold 3.168 s of the 4.000 s the manifest announces" in error.message
+
+
+def test_a_dash_stream_missing_a_middle_segment_fails_integrity_error(tmp_path: Path) -> None:
+    init, first, _second, third, fourth = DASH_PARTS
+    error = mp4_integrity_error(tmp_path, init + first + third + fourth)
+    assert "track 1 jumps from time 50688 to 101376" in error.message
+    assert "a fragment is missing" in error.message
+
+
+def test_a_segment_cut_inside_a_dash_stream_fails_integrity_error(tmp_path: Path) -> None:
+    init, first, second, third, fourth = DASH_PARTS
+    cuts = cuts_at_and_inside_every_box(second)
+    for cut in cuts:
+        mp4_integrity_error(tmp_path, init + first + second[:cut] + third + fourth, DASH_SECONDS)
+
+
+def test_a_segment_without_its_mdat_fails_integrity_error(tmp_path: Path) -> None:
+    init, *segments = DASH_PARTS
+    last = segments[-1]
+    without_mdat = last[: the_box(last, "mdat").start]
+    error = mp4_integrity_error(tmp_path, init + b"".join(segments[:-1]) + without_mdat)
+    assert "indexes bytes up to" in error.message  # its sidx promised the moof and the mdat
+
+
+HUGE_COUNTS = {
+    # (file, box, offset of the count in the box payload, width of the count)
+    "stsz sample count": (AAC, "stsz", 8, 4),
+    "stco chunk count": (AAC, "stco", 4, 4),
+    "stsc row count": (AAC, "stsc", 4, 4),
+    "stts row count": (AAC, "stts", 4, 4),
+    "trun sample count": (DASH, "trun", 4, 4),
+    "sidx reference count": (DASH, "sidx", 30, 2),
+}
+
+
+@pytest.mark.parametrize("table", HUGE_COUNTS)
+def test_a_table_claiming_more_rows_than_its_box_holds_fails_without_reading_them(
+    tmp_path: Path, table: str
+) -> None:
+    data, kind, at, width = HUGE_COUNTS[table]
+    box = the_box(data, kind)
+    huge = (1 << (8 * width)) - 1
+    # Were the rows allocated (16 GiB for 2^32 stsz entries), this would die of MemoryError.
+    error = mp4_integrity_error(tmp_path, with_word(data, box.payload_start + at, huge, width))
+    assert f"box '{kind}' at byte {box.start} claims {huge} rows, room for" in error.message
+
+
+def test_a_moov_above_the_cap_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moov = the_box(AAC, "moov")
+    monkeypatch.setattr(dlqd.integrity, "MAX_MOOV_BYTES", moov.end - moov.start - 1)
+    error = mp4_integrity_error(tmp_path, AAC)
+    assert f"box 'moov' at byte {moov.start} is {moov.end - moov.start} bytes, more than" in (
+        error.message
+    )
+
+
+def test_a_file_of_too_many_boxes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dlqd.integrity, "MAX_STEPS", 1000)
+    check_mp4(tmp_path, AAC + b"\0\0\0\x08free" * 100)
+    error = mp4_integrity_error(tmp_path, AAC + b"\0\0\0\x08free" * 1000)
+    assert "more than 1000 boxes and table rows to walk" in error.message
+
+
+@dataclass
+class CountingFile:
+    """A file opened for the check, counting the bytes the check reads from it."""
+
+    file: BinaryIO
+    bytes_read: int = 0
+
+    def read(self, count: int = -1) -> bytes:
+        data = self.file.read(count)
+        self.bytes_read += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def __enter__(self) -> CountingFile:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.file.close()
+
+
+@pytest.mark.parametrize("name", MP4_FILES)
+def test_the_mp4_check_reads_the_boxes_never_the_audio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    data, seconds = MP4_FILES[name]
+    opened: list[CountingFile] = []
+
+    def counting_open(path: Path, mode: str) -> CountingFile:
+        opened.append(CountingFile(path.open(mode)))
+        return opened[-1]
+
+    monkeypatch.setattr(dlqd.integrity, "open_beneath", counting_open)
+    check_mp4(tmp_path, data, seconds)
+    audio_bytes = sum(box.end - box.payload_start for box in boxes_in(data) if box.kind == "mdat")
+    (file,) = opened
+    assert file.bytes_read <= len(data) - audio_bytes + 16 * len(boxes_in(data))
+    assert file.bytes_read < audio_bytes / 10
 
 
 # --- fetch: the cap and the free-space floor over real HTTP -----------------------------
