@@ -14,6 +14,7 @@ Three layers, each against real parts:
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import threading
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 import dlqd.integrity
 from dlqd.demo import audio
 from dlqd.demo.catalog import (
+    AAC_ONLY_TRACK_ID,
     DASH_TIMELINE_TRACK_ID,
     SINGLE_TRACK_ID,
     Catalog,
@@ -612,7 +614,7 @@ class HostileMedia:
 
 
 def start_with_jobs(
-    daemon: DaemonProcess, catalog: Catalog, hostile_track: int
+    daemon: DaemonProcess, catalog: Catalog, hostile_track: int, quality: str = "LOSSLESS"
 ) -> tuple[str, str, dict[str, str]]:
     """Start `daemon`, submit the hostile track and an innocent one-track album alongside.
 
@@ -621,7 +623,7 @@ def start_with_jobs(
     innocent_album = catalog.add_album(1, 200_000)
     daemon.start()
     before = outside_snapshot(daemon)
-    hostile = daemon.submit("track", hostile_track)
+    hostile = daemon.submit("track", hostile_track, quality)
     innocent = daemon.submit("album", innocent_album)
     return hostile, innocent, before
 
@@ -698,3 +700,134 @@ def test_a_flac_cut_short_by_a_lying_content_length_fails_integrity_error_after_
     assert track["attempts"] == 2  # transient: retried max_retries times
     assert track["path"] is None
     assert_unharmed(daemon, innocent, before, hostile_job=hostile)
+
+
+# --- the daemon against an upstream that cuts MP4s short ------------------------------------
+
+RETRYING = {"worker": {"max_retries": 1, "backoff_s": [0.05]}}
+
+
+def mdat_payloads(data: bytes) -> list[bytes]:
+    return [data[box.payload_start : box.end] for box in boxes_in(data) if box.kind == "mdat"]
+
+
+def mp4_files(library: Path) -> list[Path]:
+    return sorted(library.rglob("*.m4a"))
+
+
+@pytest.mark.parametrize("fault", ["truncate", "truncate_chunked"])
+def test_an_aac_track_cut_by_a_lying_server_is_retried_and_completes_when_the_fault_clears(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog, fault: str
+) -> None:
+    upstream.inject("media", fault, times=1, track_id=AAC_ONLY_TRACK_ID)
+    daemon = make_daemon(upstream=upstream, settings=RETRYING)
+    daemon.start()
+    job = daemon.wait_job(daemon.submit("track", AAC_ONLY_TRACK_ID, "HIGH"))
+
+    assert job["status"] == "completed", job
+    (track,) = job["tracks"]
+    assert track["attempts"] == 2  # the cut file passed the transfer, not the check
+    assert len(upstream.requests_for("media", track_id=AAC_ONLY_TRACK_ID)) == 2
+    (path,) = mp4_files(daemon.library)
+    upstream_audio = catalog.audio_for(AAC_ONLY_TRACK_ID, "HIGH")
+    assert mdat_payloads(path.read_bytes()) == mdat_payloads(upstream_audio)
+
+
+@pytest.mark.parametrize("fault", ["truncate", "truncate_chunked"])
+def test_an_aac_track_cut_on_every_try_fails_integrity_error_and_never_reaches_the_library(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog, fault: str
+) -> None:
+    upstream.inject("media", fault, times=None, track_id=AAC_ONLY_TRACK_ID)
+    daemon = make_daemon(upstream=upstream, settings=RETRYING)
+    hostile, innocent, before = start_with_jobs(daemon, catalog, AAC_ONLY_TRACK_ID, "HIGH")
+
+    track = failed_track(daemon, hostile, "INTEGRITY_ERROR")
+    assert track["error"]["message"].startswith("MP4 truncated: box 'mdat'")
+    assert track["attempts"] == 2  # transient: retried max_retries times
+    assert track["path"] is None
+    assert mp4_files(daemon.library) == []
+    assert_unharmed(daemon, innocent, before, hostile_job=hostile)
+
+
+@pytest.mark.parametrize(
+    ("segment", "fault"),
+    [("2", "truncate"), ("4", "truncate_chunked"), ("3", "short")],
+    ids=["a middle segment, lying length", "the last segment, chunked", "a short body"],
+)
+def test_a_dash_track_with_a_cut_segment_is_retried_and_completes_when_the_fault_clears(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog, segment: str, fault: str
+) -> None:
+    upstream.inject(
+        "media", fault, times=1, track_id=DASH_TIMELINE_TRACK_ID, path_contains=f"/{segment}.m4s"
+    )
+    daemon = make_daemon(upstream=upstream, settings=RETRYING)
+    daemon.start()
+    job = daemon.wait_job(daemon.submit("track", DASH_TIMELINE_TRACK_ID, "HI_RES_LOSSLESS"))
+
+    assert job["status"] == "completed", job
+    (track,) = job["tracks"]
+    assert track["attempts"] == 2
+    (path,) = mp4_files(daemon.library)
+    assert path.read_bytes().endswith(b"".join(audio.dash_segments()))
+
+
+def test_a_dash_track_whose_last_segment_is_always_cut_fails_integrity_error(
+    make_daemon: Any, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    upstream.inject(
+        "media", "truncate", times=None, track_id=DASH_TIMELINE_TRACK_ID, path_contains="/4.m4s"
+    )
+    daemon = make_daemon(upstream=upstream, settings=RETRYING)
+    hostile, innocent, before = start_with_jobs(
+        daemon, catalog, DASH_TIMELINE_TRACK_ID, "HI_RES_LOSSLESS"
+    )
+
+    track = failed_track(daemon, hostile, "INTEGRITY_ERROR")
+    assert track["error"]["message"].startswith("MP4 truncated: box 'mdat'")
+    assert track["attempts"] == 2
+    assert mp4_files(daemon.library) == []
+    assert_unharmed(daemon, innocent, before, hostile_job=hostile)
+
+
+@dataclass
+class WithoutLastSegment:
+    """A `Responder` for the track route: the real answer, its MPD's timeline one segment short."""
+
+    answered: int = 0
+
+    def __call__(self, _request: RequestRecord, data: dict[str, Any] | None) -> Scripted:
+        assert data is not None
+        mpd = base64.b64decode(data["manifest"]).decode()
+        last = f'<S d="{audio.DASH_SEGMENT_DURATIONS[-1]}"/></SegmentTimeline>'
+        assert last in mpd
+        short = mpd.replace(last, "</SegmentTimeline>")  # mediaPresentationDuration unchanged
+        data["manifest"] = base64.b64encode(short.encode()).decode()
+        self.answered += 1
+        body = json.dumps({"version": "2.0", "data": data}).encode()
+        return Scripted(200, {"Content-Type": "application/json"}, body)
+
+
+@pytest.mark.parametrize("times", [1, None], ids=["once", "always"])
+def test_a_dash_segment_list_missing_its_last_segment_is_caught_by_the_manifests_duration(
+    make_daemon: Any, upstream: CatalogServer, times: int | None
+) -> None:
+    short_manifest = WithoutLastSegment()
+    upstream.script("track", short_manifest, times, track_id=DASH_TIMELINE_TRACK_ID)
+    daemon = make_daemon(upstream=upstream, settings=RETRYING)
+    daemon.start()
+    job = daemon.wait_job(daemon.submit("track", DASH_TIMELINE_TRACK_ID, "HI_RES_LOSSLESS"))
+
+    (track,) = job["tracks"]
+    assert track["attempts"] == 2
+    assert short_manifest.answered == (1 if times else 2)
+    segments = [r.path for r in upstream.requests_for("media", track_id=DASH_TIMELINE_TRACK_ID)]
+    assert sum(path.endswith("/4.m4s") for path in segments) == (1 if times else 0)
+    if times:
+        assert job["status"] == "completed", job
+        (path,) = mp4_files(daemon.library)
+        assert path.read_bytes().endswith(b"".join(audio.dash_segments()))
+    else:
+        assert job["status"] == "failed", job
+        assert track["error"]["code"] == "INTEGRITY_ERROR"
+        assert "of the 4.000 s the manifest announces" in track["error"]["message"]
+        assert mp4_files(daemon.library) == []
