@@ -9,7 +9,6 @@ disagree.
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 import unicodedata
@@ -39,6 +38,7 @@ from dlqd.demo.catalog import (
     Catalog,
     CatalogServer,
 )
+from dlqd.integrity import boxes_in
 from tests.conftest import DaemonFactory
 from tests.support import DaemonProcess, flac_parts, library_files, wait_until
 
@@ -138,19 +138,8 @@ def assert_mp4_tags(path: Path, catalog: Catalog, track_id: int) -> None:
 
 
 def mp4_boxes(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[str, bytes]]:
-    """(type, whole box bytes) of each box between `start` and `end`."""
-    end = len(data) if end is None else end
-    boxes, pos = [], start
-    while pos < end:
-        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        if size == 1:
-            size = struct.unpack(">Q", data[pos + 8 : pos + 16])[0]
-        elif size == 0:
-            size = end - pos
-        assert size >= 8, f"bad box size at {pos}"
-        boxes.append((kind.decode("latin-1"), data[pos : pos + size]))
-        pos += size
-    return boxes
+    """(type, whole box bytes) of each box between `start` and `end` (dlqd's own box walker)."""
+    return [(box.kind, data[box.start : box.end]) for box in boxes_in(data, start, end)]
 
 
 def mp4_without_udta(data: bytes) -> list[tuple[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+from decimal import Decimal
 from xml.sax.saxutils import escape
 
 import pytest
@@ -170,6 +171,21 @@ def test_dash_without_timeline_uses_ceil_of_duration() -> None:
     assert plan.segments[0] == "http://api.test/track/FLAC,0/init.mp4"
     assert plan.segments[1] == "http://api.test/track/FLAC,0/000.mp4"
     assert plan.segments[-1] == "http://api.test/track/FLAC,0/048.mp4"
+
+
+@pytest.mark.parametrize(
+    ("duration", "seconds"),
+    [("PT3M12.5S", Decimal("192.5")), ("PT4.000S", Decimal(4)), ("", None), ("soon", None)],
+)
+def test_dash_plan_carries_the_presentation_duration_the_file_is_held_to(
+    duration: str, seconds: Decimal | None
+) -> None:
+    template = """<SegmentTemplate timescale="44100" initialization="init.mp4"
+        media="seg-$Number$.mp4"><SegmentTimeline><S d="176400"/></SegmentTimeline>
+    </SegmentTemplate>"""
+    plan = parse_manifest(DASH_MIME, b64(mpd(template, duration=duration)), manifest_url=TRACK_URL)
+    assert plan.presentation_s == seconds  # unreadable with a timeline: not checked, not refused
+    assert len(plan.segments) == 2
 
 
 def test_dash_relative_base_url_resolves_against_manifest_url() -> None:
