@@ -421,6 +421,35 @@ def test_a_file_of_too_many_boxes_is_refused(
     assert "more than 1000 boxes and table rows to walk" in error.message
 
 
+BOX_STARTS = sorted({box.start for data in (AAC, DASH) for box in every_box(data)})
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(sorted(MP4_FILES)),
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(BOX_STARTS), st.integers(0, 48), st.binary(min_size=1, max_size=8)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_damaged_mp4_boxes_pass_or_fail_integrity_error_never_anything_else(
+    tmp_path: Path, name: str, changes: list[tuple[int, int, bytes]]
+) -> None:
+    data, seconds = MP4_FILES[name]
+    for box_start, into, patch in changes:  # in a box's header and first fields
+        at = box_start + into
+        data = data[:at] + patch + data[at + len(patch) :]
+    try:
+        check_mp4(tmp_path, data, seconds)
+    except DlqdError as exc:
+        assert exc.code == ErrorCode.INTEGRITY_ERROR, exc
+
+
 @dataclass
 class CountingFile:
     """A file opened for the check, counting the bytes the check reads from it."""
