@@ -547,19 +547,47 @@ async def _remove_many(ctx: CommandContext, ids: list[str]) -> dict[str, Any]:
 
 
 async def move(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
-    """A job's place among the active jobs of its priority: top, bottom, up, down."""
+    """A job's place among the active jobs of its priority: top, bottom, up, down.
+
+    An artist job moves with the active album jobs it queued, as one block:
+    the artist takes its place among the other jobs, its albums (in their
+    order) the ranks between it and the next job.
+    """
     job = _get_job(ctx, args["id"])
     if job.status not in ACTIVE_STATUSES:
         raise _refuse_state(job, "move")
     state = ctx.store.state
-    ranks = moved_ranks(
-        state.run_order(), job, args["to"], rank_low=state.rank_low, rank_high=state.rank_high
-    )
-    if ranks:  # up/down swap two jobs: both records in one batch
+    block = sorted(_own_children(state, job, ACTIVE_STATUSES), key=lambda child: child.run_key)
+    in_block = {child.id for child in block}
+    others = [other for other in state.run_order() if other.id not in in_block]
+    ranks = moved_ranks(others, job, args["to"], rank_low=state.rank_low, rank_high=state.rank_high)
+    if ranks and block:
+        ranks.update(_ranks_behind(state, ranks, job.id, block))
+    if ranks:  # up/down swap two jobs: every record in one batch
         await ctx.store.commit(
             *({"e": "move", "id": job_id, "rank": rank} for job_id, rank in ranks.items())
         )
     return {"job": _wire(ctx, job)}
+
+
+def _ranks_behind(
+    state: QueueState, ranks: dict[str, float], lead_id: str, block: list[Job]
+) -> dict[str, float]:
+    """Ranks for `block`, in order, between the lead's new rank and the next any job holds."""
+    lead = ranks[lead_id]
+    in_block = {job.id for job in block}
+    after = min(
+        (
+            rank
+            for job_id, other in state.jobs.items()
+            if job_id != lead_id
+            and job_id not in in_block
+            and (rank := ranks.get(job_id, other.rank)) > lead
+        ),
+        default=lead + 1,
+    )
+    step = (after - lead) / (len(block) + 1)
+    return {job.id: lead + place * step for place, job in enumerate(block, start=1)}
 
 
 async def set_priority(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:

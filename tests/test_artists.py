@@ -379,3 +379,36 @@ def test_an_artists_albums_run_at_its_place_not_behind_jobs_queued_after_it(
     assert later["status"] == "completed"
     # One slot, per-track picking in run order: the later album starts after every child.
     assert all(daemon.job(child)["started_at"] <= later["started_at"] for child in children)
+
+
+def test_moving_an_artist_job_moves_its_albums_with_it(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    blocker = catalog.add_album(1, 1_000_000)
+    other = catalog.add_album(1, 100_000)
+    daemon = make_daemon(upstream=upstream, settings={"worker": {"max_concurrent": 1}})
+    daemon.start()
+    upstream.throttle_bps = SLOW_BPS  # the one slot stays taken while jobs are moved
+    first = daemon.submit("album", blocker)
+    wait_until(lambda: daemon.job(first)["status"] == "processing", what="the blocker to start")
+    other_id = daemon.submit("album", other)
+    artist_id = daemon.submit("artist", ARTIST_ID)
+    children = expanded(daemon, artist_id)["children"]
+
+    def order() -> list[str]:
+        return [job["id"] for job in daemon.call("list", order="run")["jobs"]]
+
+    assert order() == [first, other_id, artist_id, *children]
+    daemon.call("move", id=artist_id, to="top")
+    assert order() == [artist_id, *children, first, other_id]
+    daemon.call("move", id=artist_id, to="down")  # past the next job, not into its own albums
+    assert order() == [first, artist_id, *children, other_id]
+    daemon.call("move", id=artist_id, to="down")
+    assert order() == [first, other_id, artist_id, *children]
+    daemon.call("move", id=artist_id, to="up")
+    assert order() == [first, artist_id, *children, other_id]
+    daemon.call("move", id=children[-1], to="top")  # an album alone still moves alone
+    assert order() == [children[-1], first, artist_id, *children[:-1], other_id]
+    upstream.throttle_bps = None
+    assert daemon.wait_job(artist_id)["status"] == "completed"
+    assert daemon.wait_job(other_id)["status"] == "completed"
