@@ -360,7 +360,7 @@ def _finalize(
                     log.warning("cover.jpg not written", folder=str(folder.path), error=str(exc))
             if synced_lyrics and decision.moves:
                 try:
-                    _write_lyrics_file(folder.create(), decision.path.name, synced_lyrics)
+                    _write_lyrics_file(folder.create(), decision.path.name, synced_lyrics, library)
                 except OSError as exc:
                     # Like the cover: the track is in place, and its words are a decoration.
                     log.warning("lyrics file not written", folder=str(folder.path), error=str(exc))
@@ -518,27 +518,46 @@ def _write_cover_once(album_fd: int, track_name: str, cover: bytes, library: Pat
     """Put `cover.jpg` in the album folder unless something is already there.
 
     Anything at that name — the user's own cover, or a link — is left alone.
-    Staged in the library's temp folder, then moved like a track.
     """
     if _lexists(COVER_FILENAME, album_fd):
         return
+    mode = _mode_of(track_name, album_fd)  # the same permissions as the track
+    _place_file(library, cover, mode, album_fd, COVER_FILENAME, ("cover-", ".jpg"))
+
+
+def _place_file(
+    library: Path,
+    data: bytes,
+    mode: int,
+    dest_fd: int,
+    dest_name: str,
+    staging: tuple[str, str],
+) -> None:
+    """Put `data` at `dest_name` in the folder `dest_fd`, replacing it, atomically and durably.
+
+    Staged under a private name (`staging`: prefix, suffix) in the library's
+    temp folder, which start-up sweeps, so a crash leaves no stray file in an
+    album folder; given `mode` and fsynced there, then moved like a track.
+    """
     scratch_fd = open_tmp_dir(library)
     try:
-        staging_name, staging = _create_staging(scratch_fd, "cover-", ".jpg")
+        staging_name, staged = _create_staging(scratch_fd, *staging)
         try:
-            with staging:
-                staging.write(cover)
-                staging.flush()
-                os.fsync(staging.fileno())
-                # Private while staged; then the same permissions as the track.
-                track_mode = os.stat(track_name, dir_fd=album_fd, follow_symlinks=False).st_mode
-                os.fchmod(staging.fileno(), stat.S_IMODE(track_mode))
-                _move_into_place(scratch_fd, staging_name, staging, album_fd, COVER_FILENAME)
+            with staged:
+                staged.write(data)
+                staged.flush()
+                os.fchmod(staged.fileno(), mode)
+                os.fsync(staged.fileno())
+                _move_into_place(scratch_fd, staging_name, staged, dest_fd, dest_name)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(staging_name, dir_fd=scratch_fd)
     finally:
         os.close(scratch_fd)
+
+
+def _mode_of(name: str, dir_fd: int) -> int:
+    return stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
 
 
 def lyrics_name(track_name: str) -> str:
@@ -547,30 +566,17 @@ def lyrics_name(track_name: str) -> str:
     return (stem if dot and ext else track_name) + LYRICS_SUFFIX
 
 
-def _write_lyrics_file(album_fd: int, track_name: str, text: str) -> None:
+def _write_lyrics_file(album_fd: int, track_name: str, text: str, library: Path) -> None:
     """Put `text` at the track's `.lrc` name, replacing an older one, atomically and durably.
 
-    Staged under a private name in the album folder, fsynced, renamed over
-    the old file, the folder fsynced. A link at the name is left as it is:
-    never followed, never replaced.
+    A link at the name is left as it is: never followed, never replaced.
     """
     name = lyrics_name(track_name)
     if is_link(name, dir_fd=album_fd):
         raise UnsafePathError(Path(name), "a symbolic link")
-    staging_name, staging = _create_staging(album_fd, f"{TMP_DIRNAME}-", LYRICS_SUFFIX)
-    try:
-        with staging:
-            staging.write(text.encode("utf-8") + b"\n")
-            staging.flush()
-            track_mode = os.stat(track_name, dir_fd=album_fd, follow_symlinks=False).st_mode
-            os.fchmod(staging.fileno(), stat.S_IMODE(track_mode))
-            os.fsync(staging.fileno())
-        os.replace(staging_name, name, src_dir_fd=album_fd, dst_dir_fd=album_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(staging_name, dir_fd=album_fd)
-        raise
-    os.fsync(album_fd)
+    data = text.encode("utf-8") + b"\n"
+    mode = _mode_of(track_name, album_fd)
+    _place_file(library, data, mode, album_fd, name, ("lyrics-", LYRICS_SUFFIX))
 
 
 def write_playlist(
@@ -612,23 +618,12 @@ def _write_playlist(
     with contextlib.ExitStack() as fds:
         library_fd = _closing(fds, os.open(library, _LIBRARY_FLAGS))
         place = _AlbumFolder(library, library_fd, folder, fds)
-        scratch_fd = _closing(fds, open_tmp_dir(library))
         with _library_lock:
             folder_fd = place.create()
             name = _playlist_name(folder_fd, place.path, title, source)
-            staging_name, staging = _create_staging(scratch_fd, "playlist-", m3u8.SUFFIX)
-            try:
-                with staging:
-                    staging.write(text)
-                    staging.flush()
-                    # Private while staged; then what a new file in that folder gets.
-                    folder_mode = stat.S_IMODE(os.fstat(folder_fd).st_mode)
-                    os.fchmod(staging.fileno(), folder_mode & 0o666)
-                    os.fsync(staging.fileno())
-                    _move_into_place(scratch_fd, staging_name, staging, folder_fd, name)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(staging_name, dir_fd=scratch_fd)
+            # What a new file in that folder gets.
+            mode = stat.S_IMODE(os.fstat(folder_fd).st_mode) & 0o666
+            _place_file(library, text, mode, folder_fd, name, ("playlist-", m3u8.SUFFIX))
     return (folder / name).as_posix()
 
 
