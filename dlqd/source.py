@@ -265,8 +265,9 @@ class Source:
         """The playlist's title and tracks, every page read, videos skipped.
 
         Pages as `album` does: until numberOfTracks tracks are read, or a page
-        is empty or brings no track not already read; refused past
-        `max_job_tracks`, claimed or read.
+        is empty or holds tracks but none not already read; a page of only
+        videos goes on. Refused past `max_job_tracks` tracks (claimed or read)
+        or skipped entries.
         """
         title: str | None = None  # the first page's
         read = _TrackPages[ListedTrack](f"/playlist/ {quote(uuid)}", self._max_job_tracks)
@@ -285,7 +286,7 @@ class Source:
             )
             title = page.playlist.title if title is None else title
             offset += len(page.items)
-            if read.take(page.tracks, claimed=page.playlist.number_of_tracks):
+            if read.take(page.items, claimed=page.playlist.number_of_tracks):
                 return build_listing(title, read.tracks)
 
     async def mix(self, mix_id: str) -> Listing:
@@ -438,7 +439,7 @@ class Source:
             )
             first = first or page
             offset += len(page.items)
-            if read.take(page.tracks, claimed=page.number_of_tracks):
+            if read.take(page.items, claimed=page.number_of_tracks):
                 return first, read.tracks
 
 
@@ -453,8 +454,10 @@ _T = TypeVar("_T", bound=_Identified)
 class _TrackPages(Generic[_T]):
     """Tracks of a paged listing (album, playlist) as read so far, each kept once.
 
-    Bounded: more than `max_tracks` read is refused like a listing that
-    claims more (UPSTREAM_BAD_RESPONSE).
+    Bounded: more than `max_tracks` tracks read is refused like a listing
+    that claims more (UPSTREAM_BAD_RESPONSE), and so are more than
+    `max_tracks` entries that are not tracks (videos), so a server repeating
+    pages of videos cannot keep paging going.
     """
 
     def __init__(self, where: str, max_tracks: int) -> None:
@@ -462,15 +465,22 @@ class _TrackPages(Generic[_T]):
         self.max_tracks = max_tracks
         self.tracks: list[_T] = []
         self._seen: set[int] = set()
+        self._skipped = 0
 
-    def take(self, page: Iterable[_T], *, claimed: int) -> bool:
-        """Keep the page's new tracks; True when paging is over.
+    def take(self, page: Iterable[_T | None], *, claimed: int) -> bool:
+        """Keep the page's new tracks (None: a skipped entry); True when paging is over.
 
-        Over once the listing's claimed count is read, or when a page brings
-        no new track: an empty or repeated page would otherwise loop forever.
+        Over once the listing's claimed count is read, or when a page is empty
+        or holds tracks but no new one: a repeated page would otherwise loop
+        forever. A page of only skipped entries (videos) goes on.
         """
-        new = 0
+        entries = held = new = 0
         for track in page:
+            entries += 1
+            if track is None:
+                self._skipped += 1
+                continue
+            held += 1
             if track.id not in self._seen:
                 self._seen.add(track.id)
                 self.tracks.append(track)
@@ -479,7 +489,12 @@ class _TrackPages(Generic[_T]):
             raise _bad(
                 f"{self.where}: lists more than limits.max_job_tracks ({self.max_tracks}) tracks"
             )
-        return len(self.tracks) >= claimed or new == 0
+        if self._skipped > self.max_tracks:
+            raise _bad(
+                f"{self.where}: lists more than limits.max_job_tracks ({self.max_tracks})"
+                " entries that are not tracks"
+            )
+        return len(self.tracks) >= claimed or entries == 0 or (held > 0 and new == 0)
 
 
 def _probe_form(path: str, params: Mapping[str, int | str]) -> tuple[str, dict[str, int | str]]:

@@ -515,6 +515,48 @@ async def test_playlist_paging_stops_on_a_page_that_brings_no_new_track(
     assert len(server.requests_for("playlist")) == 2
 
 
+def _video_entry(server: CatalogServer) -> dict[str, Any]:
+    """The catalog's own playlist entry of its video."""
+    entries = server.catalog.playlist_json(PLAYLIST_UUID)["items"]
+    return next(entry for entry in entries if entry["item"]["id"] == VIDEO_ID)
+
+
+async def test_playlist_pages_past_a_page_of_only_videos(
+    source: Source, server: CatalogServer, catalog: Catalog
+) -> None:
+    def videos_first(request: RequestRecord, data: dict[str, Any]) -> None:
+        # A full first page of videos; the tracks come on the second page.
+        offset = int(request.query["offset"])
+        tracks = catalog.playlist_json(PLAYLIST_UUID)["items"]
+        videos = [_video_entry(server) for _ in range(PLAYLIST_PAGE_SIZE)]
+        data["items"] = (videos + tracks)[offset : offset + PLAYLIST_PAGE_SIZE]
+
+    server.script("playlist", answer_with(videos_first))
+    listing = await source.playlist(PLAYLIST_UUID)
+    assert listing.refs == refs_of(catalog, PLAYLIST_TRACK_IDS)
+    assert [r.query["offset"] for r in server.requests_for("playlist")] == [
+        "0",
+        str(PLAYLIST_PAGE_SIZE),
+    ]
+
+
+async def test_playlist_answering_only_videos_forever_is_refused_after_bounded_pages(
+    server: CatalogServer,
+) -> None:
+    def videos_forever(_request: RequestRecord, data: dict[str, Any]) -> None:
+        data["items"] = [_video_entry(server) for _ in range(4)]
+
+    server.script("playlist", answer_with(videos_forever))
+    upstream = make_source([server.base_url], server.cover_base_url, max_job_tracks=10)
+    try:
+        error = await expect_code(ErrorCode.UPSTREAM_BAD_RESPONSE, upstream.playlist(PLAYLIST_UUID))
+    finally:
+        await upstream.aclose()
+    assert "more than limits.max_job_tracks (10) entries that are not tracks" in error.message
+    # 12 skipped entries (three pages of four) pass the limit of 10.
+    assert [r.query["offset"] for r in server.requests_for("playlist")] == ["0", "4", "8"]
+
+
 async def test_mix_lists_tracks_of_two_albums_in_its_order_without_the_video(
     source: Source, server: CatalogServer, catalog: Catalog
 ) -> None:
