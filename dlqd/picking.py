@@ -7,7 +7,8 @@ hands out its tracks ahead of the others, so a high-priority job submitted
 while a long album runs gets the very next free slot. A job still being
 resolved holds back only jobs of a lower priority (its tracks are not known
 yet, and they would otherwise be passed over); a slow resolve never delays
-jobs of its own priority. An artist job has no tracks: it is never picked,
+jobs of its own priority, and a job whose resolve was deferred to a later pass
+holds back nothing while it waits. An artist job has no tracks: it is never picked,
 and once expanded it holds nothing back (its album jobs are picked like any
 other). `moved_ranks` decides where `move` puts a job.
 This module never looks at holds or slots — the scheduler asks only when one
@@ -30,13 +31,16 @@ def next_track(
     jobs: Iterable[Job],
     *,
     resolved: Container[str],
+    resolving: Container[str],
     running: Collection[TrackKey],
     now: float,
 ) -> tuple[Job, Track] | None:
     """The (job, track) to start now, or None when nothing may start.
 
     `resolved` holds the ids of jobs whose upstream metadata is at hand (a
-    track cannot be named without it); `running` the tracks already running;
+    track cannot be named without it); `resolving` those of jobs whose resolve
+    runs now or is due (an unresolved job not in it waits for a later pass);
+    `running` the tracks already running;
     a deferred track (`next_pass_at` after `now`) waits for its later pass.
     """
     best: tuple[Job, Track] | None = None
@@ -46,7 +50,8 @@ def next_track(
         if job.status not in RUNNABLE_STATUSES or is_expanded(job):
             continue
         if job.id not in resolved:
-            waiting_rank = min(waiting_rank, PRIORITIES.index(job.priority))
+            if job.id in resolving:
+                waiting_rank = min(waiting_rank, PRIORITIES.index(job.priority))
             continue
         key = job.run_key
         if best_key is not None and key >= best_key:

@@ -287,6 +287,15 @@ class Scheduler:
                 self._resolving[job.id] = task
                 nursery.start_soon(self._resolve, job.id, task)
 
+    def _resolving_now(self, now: float) -> set[str]:
+        """Jobs whose resolve runs or is due; not those waiting for a later pass."""
+        return {
+            job.id
+            for job in self._startable_jobs()
+            if job.id in self._resolving
+            or (job.id not in self._metas and self._resolve_passes.ready(job.id, now))
+        }
+
     async def _resolve(self, job_id: str, task: _Task) -> None:
         log_ = log.bind(job_id=job_id)
         try:
@@ -399,8 +408,13 @@ class Scheduler:
 
     def _start_tracks(self, nursery: trio.Nursery) -> None:
         while self.running and self.limiter.available_tokens >= 1:
+            now = self.clock()
             choice = next_track(
-                self._startable_jobs(), resolved=self._metas, running=self._tracks, now=self.clock()
+                self._startable_jobs(),
+                resolved=self._metas,
+                resolving=self._resolving_now(now),
+                running=self._tracks,
+                now=now,
             )
             if choice is None:
                 return
@@ -614,24 +628,33 @@ class Scheduler:
             self.store.notify_changed()
 
     async def _finish_done_artists(self) -> None:
-        """Finish expanded artist jobs whose every child has finished (or was removed)."""
-        jobs = self.store.state.jobs
-        done = [
-            job
-            for job in self.store.state.active_jobs()
-            if job.status == JobStatus.PROCESSING
-            and is_expanded(job)
-            and all(
-                child not in jobs or jobs[child].status in FINISHED_STATUSES
-                for child in job.children
-            )
-        ]
-        for job in done:
+        """Finish expanded artist jobs whose every child has finished (or was removed).
+
+        Each is checked again right before its finish is applied: the finish
+        before it waited for an fsync, and a command (cancel, remove) may have
+        changed it meanwhile.
+        """
+        for job_id in [job.id for job in self.store.state.active_jobs() if is_expanded(job)]:
+            job = self.store.state.jobs.get(job_id)
+            if job is None or not self._artist_done(job):
+                continue
+            jobs = self.store.state.jobs
             status, error = artist_outcome([jobs.get(child) for child in job.children])
             try:
                 await self._finish(job.id, status, error, log.bind(job_id=job.id))
             except DlqdError as exc:
                 log.error("job finish lost: journal unavailable", error_code=str(exc.code))
+
+    def _artist_done(self, job: Job) -> bool:
+        jobs = self.store.state.jobs
+        return (
+            job.status == JobStatus.PROCESSING
+            and job.id not in self._stopped_jobs
+            and all(
+                child not in jobs or jobs[child].status in FINISHED_STATUSES
+                for child in job.children
+            )
+        )
 
     async def _last_step(
         self, job: Job, metas: Mapping[int, TrackMeta], log_: structlog.BoundLogger

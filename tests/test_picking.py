@@ -26,7 +26,8 @@ def pick(
     now: float = AT,
 ) -> tuple[str, int] | None:
     """The (job id, track id) that starts next, every job counting as resolved."""
-    choice = next_track(state.active_jobs(), resolved=state.jobs, running=running, now=now)
+    jobs = state.active_jobs()
+    choice = next_track(jobs, resolved=state.jobs, resolving=(), running=running, now=now)
     return None if choice is None else (choice[0].id, choice[1].track_id)
 
 
@@ -64,7 +65,8 @@ def test_unresolved_paused_and_finished_jobs_give_nothing() -> None:
     state = replay(submit("1"), submit("2", "track", 5), resolve("1", [11]))
     apply(state, {"e": "pause", "id": "1"})
     assert (
-        next_track(state.active_jobs(), resolved={"1"}, running=set(), now=AT) is None
+        next_track(state.active_jobs(), resolved={"1"}, resolving={"2"}, running=set(), now=AT)
+        is None
     )  # job 2 is not resolved, job 1 is paused
     apply(state, {"e": "resume", "id": "1"})
     assert pick(state) == ("1", 11)
@@ -94,15 +96,31 @@ def test_a_job_being_resolved_holds_back_lower_priorities_only() -> None:
         submit("2", "track", 2),
         submit("3", "track", 3, priority="high"),
     )
-    jobs = state.active_jobs
-    assert next_track(jobs(), resolved={"1", "2"}, running=set(), now=AT) is None  # 3 resolves
-    chosen = next_track(jobs(), resolved={"1", "3"}, running=set(), now=AT)
-    assert chosen is not None and chosen[0].id == "3"  # 2 resolving holds back only "low"
-    chosen = next_track(jobs(), resolved={"1", "2", "3"}, running={("3", 3)}, now=AT)
-    assert chosen is not None and chosen[0].id == "2"
+
+    def chosen(resolved: set[str], running: set[tuple[str, int]]) -> str | None:
+        """The job whose track starts, every unresolved job resolving now."""
+        jobs = list(state.active_jobs())
+        resolving = {job.id for job in jobs} - resolved
+        choice = next_track(jobs, resolved=resolved, resolving=resolving, running=running, now=AT)
+        return None if choice is None else choice[0].id
+
+    assert chosen({"1", "2"}, set()) is None  # 3 resolves
+    assert chosen({"1", "3"}, set()) == "3"  # 2 resolving holds back only "low"
+    assert chosen({"1", "2", "3"}, {("3", 3)}) == "2"
     apply(state, submit("4", "track", 4))  # same priority as 2, still resolving
-    chosen = next_track(jobs(), resolved={"1", "2", "3"}, running={("3", 3)}, now=AT)
-    assert chosen is not None and chosen[0].id == "2"
+    assert chosen({"1", "2", "3"}, {("3", 3)}) == "2"
+
+
+def test_a_job_whose_resolve_waits_for_a_later_pass_holds_back_nothing() -> None:
+    state = replay(submit("1", "track", 1), submit("2", "track", 2, priority="high"))
+
+    def chosen(resolving: set[str]) -> str | None:
+        jobs = state.active_jobs()
+        choice = next_track(jobs, resolved={"1"}, resolving=resolving, running=set(), now=AT)
+        return None if choice is None else choice[0].id
+
+    assert chosen(resolving={"2"}) is None  # the high job resolves: "normal" waits
+    assert chosen(resolving=set()) == "1"  # its resolve was deferred: "normal" goes on
 
 
 def move(state: QueueState, job_id: str, to: str) -> dict[str, int]:

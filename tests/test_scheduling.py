@@ -52,6 +52,9 @@ def test_max_concurrent_bounds_tracks_across_jobs_and_a_job_takes_slots_in_order
     daemon.start()
     upstream.throttle_bps = SLOW_BPS
     first = daemon.submit("album", first_album)
+    # Resolved first: two resolves run at once, and a job of one priority never waits for
+    # another's (a later resolve would let the second album start before the first).
+    wait_until(lambda: daemon.job(first)["tracks"], what="the first album to be resolved")
     second = daemon.submit("album", second_album)
 
     seen_busy: set[int] = set()
@@ -229,6 +232,28 @@ def test_a_hanging_album_resolve_does_not_delay_a_track_job_submitted_after_it(
     assert daemon.wait_job(track_job, timeout=30)["status"] == "completed"
     assert daemon.job(album_job)["status"] == "queued"  # still resolving
     daemon.call("cancel", id=album_job)
+
+
+def test_a_high_job_whose_resolve_waits_for_a_later_pass_does_not_hold_back_a_normal_one(
+    make_daemon: DaemonFactory, upstream: CatalogServer, catalog: Catalog
+) -> None:
+    high_album = catalog.add_album(1)
+    upstream.inject("album", "status", None, status=503, album_id=high_album)
+    daemon = make_daemon(
+        upstream=upstream,
+        settings={
+            "upstream": {"failure_threshold": 100},
+            "worker": {"max_retries": 1, "max_passes": 3, "requeue_after_s": 600},
+        },
+    )
+    daemon.start()
+    high_job = daemon.submit("album", high_album, priority="high")
+    assert wait_until(lambda: "resolve deferred to a later pass" in daemon.logs(), timeout=30)
+    normal_job = daemon.submit("track", SINGLE_TRACK_ID)
+
+    assert daemon.wait_job(normal_job, timeout=30)["status"] == "completed"
+    assert daemon.job(high_job)["status"] == "queued"  # still waiting for its later pass
+    daemon.call("cancel", id=high_job)
 
 
 def test_a_track_failing_more_often_than_max_retries_completes_on_a_later_pass(
