@@ -58,6 +58,12 @@ def tracks_done(job: dict[str, Any]) -> str:
     return f"{done}/{len(tracks)}"
 
 
+def count_text(job: dict[str, Any]) -> str:
+    """`5/12 tracks`, an artist job's `1/3 albums`, or `-` while the tracks are unknown."""
+    done = tracks_done(job)
+    return done if done == "-" or done.endswith(" albums") else f"{done} tracks"
+
+
 def progress_cell(job: dict[str, Any], bar_cells: int = BAR_CELLS) -> str:
     fraction = float(job.get("progress") or 0.0)
     if bar_cells <= 0:
@@ -176,7 +182,7 @@ def render_job(job: dict[str, Any], children: Sequence[dict[str, Any]] = ()) -> 
     lines = [
         f"job {job['id']}: {job['type']} {job['target_id']} ({job['quality']}, "
         f"{job.get('priority', 'normal')} priority)",
-        f"  status:   {job['status']}  {progress_cell(job)}  {tracks_done(job)} tracks{speed}{eta}",
+        f"  status:   {job['status']}  {progress_cell(job)}  {count_text(job)}{speed}{eta}",
         f"  bytes:    {text.size(job['bytes_done'])} of {text.size(job['bytes_total'])}"
         f"{estimated}  attempts {job['attempts']}  delivered {quality_label(job)}",
         f"  title:    {job['title'] or '-'}",

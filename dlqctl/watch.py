@@ -294,9 +294,8 @@ def job_facts(job: dict[str, Any]) -> str:
     """
     job = text.printable_doc(job)  # idempotent: escapes leave no control character behind
     parts = [f"{job['status']} {render.progress_cell(job, 0).strip()}"]
-    done = render.tracks_done(job)
-    if done != "-":
-        parts.append(done if done.endswith(" albums") else f"{done} tracks")
+    if (counted := render.count_text(job)) != "-":
+        parts.append(counted)
     if job["status"] == "processing":
         parts.append(text.rate(job.get("speed_bps")))
         parts.append(f"ETA {render.eta_cell(job)}")

@@ -4,8 +4,8 @@ Owns: the `Accept-Encoding` dlqd advertises for bodies it keeps in memory
 (JSON and cover images), incremental decoding of those encodings, and the
 byte caps. Every decoder step yields at most `DECODE_STEP_BYTES`, so a gzip
 bomb costs at most the cap plus one step, never its inflated size. Never
-parses what it reads and never retries; media bodies stream to disk in
-dlqd.fetch instead, uncompressed.
+parses what it reads and never retries; media bodies stream to disk
+through dlqd.transfer instead, uncompressed.
 """
 
 from __future__ import annotations

@@ -667,7 +667,9 @@ def _is_in_library(library: Path, path: str) -> bool:
             if folder.fd is None:
                 return False
             return stat.S_ISREG(os.lstat(relative.name, dir_fd=folder.fd).st_mode)
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError, UnsafePathError):
+            # Absent, or not where a track may be. Any other error (the share went
+            # away, EIO) raises: a playlist must wait for its library, not lose entries.
             return False
 
 

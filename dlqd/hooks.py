@@ -167,11 +167,19 @@ class HookRunner:
                 log.warning(
                     "completion hook dropped: [hooks] on_job_finished is off", job_id=job_id
                 )
+            await self._record_done(job_id, finished_at)
+
+    async def _record_done(self, job_id: str, finished_at: float) -> None:
+        """Journal `hook_done`, retrying while the journal is unavailable (a full state disk
+        can last hours): the hook itself ran once and must not run again each retry. A
+        crash meanwhile runs it again after the restart (at least once)."""
+        while True:
             try:
                 await self.store.commit(
                     {"e": "hook_done", "id": job_id, "finished_at": finished_at}
                 )
-            except DlqdError as exc:  # journal unavailable: the hook stays pending, runs again
+                return
+            except DlqdError as exc:
                 log.error("hook_done not journaled", job_id=job_id, error_code=str(exc.code))
                 await trio.sleep(JOURNAL_RETRY_S)
 

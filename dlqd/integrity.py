@@ -600,6 +600,7 @@ def _read_trak(moov: _Loaded, trak: Box, mdats: _MediaData, steps: _Steps) -> tu
     if stts is not None:
         (rows,) = moov.fields(stts, "I", 4)
         deltas = moov.table(stts, 8, rows, 8, _SAMPLE_SIZE_WORD)
+        steps.spend(rows)  # summed in Python below: bounded like every other table
         track.moov_duration = sum(
             count * delta for count, delta in zip(deltas[0::2], deltas[1::2], strict=True)
         )
@@ -722,7 +723,6 @@ _TFHD_BASE_OFFSET = 0x1
 _TFHD_DESCRIPTION = 0x2
 _TFHD_DURATION = 0x8
 _TFHD_SIZE = 0x10
-_TFHD_FLAGS = 0x20
 _TFHD_BASE_IS_MOOF = 0x20000
 # trun flags: the data offset, the first sample's flags, then four per-sample fields.
 _TRUN_DATA_OFFSET = 0x1

@@ -1,7 +1,7 @@
 """The extended M3U8 file of a playlist or mix job: its name, its text, and whose it is.
 
-Owns the file's format: `#EXTM3U`, the playlist's title (`#PLAYLIST:`), the
-line saying which playlist or mix wrote it (`#DLQD-SOURCE:playlist <uuid>`),
+Owns the file's format: `#EXTM3U`, the line saying which playlist or mix
+wrote it (`#DLQD-SOURCE:playlist <uuid>`), the playlist's title (`#PLAYLIST:`),
 then per track `#EXTINF:<seconds>,<artist> - <title>` and the track's path
 relative to the playlist file's folder. Pure: it never touches the filesystem —
 `dlqd.finalize.write_playlist` writes what this renders — and never lets
@@ -52,7 +52,8 @@ def file_name(title: str, source: str = "") -> str:
 
 def render(title: str, source: str, folder: PurePosixPath, entries: Sequence[PlaylistEntry]) -> str:
     """The whole file for a playlist kept in `folder` (relative to the library)."""
-    lines = ["#EXTM3U", f"#PLAYLIST:{one_line(title)}", f"{SOURCE_DIRECTIVE}{one_line(source)}"]
+    # The source line first: `source_of` finds it in HEAD_BYTES whatever the title's length.
+    lines = ["#EXTM3U", f"{SOURCE_DIRECTIVE}{one_line(source)}", f"#PLAYLIST:{one_line(title)}"]
     for entry in entries:
         duration = UNKNOWN_DURATION if entry.duration is None else entry.duration
         lines.append(f"#EXTINF:{duration},{one_line(entry.artist)} - {one_line(entry.title)}")

@@ -95,9 +95,6 @@ class Store:
                 f"the journal could not be made durable ({batch.error.strerror or batch.error});"
                 " nothing was changed",
             )
-        for event in events:
-            for listener in self._commit_listeners:
-                listener(event)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The single writer: one write + fsync per batch, compaction between batches."""
@@ -126,7 +123,11 @@ class Store:
             self._fail(batch, exc)
             return False
         self.writable = True
-        for event in batch.events:  # in journal order: the commands' tasks wake in any order
+        # Here, in journal order, and even when the committing task was cancelled while
+        # it waited for the fsync: the commands' tasks wake in any order, or not at all.
+        for event in batch.events:
+            for listener in self._commit_listeners:
+                listener(event)
             self.publish({"event": event["e"], **_public_fields(event)})
         batch.done.set()
         return True

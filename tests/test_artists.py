@@ -344,6 +344,8 @@ def test_dlqctl_ls_and_show_list_an_artist_jobs_children(
     code, out, err = dlqctl(daemon.socket, "show", job_id)
     assert code == 0, err
     assert "3 albums: 3 completed" in out
+    (status_line,) = (line for line in out.splitlines() if line.strip().startswith("status:"))
+    assert "100%  3/3 albums" in status_line and "tracks" not in status_line, status_line
     for child in children_of(daemon, artist):
         assert any(line.split()[:2] == [child["id"], "completed"] for line in out.splitlines()), out
 

@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import trio
 
+from dlqd import hooks
 from dlqd.demo.catalog import SINGLE_TRACK_ID, TWO_DISC_ALBUM_ID, CatalogServer
+from dlqd.errors import DlqdError, ErrorCode
 from dlqd.model import Job, JobStatus, Track, TrackStatus
 from dlqd.notify import Notifications, UnusableUrl, job_message, notify_targets
 from dlqd.state import QueueState, apply_all, from_snapshot, to_snapshot
@@ -102,6 +104,51 @@ def test_pending_hooks_follow_finish_and_hook_done_records_and_survive_a_snapsho
     assert state.hooks_pending == {}
     old_snapshot = {k: v for k, v in to_snapshot(state).items() if k != "hooks_pending"}
     assert from_snapshot(old_snapshot).hooks_pending == {}
+
+
+class RefusingStore:
+    """A store whose journal refuses the first `refusals` commits (a full state disk)."""
+
+    def __init__(self, state: QueueState, refusals: int) -> None:
+        self.state = state
+        self.refusals = refusals
+        self.committed = trio.Event()
+
+    async def commit(self, *events: dict[str, Any]) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise DlqdError(ErrorCode.JOURNAL_UNAVAILABLE, "the journal could not be made durable")
+        apply_all(self.state, events)
+        self.committed.set()
+
+    async def wait_changed(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_hook_done_the_journal_refuses_is_retried_without_running_the_hook_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hooks, "JOURNAL_RETRY_S", 0.01)
+    runs = tmp_path / "runs"
+    program = write_hook(tmp_path / "hook.sh", f'echo "$DLQD_JOB_ID" >> {runs}\n')
+    common = {"quality": "LOSSLESS", "priority": "normal", "at": 1.0}
+    finish = {"e": "finish", "id": "7", "status": "completed", "error": None, "hook": True}
+    state = apply_all(QueueState(), [{**submitted("7"), **common}, {**finish, "at": 2.0}])
+    store = RefusingStore(state, refusals=3)
+    runner = hooks.HookRunner(
+        store,  # type: ignore[arg-type]
+        program,
+        timeout_s=10,
+        library=tmp_path,
+        state_dir=tmp_path,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        with trio.fail_after(10):
+            await store.committed.wait()
+        nursery.cancel_scope.cancel()
+    assert store.refusals == 0 and state.hooks_pending == {}
+    assert lines(runs) == ["7"]  # ran once, however often the journal refused its record
 
 
 def test_hook_runs_once_per_finished_job_with_its_environment_and_file_list(

@@ -98,9 +98,10 @@ def assert_tagged_as_by_album_jobs(
 def assert_m3u8_lists(
     daemon: DaemonProcess, catalog: Catalog, path: Path, title: str, track_ids: tuple[int, ...]
 ) -> None:
-    """`#EXTM3U`, the title, then `#EXTINF` + a path relative to the file, per track in order."""
+    """`#EXTM3U`, the source, the title, then `#EXTINF` + a relative path, per track in order."""
     lines = m3u8_lines(path)
-    assert lines[:2] == ["#EXTM3U", f"#PLAYLIST:{title}"]
+    assert lines[0] == "#EXTM3U" and lines[1].startswith("#DLQD-SOURCE:")
+    assert lines[2] == f"#PLAYLIST:{title}"
     extinf = [line for line in lines if line.startswith("#EXTINF:")]
     assert extinf == [
         f"#EXTINF:{catalog.track(t).duration},"
@@ -834,6 +835,12 @@ def test_only_tracks_whose_file_is_in_the_library_are_listed(tmp_path: Path) -> 
     assert not (tmp_path / "P" / "U.m3u8").exists()
 
 
+def test_the_source_line_is_found_whatever_the_titles_length() -> None:
+    # Titles may be 4,096 characters: the line saying whose file it is must not follow them.
+    text = m3u8.render("t" * 4096, "playlist u", PurePosixPath("P"), [entry("A/01.flac")])
+    assert m3u8.source_of(text.encode()[: m3u8.HEAD_BYTES]) == "playlist u"
+
+
 def test_a_title_cannot_break_a_line_of_the_m3u8() -> None:
     text = m3u8.render(
         "Two\nLines", "mix m", PurePosixPath("P"), [entry("A/01.flac", title="x\r\n../../etc")]
@@ -841,8 +848,8 @@ def test_a_title_cannot_break_a_line_of_the_m3u8() -> None:
 
     assert text.splitlines() == [
         "#EXTM3U",
-        "#PLAYLIST:Two Lines",
         "#DLQD-SOURCE:mix m",
+        "#PLAYLIST:Two Lines",
         "#EXTINF:61,Artist - x  ../../etc",
         "../A/01.flac",
     ]
