@@ -23,9 +23,9 @@ from dlqctl import render, text
 from dlqctl.client import Client, Refused
 from dlqctl.select import ACTIVE, JobFilter, parse_since
 from dlqctl.targets import BadTarget, parse_target, read_targets
+from dlqd.protocol import BATCH_MAX_ITEMS
 
 EXIT_OK, EXIT_FAILED = 0, 1
-BATCH_MAX_ITEMS = 1000  # the daemon takes at most this many ids or items per request
 
 
 class Output:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from dlqd.protocol import MIX_ID, PLAYLIST_UUID
+from dlqd.protocol import MAX_TARGET_ID, MIX_ID, PLAYLIST_UUID
 
-MAX_TARGET_ID = 2**31 - 1
 _LINK = re.compile(
     r"(?:https?://)?(?:www\.|listen\.)?tidal\.com/(?P<path>[^?#]*)(?:[?#].*)?", re.IGNORECASE
 )

@@ -32,7 +32,7 @@ from dlqd.model import (
     JobStatus,
     TrackStatus,
 )
-from dlqd.picking import moved_ranks
+from dlqd.picking import moved_ranks, ranks_behind
 from dlqd.protocol import LIST_DEFAULT_LIMIT
 from dlqd.scheduler import Scheduler
 from dlqd.state import Event, QueueState, awaited_children, is_expanded, waiting_status
@@ -573,21 +573,15 @@ async def move(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
 def _ranks_behind(
     state: QueueState, ranks: dict[str, float], lead_id: str, block: list[Job]
 ) -> dict[str, float]:
-    """Ranks for `block`, in order, between the lead's new rank and the next any job holds."""
-    lead = ranks[lead_id]
+    """Ranks for `block`, in order, right behind the lead's new rank (see `ranks_behind`)."""
     in_block = {job.id for job in block}
-    after = min(
-        (
-            rank
-            for job_id, other in state.jobs.items()
-            if job_id != lead_id
-            and job_id not in in_block
-            and (rank := ranks.get(job_id, other.rank)) > lead
-        ),
-        default=lead + 1,
+    taken = (
+        ranks.get(job_id, other.rank)
+        for job_id, other in state.jobs.items()
+        if job_id != lead_id and job_id not in in_block
     )
-    step = (after - lead) / (len(block) + 1)
-    return {job.id: lead + place * step for place, job in enumerate(block, start=1)}
+    behind = ranks_behind(ranks[lead_id], taken, len(block))
+    return {job.id: rank for job, rank in zip(block, behind, strict=True)}
 
 
 async def set_priority(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:

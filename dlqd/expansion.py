@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from dlqd.codes import ErrorCode
 from dlqd.model import DEFAULT_INCLUDE, Job
+from dlqd.picking import ranks_behind
 from dlqd.source import Discography, Release
 from dlqd.state import Event, QueueState
 from dlqd.summary import printable
@@ -70,16 +71,11 @@ def plan(
         next_seq += 1
         children.append(child_id)
         new.append((child_id, release))
-    # The albums run where the artist job stands, not behind what was queued since:
-    # ranks between its own and the next one any job holds, so no two jobs share one.
-    after = min(
-        (job.rank for job in state.jobs.values() if job.rank > artist.rank),
-        default=artist.rank + 1,
-    )
-    step = (after - artist.rank) / (len(new) + 1)
+    # The albums run where the artist job stands, not behind what was queued since.
+    ranks = ranks_behind(artist.rank, (job.rank for job in state.jobs.values()), len(new))
     submits = [
-        _child_submit(artist, child_id, release, at, rank=artist.rank + place * step)
-        for place, (child_id, release) in enumerate(new, start=1)
+        _child_submit(artist, child_id, release, at, rank=rank)
+        for (child_id, release), rank in zip(new, ranks, strict=True)
     ]
     room = max_queue - state.active_count
     if len(submits) > room:

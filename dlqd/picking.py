@@ -100,6 +100,17 @@ def is_finished(job: Job) -> bool:
     )
 
 
+def ranks_behind(lead: float, taken: Iterable[float], count: int) -> list[float]:
+    """`count` ranks, in order, between `lead` and the next of the `taken` ranks above it.
+
+    How an artist job's album jobs stand right behind it: fractions of the gap,
+    so no rank another job holds is reused and `move`'s swaps stay exact.
+    """
+    after = min((rank for rank in taken if rank > lead), default=lead + 1)
+    step = (after - lead) / (count + 1)
+    return [lead + place * step for place in range(1, count + 1)]
+
+
 def moved_ranks(
     run_order: Sequence[Job], job: Job, to: str, *, rank_low: int, rank_high: int
 ) -> dict[str, float]:
